@@ -1,0 +1,28 @@
+# A thin layer over tools/setup and Meson, for QEMU users' habits.
+#   make            graft hw/ into the fork, rebuild what is stale (fork and dextlab)
+#   make check      ... and run every test suite
+#   make check-unit | check-qtest | check-e2e | check-boot | check-fuzz
+#   make bench      run the benchmarks (not tests: they print figures)
+BUILD ?= build
+DBUILD := $(BUILD)/dextlab
+MESON_TEST := meson test -C $(DBUILD) --print-errorlogs
+
+.PHONY: all check bench clean distclean check-%
+
+all:
+	@tools/setup --build
+
+check: all
+	$(MESON_TEST)
+
+check-%: all
+	$(MESON_TEST) --suite $*
+
+bench: all
+	meson test -C $(DBUILD) --benchmark --verbose
+
+clean:
+	rm -rf $(DBUILD)
+
+distclean:
+	rm -rf $(BUILD)

@@ -41,16 +41,20 @@ typedef struct DextPlatformOps {
     int (*mem_write)(DextPlatform *p, uint64_t gpa, const void *buf,
                      size_t len);
 
-    /* Interrupt plumbing: the backend owns routing of messages/lines to
-     * eventfds.  msi_route returns the (address, data) pair the device must
-     * send for a binding, and registers eventfd for it. */
+    /* PCI enumeration: NULL uses the firmware-like walker (pci-enum.c)
+     * over cfg_read/cfg_write.  Fills p->fns/p->n_fns under p->lock. */
+    int (*enumerate)(DextPlatform *p);
+    /* Reset: NULL uses FLR / secondary bus reset through config space. */
+    int (*reset_function)(DextPlatform *p, DextPciAddr a, bool allow_bus);
+
+    /* Interrupts (validated: function enumerated, vector in range). */
     bool (*has_msi)(DextPlatform *p);
-    int (*msi_route_add)(DextPlatform *p, int eventfd, uint64_t *addr,
-                         uint32_t *data);
-    void (*msi_route_del)(DextPlatform *p, uint64_t addr, uint32_t data);
-    int (*intx_route_add)(DextPlatform *p, int gsi, int eventfd);
-    void (*intx_route_del)(DextPlatform *p, int gsi, int eventfd);
-    int (*intx_level)(DextPlatform *p, int gsi);
+    int (*irq_bind)(DextPlatform *p, int fn_idx, DextIrqKind kind,
+                    unsigned vector, int eventfd);
+    int (*irq_unbind)(DextPlatform *p, int fn_idx, unsigned vector);
+    int (*intx_level)(DextPlatform *p, int fn_idx);
+    /* The function was reset: forget its bindings (device state is gone). */
+    void (*irq_forget)(DextPlatform *p, int fn_idx);
     void (*irq_stats)(DextPlatform *p, DextIrqStats *out);
 
     void (*set_event_cb)(DextPlatform *p, DextPlatformEventFn fn, void *op);
@@ -73,15 +77,13 @@ struct DextPlatform {
     DextPciFunction *fns;        /* enumeration cache */
     size_t n_fns;
     bool enumerated;
-    GHashTable *irq_bindings;    /* key "bdf:vector" -> DextIrqBinding */
+    GMutex cfg_lock;             /* serialises config read-modify-write */
 
     /* Guest RAM shared mapping and DMA allocator. */
     int mem_fd;
     void *mem_map;
     uint64_t ram_size;
     DextRangeAlloc *dma;
-
-    GPrivate *err_key;           /* per-thread last error text */
 };
 
 void dext_platform_init_common(DextPlatform *p, const DextPlatformOps *ops);
@@ -91,5 +93,21 @@ int dext_platform_set_error(DextPlatform *p, int err, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
 void dext_platform_log(DextPlatform *p, GLogLevelFlags level,
                        const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+
+/* Index of an enumerated function in p->fns, or -1 (takes p->lock). */
+int dext_platform_fn_index(DextPlatform *p, DextPciAddr a);
+/* Generic firmware-like enumeration over the cfg ops (pci-enum.c). */
+int dext_pci_enumerate_generic(DextPlatform *p, DextPciFunction **fns,
+                               size_t *n);
+/* Program interrupt vector @vector of function @f (MSI-X table entry or MSI
+ * capability) to send (@addr, @data); @enable false masks it and, when
+ * @last, disables MSI/MSI-X.  Uses cfg and mmio ops; flushes. */
+int dext_pci_msi_program(DextPlatform *p, const DextPciFunction *f,
+                         DextIrqKind kind, unsigned vector, uint64_t addr,
+                         uint32_t data, bool enable, bool last);
+/* Generic reset through config space (FLR or secondary bus reset) and
+ * restore of bus numbers, windows and BARs. */
+int dext_pci_reset_generic(DextPlatform *p, DextPciAddr a, bool allow_bus);
 
 #endif

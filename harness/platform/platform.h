@@ -165,6 +165,8 @@ typedef enum DextBarKind {
 
 #define DEXT_PCI_NUM_BARS 6
 
+enum { DEXT_WIN_IO = 0, DEXT_WIN_MEM = 1, DEXT_WIN_PREF = 2 };
+
 typedef struct DextPciBar {
     DextBarKind kind;
     bool prefetchable;
@@ -198,6 +200,10 @@ typedef struct DextPciFunction {
     bool is_bridge;
     uint8_t secondary_bus;
     uint8_t subordinate_bus;
+    /* Forwarding windows [base, base + size) indexed by DEXT_WIN_*;
+     * size 0 means the window is closed. */
+    uint64_t window_base[3];
+    uint64_t window_size[3];
 
     /* Capability summary.  *_cap is the config-space offset, 0 if absent. */
     uint8_t msi_cap;

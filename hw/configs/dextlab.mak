@@ -11,6 +11,10 @@ CONFIG_PCIE_PORT=y
 CONFIG_VTD=y
 CONFIG_USB_XHCI_PCI=y
 
+# The machines' default display adapter: without it every plain
+# "-machine q35" (and libqtest, which does not pass -nodefaults) fails
+CONFIG_VGA_PCI=y
+
 # Guest networking
 CONFIG_VIRTIO_PCI=y
 CONFIG_VIRTIO_NET=y

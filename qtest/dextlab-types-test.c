@@ -32,9 +32,9 @@ static const DextlabType dextlab_types[] = {
 
 static const DextlabPlacement dextlab_placements[] = {
     { "dextlab-dma", "q35",
-      "-machine q35 -device pcie-root-port,id=rp0,chassis=1,slot=0 "
+      "-nodefaults -machine q35 -device pcie-root-port,id=rp0,chassis=1,slot=0 "
       "-device dextlab-dma,bus=rp0" },
-    { "dextlab-dma", "pc", "-machine pc -device dextlab-dma" },
+    { "dextlab-dma", "pc", "-nodefaults -machine pc -device dextlab-dma" },
 };
 
 static bool type_listed(QTestState *qts, const char *implements,
@@ -64,7 +64,7 @@ static bool type_listed(QTestState *qts, const char *implements,
 static void test_type_registered(const void *data)
 {
     const DextlabType *t = data;
-    QTestState *qts = qtest_init("-machine none");
+    QTestState *qts = qtest_init("-nodefaults -machine none");
 
     g_assert_true(type_listed(qts, t->parent_interface, t->name));
     qtest_quit(qts);

@@ -18,7 +18,7 @@
 /* Before msi_intercept, MSI writes are delivered as usual: nothing reported. */
 static void test_off_by_default(void)
 {
-    QTestState *qts = qtest_init("-machine q35");
+    QTestState *qts = qtest_init("-nodefaults -machine q35");
 
     qtest_writel(qts, MSI_WINDOW, 0x4021);
     g_assert_cmpuint(qtest_msi_pending(qts), ==, 0);
@@ -28,7 +28,7 @@ static void test_off_by_default(void)
 /* Every message comes back once, in order, with address and data intact. */
 static void test_order_and_payload(void)
 {
-    QTestState *qts = qtest_init("-machine q35");
+    QTestState *qts = qtest_init("-nodefaults -machine q35");
     uint64_t addr;
     uint32_t data;
 
@@ -53,7 +53,7 @@ static void test_order_and_payload(void)
  */
 static void test_apic_register_is_not_msi(void)
 {
-    QTestState *qts = qtest_init("-machine q35");
+    QTestState *qts = qtest_init("-nodefaults -machine q35");
 
     qtest_msi_intercept(qts);
     qtest_writel(qts, MSI_WINDOW + 0x80, 0x10);
@@ -66,7 +66,7 @@ static void test_apic_register_is_not_msi(void)
 /* On pc as well as q35: the hook is in the APIC, not in a chipset. */
 static void test_pc_machine(void)
 {
-    QTestState *qts = qtest_init("-machine pc");
+    QTestState *qts = qtest_init("-nodefaults -machine pc");
     uint64_t addr;
     uint32_t data;
 

@@ -1,6 +1,8 @@
 # Devices of dextlab's QEMU fork (configs/devices/x86_64-softmmu/dextlab.mak).
 # tools/setup configures with --without-default-devices --with-devices-x86_64=dextlab,
-# so only what is listed here (and what it selects) is built.
+# so only what is listed here (and what it selects) is built.  The machines'
+# default devices (VGA, parallel port, e1000 NIC) are not among them: start
+# the fork with -nodefaults, as every dextlab test does.
 
 # Machines: q35 (PCI Express) and pc (conventional PCI)
 CONFIG_Q35=y
@@ -10,10 +12,6 @@ CONFIG_I440FX=y
 CONFIG_PCIE_PORT=y
 CONFIG_VTD=y
 CONFIG_USB_XHCI_PCI=y
-
-# The machines' default display adapter: without it every plain
-# "-machine q35" (and libqtest, which does not pass -nodefaults) fails
-CONFIG_VGA_PCI=y
 
 # Guest networking
 CONFIG_VIRTIO_PCI=y

@@ -16,7 +16,9 @@
  * either process can leak a file there, and the same fd is what drivers
  * get over SCM_RIGHTS.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -949,13 +951,19 @@ static void qt_irq_forget(DextPlatform *p, int fn_idx)
 static int qt_intx_level(DextPlatform *p, int fn_idx)
 {
     QtestPlatform *q = QP(p);
-    int gsi, lvl;
+    int gsi, lvl, r;
 
     g_mutex_lock(&p->lock);
     gsi = p->fns[fn_idx].irq_gsi;
     g_mutex_unlock(&p->lock);
     if (gsi < 0 || gsi >= MAX_GSI) {
         return -ENOTSUP;
+    }
+    /* IRQ lines precede the replies of the commands that caused them:
+     * once posted writes are answered, the level is current. */
+    r = qt_flush(p);
+    if (r < 0) {
+        return r;
     }
     g_mutex_lock(&q->lock);
     lvl = q->gsi_level[gsi];

@@ -252,8 +252,9 @@ int dext_platform_cfg_write(DextPlatform *p, DextPciAddr addr, unsigned off,
 /* BAR access.  width 1, 2, 4 or 8 (8 only on memory BARs); off + width
  * must lie within the BAR: -ERANGE; BAR absent: -ENODEV; bad width or
  * misaligned offset: -EINVAL.  Writes are posted (see threading model);
- * reads wait.  Works whether or not memory decode is enabled (with decode
- * off, reads return all-ones as on real hardware). */
+ * reads wait.  With decode off the device does not answer: reads return
+ * what the bus gives for unclaimed addresses (0 under QEMU, all-ones on
+ * hardware) and writes are dropped. */
 int dext_platform_bar_read(DextPlatform *p, DextPciAddr addr, unsigned bar,
                            uint64_t off, unsigned width, uint64_t *val);
 int dext_platform_bar_write(DextPlatform *p, DextPciAddr addr, unsigned bar,
@@ -359,7 +360,9 @@ int dext_platform_irq_bind(DextPlatform *p, DextPciAddr addr, DextIrqKind kind,
  * goes, closes the dup'ed eventfd.  -ENOENT if not bound. */
 int dext_platform_irq_unbind(DextPlatform *p, DextPciAddr addr,
                              unsigned vector);
-/* Current INTx level of the function's line (0/1), -ENOTSUP if none. */
+/* Current INTx level of the function's line (0/1), -ENOTSUP if none.
+ * Flushes posted writes first, so the level reflects them.  The line is
+ * shared (the chipset ORs several functions into one GSI). */
 int dext_platform_intx_level(DextPlatform *p, DextPciAddr addr);
 
 /* Interrupt counters (for tests and benchmarks). */

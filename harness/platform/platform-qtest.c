@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-glib/json-glib.h>
@@ -305,6 +306,14 @@ static void signal_efd(int efd)
     }
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
 static void handle_irq_line(QtestPlatform *q, const QtLine *l)
 {
     DextPlatformEventFn fn = NULL;
@@ -316,6 +325,7 @@ static void handle_irq_line(QtestPlatform *q, const QtLine *l)
         IrqBinding *b = NULL;
 
         q->stats.msi_received++;
+        q->stats.last_msi_ns = now_ns();
         if (l->a == MSI_ADDR) {
             b = g_hash_table_lookup(q->msi_routes,
                                     GUINT_TO_POINTER(l->b));

@@ -370,6 +370,9 @@ typedef struct DextIrqStats {
     uint64_t msi_received;     /* MSI lines seen */
     uint64_t msi_unclaimed;    /* MSI lines matching no binding */
     uint64_t intx_edges;       /* INTx rising edges seen */
+    uint64_t last_msi_ns;      /* CLOCK_MONOTONIC (g_get_monotonic_time
+                                * scale x1000) when the reader parsed the
+                                * latest MSI line: for latency figures */
 } DextIrqStats;
 void dext_platform_irq_stats(DextPlatform *p, DextIrqStats *out);
 

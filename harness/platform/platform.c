@@ -159,7 +159,13 @@ int dext_platform_pci_enumerate(DextPlatform *p, bool rescan,
         DextPciFunction *fns = NULL;
         size_t nf = 0;
 
+        size_t old = p->enumerated ? p->n_fns : 0;
+
         g_mutex_unlock(&p->lock);
+        /* indices change on a rescan: bindings to the old ones go */
+        for (size_t i = 0; i < old && p->ops->irq_forget; i++) {
+            p->ops->irq_forget(p, i);
+        }
         r = p->ops->enumerate ? p->ops->enumerate(p)
                               : dext_pci_enumerate_generic(p, &fns, &nf);
         g_mutex_lock(&p->lock);

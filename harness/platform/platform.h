@@ -231,7 +231,8 @@ typedef struct DextPciFunction {
  * it); bridges are enabled so their secondary side is reachable.
  * Later calls return the cached result unless @rescan is true: then the
  * hierarchy is walked and assigned again (only safe when no driver is
- * using any device).  *out is an array of *n functions in depth-first
+ * using any device: addresses may move and every interrupt binding is
+ * dropped).  Use it after QMP device_add.  *out is an array of *n functions in depth-first
  * bus order, bridges before what is behind them; free with g_free().
  */
 int dext_platform_pci_enumerate(DextPlatform *p, bool rescan,

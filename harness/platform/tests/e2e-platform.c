@@ -32,6 +32,7 @@ static const char *const q35_devices[] = {
     "dextlab-dma,id=dma0,bus=rp0",
     "qemu-xhci,id=xhci,bus=rp1",
     "virtio-net-pci,romfile=,id=net0",
+    "pcie-root-port,id=rp2,chassis=3,slot=3",
     NULL,
 };
 
@@ -617,6 +618,41 @@ static void test_q35_reset(void)
     close(efd);
 }
 
+/* device_add into the empty root port, then a rescan finds and places it */
+static void test_q35_hotplug_rescan(void)
+{
+    DextPciFunction *v = NULL;
+    size_t n = 0, before = nfns, found = 0;
+    uint64_t id = 0;
+
+    CU_ASSERT_EQUAL(dext_platform_qmp(plat, "device_add",
+                    "{\"driver\":\"dextlab-dma\",\"id\":\"hp0\","
+                    "\"bus\":\"rp2\"}", NULL), 0);
+    /* the cache is unchanged until a rescan */
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(plat, false, &v, &n), 0);
+    CU_ASSERT_EQUAL(n, before);
+    g_free(v);
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(plat, true, &v, &n), 0);
+    CU_ASSERT_EQUAL(n, before + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].vendor_id != DXL_PCI_VENDOR_ID) {
+            continue;
+        }
+        found++;
+        CU_ASSERT_NOT_EQUAL(v[i].bars[0].addr, 0);
+        CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, v[i].addr,
+                        DEXT_PCI_ENABLE_MEM, true), 0);
+        CU_ASSERT_EQUAL(dext_platform_bar_read(plat, v[i].addr, 0, DXL_REG_ID,
+                                               4, &id), 0);
+        CU_ASSERT_EQUAL(id, DXL_DMA_ID_MAGIC);
+    }
+    CU_ASSERT_EQUAL(found, 2);
+    g_free(fns);
+    fns = v;
+    nfns = n;
+    test_q35_bars();          /* still disjoint and inside windows */
+}
+
 /* ------------------------------------------------------------- pc */
 
 static void test_pc_enumerate(void)
@@ -824,6 +860,87 @@ static void test_stall_and_kill(void)
     g_timer_destroy(tm);
 }
 
+/* Attach to a QEMU started by someone else (listening sockets, RAM in a
+ * memfd it inherited); destroy must leave that QEMU running. */
+static void test_attach(void)
+{
+    const char *qemu = g_getenv("DEXT_QEMU_BINARY") ?: g_getenv("QTEST_QEMU_BINARY");
+    char *dir = g_dir_make_tmp("dextatt-XXXXXX", NULL);
+    char *qs = g_build_filename(dir, "q", NULL), *ms = g_build_filename(dir, "m", NULL);
+    char *qarg = g_strdup_printf("unix:%s,server=on,wait=off", qs);
+    char *marg = g_strdup_printf("unix:%s,server=on,wait=off", ms);
+    char *mempath;
+    int mfd = memfd_create("dextlab-attach-test", MFD_CLOEXEC);
+    const gchar *argv[] = {
+        qemu, "-accel", "qtest", "-qtest", qarg, "-qtest-log", "/dev/null",
+        "-qmp", marg, "-display", "none", "-nodefaults", "-m", "64M",
+        "-object", "memory-backend-file,id=r,size=64M,mem-path=/proc/self/fd/3,share=on",
+        "-machine", "q35,memory-backend=r", "-L", "/usr/share/seabios",
+        "-L", "/usr/share/qemu", "-device", "dextlab-dma", NULL,
+    };
+    gint src[1] = { mfd }, tgt[1] = { 3 };
+    GPid pid = 0;
+    DextAttachDesc ad = { .qtest_socket = qs, .qmp_socket = ms,
+                          .ram_size = 64ull << 20, .dma_size = 16ull << 20,
+                          .timeout_ms = 5000 };
+    DextPlatform *p = NULL;
+    DextPciFunction *v = NULL;
+    size_t n = 0;
+    DextDmaRange r;
+    uint8_t *mine;
+    uint64_t sz = 0, id = 0;
+    int st;
+
+    CU_ASSERT_EQUAL_FATAL(ftruncate(mfd, 64ull << 20), 0);
+    CU_ASSERT_FATAL(g_spawn_async_with_pipes_and_fds(NULL, argv, NULL,
+                    G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, -1, -1, -1, src,
+                    tgt, 1, &pid, NULL, NULL, NULL, NULL));
+    for (int i = 0; i < 500 && !g_file_test(ms, G_FILE_TEST_EXISTS); i++) {
+        g_usleep(10000);
+    }
+    mempath = g_strdup_printf("/proc/%d/fd/3", pid);
+    ad.mem_path = mempath;
+    CU_ASSERT_EQUAL(dext_platform_qtest_attach(&ad, &p), 0);
+    if (p) {
+        CU_ASSERT_EQUAL(dext_platform_pci_enumerate(p, false, &v, &n), 0);
+        for (size_t i = 0; i < n; i++) {
+            if (v[i].vendor_id == DXL_PCI_VENDOR_ID) {
+                CU_ASSERT_EQUAL(dext_platform_pci_set_enables(p, v[i].addr,
+                                DEXT_PCI_ENABLE_MEM, true), 0);
+                CU_ASSERT_EQUAL(dext_platform_bar_read(p, v[i].addr, 0,
+                                DXL_REG_ID, 4, &id), 0);
+            }
+        }
+        CU_ASSERT_EQUAL(id, DXL_DMA_ID_MAGIC);
+        /* DMA memory is the RAM file QEMU uses: the top 16 MiB */
+        CU_ASSERT_EQUAL(dext_platform_dma_alloc(p, 4096, 0, &r), 0);
+        CU_ASSERT(r.iova >= (48ull << 20));
+        mine = mmap(NULL, 64ull << 20, PROT_READ | PROT_WRITE, MAP_SHARED,
+                    mfd, 0);
+        CU_ASSERT_FATAL(mine != MAP_FAILED);
+        ((uint8_t *)dext_platform_memory_map(p, &sz))[r.fd_offset] = 0x5a;
+        CU_ASSERT_EQUAL(sz, 64ull << 20);
+        CU_ASSERT_EQUAL(mine[r.iova], 0x5a);
+        munmap(mine, 64ull << 20);
+        g_free(v);
+        dext_platform_destroy(p);
+    }
+    /* not ours to kill */
+    CU_ASSERT_EQUAL(waitpid(pid, &st, WNOHANG), 0);
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    close(mfd);
+    unlink(qs);
+    unlink(ms);
+    rmdir(dir);
+    g_free(mempath);
+    g_free(qarg);
+    g_free(marg);
+    g_free(qs);
+    g_free(ms);
+    g_free(dir);
+}
+
 /* Runs last: everything above was destroyed; nothing may be left. */
 static int fds_at_start, shm_at_start;
 
@@ -867,12 +984,14 @@ int main(void)
     CU_add_test(s, "msix", test_q35_msix);
     CU_add_test(s, "msi-intx", test_q35_msi_intx);
     CU_add_test(s, "reset", test_q35_reset);
+    CU_add_test(s, "hotplug-rescan", test_q35_hotplug_rescan);
     CU_add_test(s, "no-leaks-after-q35", test_no_leaks);
     s = CU_add_suite("platform-pc", NULL, NULL);
     CU_add_test(s, "enumerate-bridge-intx-reset", test_pc_enumerate);
     s = CU_add_suite("platform-failures", NULL, NULL);
     CU_add_test(s, "bad-description", test_bad_desc);
     CU_add_test(s, "stall-and-kill", test_stall_and_kill);
+    CU_add_test(s, "attach", test_attach);
     CU_add_test(s, "no-leaks", test_no_leaks);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();

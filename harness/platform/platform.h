@@ -101,7 +101,9 @@ typedef struct DextMachineDesc {
  * is left behind even if this process or QEMU crashes).  Enables the MSI
  * intercept when the fork supports it (see dext_platform_has_msi()).
  * Does not enumerate: call dext_platform_pci_enumerate().
- * On success *out owns the QEMU process (killed by destroy).
+ * On success *out owns the QEMU process (killed by destroy).  QEMU is
+ * spawned with PR_SET_PDEATHSIG, which Linux ties to the creating THREAD:
+ * create the platform from a long-lived thread (e.g. the main thread).
  */
 int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out);
 
@@ -130,8 +132,9 @@ int dext_platform_qtest_attach(const DextAttachDesc *desc, DextPlatform **out);
  * NULL is accepted. */
 void dext_platform_destroy(DextPlatform *p);
 
-/* Text of the calling thread's last failure on @p (never NULL; "" if none).
- * Valid until the next call on @p from this thread. */
+/* Text of the calling thread's last failure (never NULL; "" if none); @p
+ * may be NULL, e.g. after a failed create.  Valid until the next failing
+ * platform call from this thread. */
 const char *dext_platform_last_error(DextPlatform *p);
 
 /* Backend name ("qtest"). */

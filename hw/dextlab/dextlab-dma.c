@@ -39,6 +39,7 @@
 #include "hw/qdev-properties.h"
 #include "migration/vmstate.h"
 #include "sysemu/dma.h"
+#include "sysemu/runstate.h"
 #include "exec/memory.h"
 #include "qom/object.h"
 #include "hw/dextlab/dextlab-dma-regs.h"
@@ -113,6 +114,7 @@ struct DextlabDmaState {
     uint8_t *devmem_ptr;
     QEMUBH *bh;
     QEMUTimer *pace_timer;
+    VMChangeStateEntry *vmstate_change;
     uint8_t *bounce;
     uint8_t *fill_tmpl;
 
@@ -288,7 +290,8 @@ static bool dxl_can_run(DextlabDmaState *s)
     uint16_t pmcsr = pci_get_word(pdev->config + DXL_DMA_CAP_PM_OFFSET +
                                   PCI_PM_CTRL);
 
-    return (s->ctrl & DXL_CTRL_ENABLE) &&
+    /* No DMA while the VM is stopped (e.g. by migration) */
+    return runstate_is_running() && (s->ctrl & DXL_CTRL_ENABLE) &&
            (pci_get_word(pdev->config + PCI_COMMAND) & PCI_COMMAND_MASTER) &&
            (pmcsr & PCI_PM_CTRL_STATE_MASK) == 0;
 }
@@ -314,8 +317,11 @@ static uint8_t dxl_dma_classify(DextlabDmaState *s, uint64_t addr,
         return DXL_ERR_DMA_SELF;
     }
     if (!memory_region_is_ram(mr)) {
-        /* Holes in the address space resolve to the "unassigned" region */
-        if (!mr->owner && !strcmp(memory_region_name(mr), "unassigned")) {
+        /*
+         * Holes in the address space resolve to physmem's io_mem_unassigned,
+         * the one region with neither owner nor name.
+         */
+        if (!mr->owner && !memory_region_name(mr)) {
             return DXL_ERR_DMA_UNMAPPED;
         }
         return DXL_ERR_DMA_MMIO;
@@ -396,7 +402,7 @@ static void dxl_unmap(DextlabDmaState *s, void *p, uint64_t len,
  */
 static uint8_t dxl_move(DextlabDmaState *s, bool src_dev, uint64_t src,
                         bool dst_dev, uint64_t dst, uint64_t len,
-                        uint64_t *bad)
+                        uint32_t *done, uint64_t *bad)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
 
@@ -464,6 +470,7 @@ static uint8_t dxl_move(DextlabDmaState *s, bool src_dev, uint64_t src,
         src += n;
         dst += n;
         len -= n;
+        *done += n;
     }
     return DXL_ERR_OK;
 }
@@ -493,7 +500,7 @@ static void dxl_fill_mem(DextlabDmaState *s, uint8_t *p, uint64_t n,
 }
 
 static uint8_t dxl_fill(DextlabDmaState *s, uint64_t dst, uint64_t len,
-                        uint64_t off, uint64_t *bad)
+                        uint32_t *done, uint64_t *bad)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
 
@@ -507,24 +514,28 @@ static uint8_t dxl_fill(DextlabDmaState *s, uint64_t dst, uint64_t len,
             return err;
         }
         if (p) {
-            dxl_fill_mem(s, p, l, off);
+            dxl_fill_mem(s, p, l, *done);
             dxl_unmap(s, p, l, true, l);
         } else {
-            dxl_fill_mem(s, s->bounce, l, off);
+            dxl_fill_mem(s, s->bounce, l, *done);
             if (pci_dma_write(pdev, dst, s->bounce, l) != MEMTX_OK) {
                 *bad = dst;
                 return DXL_ERR_DMA_WRITE;
             }
         }
         dst += l;
-        off += l;
         len -= l;
+        *done += l;
     }
     return DXL_ERR_OK;
 }
 
+/*
+ * @crc is the finished CRC32C of the data so far (0 for none); QEMU's
+ * crc32c() inverts its result, so continuing means starting from ~crc.
+ */
 static uint8_t dxl_crc(DextlabDmaState *s, uint64_t src, uint64_t len,
-                       uint32_t *crc, uint64_t *bad)
+                       uint32_t *crc, uint32_t *done, uint64_t *bad)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
 
@@ -538,17 +549,18 @@ static uint8_t dxl_crc(DextlabDmaState *s, uint64_t src, uint64_t len,
             return err;
         }
         if (p) {
-            *crc = crc32c(*crc, p, l);
+            *crc = crc32c(~*crc, p, l);
             dxl_unmap(s, p, l, false, l);
         } else {
             if (pci_dma_read(pdev, src, s->bounce, l) != MEMTX_OK) {
                 *bad = src;
                 return DXL_ERR_DMA_READ;
             }
-            *crc = crc32c(*crc, s->bounce, l);
+            *crc = crc32c(~*crc, s->bounce, l);
         }
         src += l;
         len -= l;
+        *done += l;
     }
     return DXL_ERR_OK;
 }
@@ -680,7 +692,7 @@ static void dxl_post(DextlabDmaState *s, DxlQueue *q)
 
     cpl.cookie = cpu_to_le64(q->cookie);
     cpl.result = cpu_to_le32(q->op == DXL_OP_CRC32C && !status ?
-                             ~q->crc : q->done);
+                             q->crc : q->done);
     cpl.sq_head = cpu_to_le16(q->sq_head);
     cpl.status = status;
     cpl.flags = q->cq_phase ? DXL_CPL_F_PHASE : 0;
@@ -899,7 +911,7 @@ static bool dxl_fetch(DextlabDmaState *s, DxlQueue *q)
     q->dst = le64_to_cpu(d.dst);
     q->cookie = le64_to_cpu(d.cookie);
     q->done = 0;
-    q->crc = q->op == DXL_OP_CRC32C ? ~(uint32_t)q->dst : 0;
+    q->crc = q->op == DXL_OP_CRC32C ? (uint32_t)q->dst : 0;
     q->has_desc = true;
     q->started = false;
     q->data_done = false;
@@ -958,32 +970,29 @@ static uint64_t dxl_queue_step(DextlabDmaState *s, DxlQueue *q,
     switch (q->op) {
     case DXL_OP_COPY:
         err = dxl_move(s, false, q->src + q->done, false, q->dst + q->done,
-                       n, &bad);
+                       n, &q->done, &bad);
         break;
     case DXL_OP_WRITE_DEV:
         err = dxl_move(s, false, q->src + q->done, true, q->dst + q->done,
-                       n, &bad);
+                       n, &q->done, &bad);
         break;
     case DXL_OP_READ_DEV:
         err = dxl_move(s, true, q->src + q->done, false, q->dst + q->done,
-                       n, &bad);
+                       n, &q->done, &bad);
         break;
     case DXL_OP_FILL:
         dxl_fill_prepare(s, q->src);
-        err = dxl_fill(s, q->dst + q->done, n, q->done, &bad);
+        err = dxl_fill(s, q->dst + q->done, n, &q->done, &bad);
         break;
     case DXL_OP_CRC32C:
-        err = dxl_crc(s, q->src + q->done, n, &q->crc, &bad);
+        err = dxl_crc(s, q->src + q->done, n, &q->crc, &q->done, &bad);
         break;
     default:
         break;
     }
     if (err) {
         dxl_finish(s, q, err, bad);
-        return cost + n + 1;
-    }
-    q->done += n;
-    if (q->done == q->len) {
+    } else if (q->done == q->len) {
         dxl_finish(s, q, DXL_ERR_OK, 0);
     }
     return cost + n + 1;
@@ -1476,6 +1485,13 @@ static void dxl_write_config(PCIDevice *pdev, uint32_t addr, uint32_t val,
     dxl_kick(s);
 }
 
+static void dxl_vm_state_change(void *opaque, bool running, RunState state)
+{
+    if (running) {
+        dxl_kick(opaque);
+    }
+}
+
 static void dxl_reset(DeviceState *dev)
 {
     DextlabDmaState *s = DEXTLAB_DMA(dev);
@@ -1603,6 +1619,8 @@ static void dxl_realize(PCIDevice *pdev, Error **errp)
     s->bh = qemu_bh_new_guarded(dxl_bh, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
     s->pace_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dxl_pace_timer_cb, s);
+    s->vmstate_change = qemu_add_vm_change_state_handler(dxl_vm_state_change,
+                                                         s);
     for (i = 0; i < DXL_DMA_NUM_QUEUES; i++) {
         s->q[i].s = s;
         s->q[i].idx = i;
@@ -1622,6 +1640,7 @@ static void dxl_exit(PCIDevice *pdev)
     DextlabDmaState *s = DEXTLAB_DMA(pdev);
     unsigned i;
 
+    qemu_del_vm_change_state_handler(s->vmstate_change);
     qemu_bh_delete(s->bh);
     timer_free(s->pace_timer);
     for (i = 0; i < DXL_DMA_NUM_QUEUES; i++) {

@@ -326,6 +326,10 @@ static bool parse_pci_key(GKeyFile *kf, const Src *s, const char *g, const char 
     bool ok = dext_parse_match_list(v, l, &why);
     if (ok && l == &m->class_code) {
         for (unsigned i = 0; i < l->n; i++) {
+            /* The default mask (no "&MASK") means all 24 class bits. */
+            if (l->v[i].mask == 0xffffffffu) {
+                l->v[i].mask = 0xffffff;
+            }
             if (l->v[i].value > 0xffffff || (l->v[i].mask & ~0xffffffu)) {
                 why = g_strdup("class match values are 24-bit (class<<16|subclass<<8|prog-if)");
                 ok = false;

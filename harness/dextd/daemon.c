@@ -1,0 +1,1728 @@
+/*
+ * dextd: enumeration -> registry -> matching -> one process per
+ * IOUserServerName -> Start/Stop, device access for drivers, user-client
+ * brokering for apps, crash detection and release.  See daemon.h.
+ */
+#include "daemon.h"
+#include "ipc.h"
+#include "personality.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <glib-unix.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define HELLO_TIMEOUT_MS   10000
+#define START_TIMEOUT_MS   65000  /* the library's own bound is 60 s */
+#define STOP_TIMEOUT_MS    5000
+#define POLICY_WINDOW_US   (60 * G_USEC_PER_SEC)
+#define MAX_RPC_BATCH      256
+
+typedef struct Server Server;
+typedef struct Service Service;
+
+typedef struct {
+    DextRegEntry *entry;
+    uint64_t id;
+    DextPciFunction fn;
+    DextDeviceInfo info;
+    Server *opened_by;
+    GArray *irqs;            /* unsigned vectors bound on behalf of opened_by */
+} Device;
+
+typedef enum {
+    SVC_MATCHED, SVC_LAUNCHING, SVC_STARTING, SVC_RUNNING, SVC_STOPPING,
+    SVC_STOPPED, SVC_FAILED, SVC_CRASHED, SVC_GAVE_UP,
+} SvcState;
+
+static const char *const svc_state_names[] = {
+    "matched", "launching", "starting", "running", "stopping", "stopped",
+    "start-failed", "crashed", "gave-up",
+};
+
+struct Service {
+    uint64_t id;             /* registry id of the driver instance entry */
+    DextRegEntry *entry;
+    Device *dev;
+    const DextPersonality *p;
+    Server *srv;
+    SvcState state;
+    unsigned starts;
+    unsigned specificity;
+};
+
+struct Server {
+    Dextd *d;
+    char *name;
+    DextBundle *bundle;
+    GPtrArray *services;     /* Service* (not owned) */
+    GPid pid;
+    int ctrl_fd, rpc_fd;
+    guint ctrl_watch, rpc_watch, child_watch, timer;
+    uint32_t ctrl_serial;
+    GHashTable *pending;     /* serial -> Pending* */
+    GArray *dma;             /* uint64 iova */
+    bool hello;
+    bool killed_by_us;
+    bool gave_up;
+    unsigned launches;
+    GArray *ends;            /* gint64 monotonic times of abnormal ends */
+};
+
+typedef enum { P_START, P_STOP, P_OPEN } PendingKind;
+
+typedef struct {
+    PendingKind kind;
+    Service *svc;
+    uint64_t app_id;         /* AppConn id for P_OPEN */
+    uint32_t app_serial;
+    uint64_t client_id;
+    int app_fd;              /* our end to give the app */
+    guint timer;
+    Server *srv;
+    uint32_t serial;
+} Pending;
+
+typedef struct {
+    uint64_t id;
+    int fd;
+    guint watch;
+    pid_t pid;
+} AppConn;
+
+struct Dextd {
+    DextdConfig cfg;
+    DextdMachine *machine;
+    DextPlatform *plat;
+    DextRegistry *reg;
+    GPtrArray *devices;      /* Device* owned */
+    GPtrArray *bundles;      /* DextBundle* owned */
+    GPtrArray *personalities;/* borrowed from bundles */
+    GPtrArray *services;     /* Service* owned */
+    GHashTable *servers;     /* name -> Server* owned */
+    GHashTable *apps;        /* id -> AppConn* owned */
+    uint64_t next_app_id;
+    uint64_t next_client_id;
+    int listen_fd;
+    guint listen_watch;
+    char *socket_path;
+    GMainLoop *loop;
+    bool shutting_down;
+    unsigned stops_pending;
+    guint quit_timer;
+    int exit_status;
+};
+
+static bool verbose;
+
+void dextd_log(GLogLevelFlags level, const char *fmt, ...)
+{
+    if ((level & G_LOG_LEVEL_DEBUG) && !verbose) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    const char *lv = (level & G_LOG_LEVEL_ERROR) || (level & G_LOG_LEVEL_CRITICAL) ? "error"
+                     : (level & G_LOG_LEVEL_WARNING) ? "warning"
+                     : (level & G_LOG_LEVEL_DEBUG) ? "debug" : "info";
+    gint64 t = g_get_monotonic_time();
+    char *line = g_strdup_printf("[dextd %" G_GINT64_FORMAT ".%03d] %s: %s\n",
+                                 t / G_USEC_PER_SEC, (int)(t / 1000 % 1000), lv, msg);
+    if (write(STDERR_FILENO, line, strlen(line)) < 0) {
+        /* stderr gone: nothing to do */
+    }
+    g_free(line);
+    g_free(msg);
+}
+
+#define LOGI(...) dextd_log(G_LOG_LEVEL_INFO, __VA_ARGS__)
+#define LOGW(...) dextd_log(G_LOG_LEVEL_WARNING, __VA_ARGS__)
+#define LOGE(...) dextd_log(G_LOG_LEVEL_CRITICAL, __VA_ARGS__)
+#define LOGD(...) dextd_log(G_LOG_LEVEL_DEBUG, __VA_ARGS__)
+
+static void platform_log(void *opaque, GLogLevelFlags level, const char *msg)
+{
+    dextd_log(level, "platform: %s", msg);
+}
+
+DextdRelaunch dextd_default_relaunch_policy(const DextdEndInfo *info, void *opaque)
+{
+    DextdRelaunch r = { false, 0, NULL };
+    if (info->shutting_down) {
+        r.why = "dextd is shutting down";
+    } else if (info->reason == DEXTD_END_EXITED) {
+        r.why = "clean exit";
+    } else if (info->recent_crashes >= 5) {
+        r.why = "5 abnormal ends within 60 s: giving up";
+    } else {
+        r.relaunch = true;
+        r.delay_ms = MIN(100u << MIN(info->recent_crashes ? info->recent_crashes - 1 : 0, 6),
+                         5000u);
+        r.why = "abnormal end: relaunch with backoff";
+    }
+    return r;
+}
+
+/* ---- registry ------------------------------------------------------------ */
+
+static void svc_set_state(Service *s, SvcState st)
+{
+    s->state = st;
+    dext_reg_entry_set(s->entry, "state", g_variant_new_string(svc_state_names[st]));
+    dext_reg_entry_set(s->entry, "starts", g_variant_new_uint32(s->starts));
+}
+
+static Device *device_by_id(Dextd *d, uint64_t id)
+{
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        if (dev->id == id) {
+            return dev;
+        }
+    }
+    return NULL;
+}
+
+static const char *bar_kind(DextBarKind k)
+{
+    switch (k) {
+    case DEXT_BAR_MEM32: return "mem32";
+    case DEXT_BAR_MEM64: return "mem64";
+    case DEXT_BAR_IO: return "io";
+    default: return "none";
+    }
+}
+
+static int publish_pci(Dextd *d, char **err)
+{
+    DextPciFunction *fns = NULL;
+    size_t n = 0;
+    int rc = dext_platform_pci_enumerate(d->plat, false, &fns, &n);
+    if (rc < 0) {
+        *err = g_strdup_printf("PCI enumeration failed: %s", dext_platform_last_error(d->plat));
+        return rc;
+    }
+    DextRegEntry *host = dext_registry_add(d->reg, NULL, "pci0000:00", "IOPCIHostBridge");
+    dext_reg_entry_set(host, "platform", g_variant_new_string(dext_platform_backend_name(d->plat)));
+    for (size_t i = 0; i < n; i++) {
+        DextPciFunction *f = &fns[i];
+        char addr[13];
+        dext_pci_addr_format(f->addr, addr);
+        DextRegEntry *parent = host;
+        if (f->has_parent) {
+            for (guint k = 0; k < d->devices->len; k++) {
+                Device *pd = d->devices->pdata[k];
+                if (dext_pci_addr_equal(pd->fn.addr, f->parent)) {
+                    parent = pd->entry;
+                }
+            }
+        }
+        Device *dev = g_new0(Device, 1);
+        dev->fn = *f;
+        dev->irqs = g_array_new(FALSE, FALSE, sizeof(unsigned));
+        dev->entry = dext_registry_add(d->reg, parent, addr, "IOPCIDevice");
+        dev->id = dext_reg_entry_id(dev->entry);
+        uint32_t cls = (uint32_t)f->class_base << 16 | f->class_sub << 8 | f->class_prog_if;
+        dev->info = (DextDeviceInfo){
+            .kind = DEXT_PROVIDER_PCI, .vendor = f->vendor_id, .device = f->device_id,
+            .subvendor = f->subsys_vendor_id, .subdevice = f->subsys_id, .class_code = cls,
+        };
+        DextRegEntry *e = dev->entry;
+        dext_reg_entry_set(e, "IOClass", g_variant_new_string("IOPCIDevice"));
+        dext_reg_entry_set(e, "pci-address", g_variant_new_string(addr));
+        dext_reg_entry_set(e, "vendor-id", g_variant_new_uint16(f->vendor_id));
+        dext_reg_entry_set(e, "device-id", g_variant_new_uint16(f->device_id));
+        dext_reg_entry_set(e, "subsystem-vendor-id", g_variant_new_uint16(f->subsys_vendor_id));
+        dext_reg_entry_set(e, "subsystem-id", g_variant_new_uint16(f->subsys_id));
+        dext_reg_entry_set(e, "class-code", g_variant_new_uint32(cls));
+        dext_reg_entry_set(e, "revision-id", g_variant_new_byte(f->revision));
+        dext_reg_entry_set(e, "msix-vectors", g_variant_new_uint16(f->msix_table_size));
+        dext_reg_entry_set(e, "msi-vectors", g_variant_new_byte(f->msi_vectors));
+        dext_reg_entry_set(e, "has-flr", g_variant_new_boolean(f->has_flr));
+        if (f->is_bridge) {
+            dext_reg_entry_set(e, "secondary-bus", g_variant_new_byte(f->secondary_bus));
+        }
+        GVariantBuilder b;
+        g_variant_builder_init(&b, G_VARIANT_TYPE("a(ystt)"));
+        for (unsigned k = 0; k < DEXT_PCI_NUM_BARS; k++) {
+            if (f->bars[k].kind != DEXT_BAR_NONE && f->bars[k].size) {
+                g_variant_builder_add(&b, "(ystt)", k, bar_kind(f->bars[k].kind),
+                                      (guint64)f->bars[k].addr, (guint64)f->bars[k].size);
+            }
+        }
+        dext_reg_entry_set(e, "bars", g_variant_builder_end(&b));
+        g_ptr_array_add(d->devices, dev);
+        LOGD("published %s %04x:%04x class %06x", addr, f->vendor_id, f->device_id, cls);
+    }
+    g_free(fns);
+    return 0;
+}
+
+/* ---- bundles and matching ---------------------------------------------- */
+
+static void load_bundles(Dextd *d)
+{
+    for (const char *const *dir = d->cfg.driver_dirs; dir && *dir; dir++) {
+        GDir *gd = g_dir_open(*dir, 0, NULL);
+        if (!gd) {
+            LOGW("cannot open drivers folder %s", *dir);
+            continue;
+        }
+        GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+        const char *name;
+        while ((name = g_dir_read_name(gd))) {
+            g_ptr_array_add(names, g_strdup(name));
+        }
+        g_dir_close(gd);
+        g_ptr_array_sort(names, (GCompareFunc)g_ascii_strcasecmp);
+        for (guint i = 0; i < names->len; i++) {
+            char *bdir = g_build_filename(*dir, names->pdata[i], NULL);
+            char *pf = g_strdup_printf("%s/%s.personality", bdir, (char *)names->pdata[i]);
+            if (g_file_test(pf, G_FILE_TEST_IS_REGULAR)) {
+                GError *e = NULL;
+                DextBundle *b = dext_bundle_load(bdir, &e);
+                if (!b) {
+                    /* A broken bundle is skipped; the rest still load. */
+                    LOGE("bundle %s rejected: %s", bdir, e->message);
+                    g_error_free(e);
+                } else {
+                    LOGI("loaded bundle %s (%u personalities)", b->name, b->personalities->len);
+                    g_ptr_array_add(d->bundles, b);
+                    for (guint k = 0; k < b->personalities->len; k++) {
+                        g_ptr_array_add(d->personalities, b->personalities->pdata[k]);
+                    }
+                }
+            }
+            g_free(pf);
+            g_free(bdir);
+        }
+        g_ptr_array_free(names, TRUE);
+    }
+}
+
+static void server_free(gpointer data)
+{
+    Server *s = data;
+    g_ptr_array_free(s->services, TRUE);
+    g_hash_table_destroy(s->pending);
+    g_array_free(s->dma, TRUE);
+    g_array_free(s->ends, TRUE);
+    g_free(s->name);
+    g_free(s);
+}
+
+static void match_all(Dextd *d)
+{
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        GString *log = g_string_new(NULL);
+        GArray *w = dext_match_select(d->personalities, &dev->info, log);
+        if (w->len || log->len) {
+            LOGI("matching %s (%04x:%04x sub %04x:%04x class %06x):\n%s",
+                 dext_reg_entry_name(dev->entry), dev->info.vendor, dev->info.device,
+                 dev->info.subvendor, dev->info.subdevice, dev->info.class_code,
+                 log->len ? log->str : "  no personality matches\n");
+        }
+        for (guint k = 0; k < w->len; k++) {
+            DextMatchResult *r = &g_array_index(w, DextMatchResult, k);
+            Server *srv = g_hash_table_lookup(d->servers, r->p->server_name);
+            if (srv && srv->bundle != r->p->bundle) {
+                LOGE("server name %s is used by bundles %s and %s: %s/%s not started",
+                     r->p->server_name, srv->bundle->name, r->p->bundle->name,
+                     r->p->bundle->name, r->p->name);
+                continue;
+            }
+            if (!srv) {
+                srv = g_new0(Server, 1);
+                srv->d = d;
+                srv->name = g_strdup(r->p->server_name);
+                srv->bundle = r->p->bundle;
+                srv->services = g_ptr_array_new();
+                srv->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, NULL);
+                srv->dma = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+                srv->ends = g_array_new(FALSE, FALSE, sizeof(gint64));
+                srv->ctrl_fd = srv->rpc_fd = -1;
+                g_hash_table_insert(d->servers, srv->name, srv);
+            }
+            Service *s = g_new0(Service, 1);
+            s->dev = dev;
+            s->p = r->p;
+            s->srv = srv;
+            s->specificity = r->specificity;
+            s->entry = dext_registry_add(d->reg, dev->entry, r->p->user_class, r->p->user_class);
+            s->id = dext_reg_entry_id(s->entry);
+            dext_reg_entry_set(s->entry, "IOUserServerName", g_variant_new_string(srv->name));
+            dext_reg_entry_set(s->entry, "IOPersonality",
+                               g_variant_new_take_string(g_strdup_printf("%s/%s", r->p->bundle->name,
+                                                                         r->p->name)));
+            dext_reg_entry_set(s->entry, "IOProbeScore", g_variant_new_int32(r->p->probe_score));
+            dext_reg_entry_set(s->entry, "IOMatchCategory", g_variant_new_string(r->p->match_category));
+            dext_reg_entry_set(s->entry, "match-specificity", g_variant_new_uint32(r->specificity));
+            svc_set_state(s, SVC_MATCHED);
+            g_ptr_array_add(srv->services, s);
+            g_ptr_array_add(d->services, s);
+        }
+        g_array_free(w, TRUE);
+        g_string_free(log, TRUE);
+    }
+}
+
+/* ---- device release ------------------------------------------------------ */
+
+static void release_device(Dextd *d, Device *dev, bool reset)
+{
+    char addr[13];
+    dext_pci_addr_format(dev->fn.addr, addr);
+    for (guint i = 0; i < dev->irqs->len; i++) {
+        dext_platform_irq_unbind(d->plat, dev->fn.addr, g_array_index(dev->irqs, unsigned, i));
+    }
+    g_array_set_size(dev->irqs, 0);
+    if (dext_platform_alive(d->plat)) {
+        /* Stop DMA first, then decode: the device must not touch memory
+         * that is about to be freed. */
+        int rc = dext_platform_pci_set_enables(d->plat, dev->fn.addr,
+                                               DEXT_PCI_ENABLE_BUSMASTER | DEXT_PCI_ENABLE_MEM |
+                                               DEXT_PCI_ENABLE_IO, false);
+        if (rc < 0) {
+            LOGW("%s: cannot disable bus mastering: %s", addr, dext_platform_last_error(d->plat));
+        }
+        if (reset && dev->fn.has_flr) {
+            rc = dext_platform_reset_function(d->plat, dev->fn.addr, false);
+            LOGI("%s: function level reset after driver end: %s", addr,
+                 rc < 0 ? dext_platform_last_error(d->plat) : "done");
+        }
+    }
+    dev->opened_by = NULL;
+}
+
+static void release_server(Server *srv, bool reset)
+{
+    Dextd *d = srv->d;
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        if (dev->opened_by == srv) {
+            release_device(d, dev, reset);
+        }
+    }
+    for (guint i = 0; i < srv->dma->len; i++) {
+        dext_platform_dma_free(d->plat, g_array_index(srv->dma, uint64_t, i));
+    }
+    if (srv->dma->len) {
+        LOGI("%s: freed %u DMA allocations", srv->name, srv->dma->len);
+    }
+    g_array_set_size(srv->dma, 0);
+}
+
+/* ---- server processes ------------------------------------------------------ */
+
+static void pending_free(Pending *p)
+{
+    if (p->timer) {
+        g_source_remove(p->timer);
+    }
+    if (p->app_fd >= 0) {
+        close(p->app_fd);
+    }
+    g_free(p);
+}
+
+static void close_channels(Server *srv)
+{
+    if (srv->ctrl_watch) {
+        g_source_remove(srv->ctrl_watch);
+        srv->ctrl_watch = 0;
+    }
+    if (srv->rpc_watch) {
+        g_source_remove(srv->rpc_watch);
+        srv->rpc_watch = 0;
+    }
+    if (srv->ctrl_fd >= 0) {
+        close(srv->ctrl_fd);
+        srv->ctrl_fd = -1;
+    }
+    if (srv->rpc_fd >= 0) {
+        close(srv->rpc_fd);
+        srv->rpc_fd = -1;
+    }
+    GList *ps = g_hash_table_get_values(srv->pending);
+    g_hash_table_remove_all(srv->pending);
+    for (GList *l = ps; l; l = l->next) {
+        Pending *p = l->data;
+        if (p->kind == P_OPEN) {
+            AppConn *a = g_hash_table_lookup(srv->d->apps, &p->app_id);
+            if (a) {
+                DextMsg req = { .serial = p->app_serial }, e;
+                dext_msg_init_error(&e, &req, -ECONNRESET, "driver %s ended", srv->name);
+                dext_ipc_send(a->fd, &e);
+                dext_msg_clear(&e);
+            }
+        }
+        if (p->kind == P_STOP && srv->d->stops_pending) {
+            srv->d->stops_pending--;
+        }
+        pending_free(p);
+    }
+    g_list_free(ps);
+}
+
+static void kill_server(Server *srv, const char *why)
+{
+    if (srv->pid > 0 && !srv->killed_by_us) {
+        LOGW("%s (pid %d): killing: %s", srv->name, (int)srv->pid, why);
+        srv->killed_by_us = true;
+        kill(srv->pid, SIGKILL);
+    }
+}
+
+static void launch_server(Server *srv);
+
+static gboolean relaunch_cb(gpointer data)
+{
+    Server *srv = data;
+    srv->timer = 0;
+    launch_server(srv);
+    return G_SOURCE_REMOVE;
+}
+
+static bool server_has_live_services(Server *srv)
+{
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->state == SVC_STARTING || s->state == SVC_RUNNING || s->state == SVC_STOPPING ||
+            s->state == SVC_LAUNCHING) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void on_child_exit(GPid pid, gint status, gpointer data)
+{
+    Server *srv = data;
+    Dextd *d = srv->d;
+    srv->child_watch = 0;
+    g_spawn_close_pid(pid);
+    srv->pid = 0;
+    if (srv->timer) {
+        g_source_remove(srv->timer);
+        srv->timer = 0;
+    }
+    close_channels(srv);
+
+    DextdEndInfo info = { .server_name = srv->name, .launches = srv->launches,
+                          .shutting_down = d->shutting_down };
+    if (WIFSIGNALED(status)) {
+        info.reason = srv->killed_by_us ? DEXTD_END_HUNG : DEXTD_END_CRASHED;
+        info.status = WTERMSIG(status);
+        LOGW("%s (pid %d) %s by signal %d (%s)", srv->name, (int)pid,
+             srv->killed_by_us ? "killed" : "crashed", info.status, g_strsignal(info.status));
+    } else {
+        info.status = WEXITSTATUS(status);
+        bool expected = !server_has_live_services(srv);
+        info.reason = info.status == 0 && expected ? DEXTD_END_EXITED : DEXTD_END_FAILED;
+        LOGI("%s (pid %d) exited with status %d%s", srv->name, (int)pid, info.status,
+             expected ? "" : " while its services were live");
+    }
+    bool abnormal = info.reason != DEXTD_END_EXITED;
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->state == SVC_RUNNING || s->state == SVC_STARTING || s->state == SVC_LAUNCHING ||
+            s->state == SVC_STOPPING) {
+            svc_set_state(s, abnormal ? SVC_CRASHED : SVC_STOPPED);
+        }
+        dext_reg_entry_set(s->entry, "pid", NULL);
+    }
+    release_server(srv, abnormal);
+    if (abnormal) {
+        gint64 now = g_get_monotonic_time();
+        g_array_append_val(srv->ends, now);
+        while (srv->ends->len && g_array_index(srv->ends, gint64, 0) < now - POLICY_WINDOW_US) {
+            g_array_remove_index(srv->ends, 0);
+        }
+        info.recent_crashes = srv->ends->len;
+    }
+    srv->killed_by_us = false;
+
+    bool wanted = false;
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        wanted |= s->state == SVC_CRASHED;
+    }
+    if (wanted) {
+        DextdRelaunch r = d->cfg.policy ? d->cfg.policy(&info, d->cfg.policy_opaque)
+                                        : dextd_default_relaunch_policy(&info, NULL);
+        LOGI("relaunch policy for %s: %s in %u ms (%s)", srv->name,
+             r.relaunch ? "relaunch" : "no relaunch", r.relaunch ? r.delay_ms : 0,
+             r.why ? r.why : "");
+        if (r.relaunch) {
+            srv->timer = g_timeout_add(r.delay_ms, relaunch_cb, srv);
+        } else if (!d->shutting_down) {
+            srv->gave_up = true;
+            for (guint i = 0; i < srv->services->len; i++) {
+                Service *s = srv->services->pdata[i];
+                if (s->state == SVC_CRASHED) {
+                    svc_set_state(s, SVC_GAVE_UP);
+                }
+            }
+        }
+    }
+    if (d->shutting_down) {
+        bool any = false;
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, d->servers);
+        while (g_hash_table_iter_next(&it, NULL, &v)) {
+            any |= ((Server *)v)->pid > 0;
+        }
+        if (!any) {
+            g_main_loop_quit(d->loop);
+        }
+    }
+}
+
+static uint32_t ctrl_send(Server *srv, uint16_t type, GVariant *body, int fd, Pending *p,
+                          unsigned timeout_ms);
+
+static gboolean pending_timeout(gpointer data)
+{
+    Pending *p = data;
+    p->timer = 0;
+    LOGE("%s: no reply to %s within bound", p->srv->name,
+         p->kind == P_START ? "Start" : p->kind == P_STOP ? "Stop" : "NewUserClient");
+    kill_server(p->srv, "callback timeout");
+    return G_SOURCE_REMOVE;
+}
+
+static uint32_t ctrl_send(Server *srv, uint16_t type, GVariant *body, int fd, Pending *p,
+                          unsigned timeout_ms)
+{
+    DextMsg m;
+    dext_msg_init(&m, type, body);
+    m.serial = ++srv->ctrl_serial;
+    if (fd >= 0) {
+        m.fds[0] = fd;
+        m.nfds = 1;
+    }
+    int rc = srv->ctrl_fd >= 0 ? dext_ipc_send(srv->ctrl_fd, &m) : -ENOTCONN;
+    m.nfds = 0;
+    uint32_t serial = m.serial;
+    dext_msg_clear(&m);
+    if (rc < 0) {
+        LOGW("%s: cannot send %s: %s", srv->name, dext_msg_name(type), g_strerror(-rc));
+        return 0;
+    }
+    p->srv = srv;
+    p->serial = serial;
+    p->timer = g_timeout_add(timeout_ms, pending_timeout, p);
+    g_hash_table_insert(srv->pending, GUINT_TO_POINTER(serial), p);
+    return serial;
+}
+
+static void send_start(Service *s)
+{
+    Pending *p = g_new0(Pending, 1);
+    p->kind = P_START;
+    p->svc = s;
+    p->app_fd = -1;
+    svc_set_state(s, SVC_STARTING);
+    GVariant *props = dext_reg_entry_properties(s->dev->entry);
+    if (!ctrl_send(s->srv, DEXT_MSG_START,
+                   g_variant_new("(tst@a{sv})", (guint64)s->id, s->p->user_class,
+                                 (guint64)s->dev->id, props), -1, p, START_TIMEOUT_MS)) {
+        pending_free(p);
+        svc_set_state(s, SVC_FAILED);
+    }
+}
+
+static void maybe_retire_server(Server *srv)
+{
+    /* No service left to run: close the channels; the process stops its
+     * remaining state and exits (seen by the child watch). */
+    if (!server_has_live_services(srv) && srv->pid > 0) {
+        LOGI("%s has no live service left: closing its channels", srv->name);
+        close_channels(srv);
+    }
+}
+
+static void on_start_reply(Pending *p, int rc)
+{
+    Service *s = p->svc;
+    if (rc == 0) {
+        s->starts++;
+        svc_set_state(s, SVC_RUNNING);
+        LOGI("%s started %s on %s (service %" G_GUINT64_FORMAT ")", s->srv->name, s->p->user_class,
+             dext_reg_entry_name(s->dev->entry), s->id);
+    } else {
+        svc_set_state(s, SVC_FAILED);
+        LOGW("%s: %s Start on %s failed: %s (device released, not relaunched)", s->srv->name,
+             s->p->user_class, dext_reg_entry_name(s->dev->entry), g_strerror(-rc));
+        if (s->dev->opened_by == s->srv) {
+            release_device(s->srv->d, s->dev, false);
+        }
+        maybe_retire_server(s->srv);
+    }
+}
+
+static void on_open_reply(Server *srv, Pending *p, int rc);
+
+static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
+{
+    Server *srv = data;
+    for (;;) {
+        DextMsg m;
+        char *why = NULL;
+        int rc = dext_ipc_recv(fd, DEXT_CH_CTRL, &m, 0, &why);
+        if (rc == -ETIMEDOUT) {
+            return G_SOURCE_CONTINUE;
+        }
+        if (rc < 0) {
+            if (rc != -ECONNRESET) {
+                LOGW("%s: control channel: %s", srv->name, why ? why : g_strerror(-rc));
+            }
+            g_free(why);
+            srv->ctrl_watch = 0;
+            close_channels(srv);
+            return G_SOURCE_REMOVE;
+        }
+        Pending *p = (m.flags & DEXT_MSG_F_REPLY)
+                         ? g_hash_table_lookup(srv->pending, GUINT_TO_POINTER(m.reply_to)) : NULL;
+        if (!p) {
+            LOGW("%s: unexpected %s on control channel", srv->name, dext_msg_name(m.type));
+            dext_msg_clear(&m);
+            continue;
+        }
+        g_hash_table_remove(srv->pending, GUINT_TO_POINTER(m.reply_to));
+        gint32 res;
+        if (m.type == DEXT_MSG_ERROR) {
+            const char *txt;
+            g_variant_get(m.body, "(i&s)", &res, &txt);
+            LOGW("%s: error reply: %s", srv->name, txt);
+        } else {
+            g_variant_get(m.body, "(i)", &res);
+        }
+        switch (p->kind) {
+        case P_START:
+            on_start_reply(p, res);
+            break;
+        case P_STOP:
+            svc_set_state(p->svc, SVC_STOPPED);
+            LOGI("%s: %s stopped", srv->name, p->svc->p->user_class);
+            if (p->svc->dev->opened_by == srv) {
+                release_device(srv->d, p->svc->dev, false);
+            }
+            if (srv->d->stops_pending && --srv->d->stops_pending == 0 && srv->d->shutting_down) {
+                /* every Stop answered: close channels so servers exit */
+                GHashTableIter it;
+                gpointer v;
+                g_hash_table_iter_init(&it, srv->d->servers);
+                while (g_hash_table_iter_next(&it, NULL, &v)) {
+                    close_channels(v);
+                }
+                dext_msg_clear(&m);
+                pending_free(p);
+                return G_SOURCE_REMOVE;
+            }
+            maybe_retire_server(srv);
+            break;
+        case P_OPEN:
+            on_open_reply(srv, p, res);
+            break;
+        }
+        dext_msg_clear(&m);
+        pending_free(p);
+        if (srv->ctrl_fd < 0) {
+            return G_SOURCE_REMOVE;
+        }
+    }
+}
+
+/* ---- RPC from drivers ---------------------------------------------------- */
+
+static bool server_owns(Server *srv, Device *dev)
+{
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->dev == dev && (s->state == SVC_STARTING || s->state == SVC_RUNNING ||
+                              s->state == SVC_STOPPING)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Config registers the runtime owns: BARs, expansion ROM, MSI/MSI-X
+ * control (interrupt routing goes through IRQ_BIND). */
+static bool cfg_protected(const Device *dev, unsigned off, unsigned w)
+{
+    unsigned end = off + w;
+    bool overlap_bars = off < 0x28 && end > 0x10;
+    bool overlap_rom = dev->fn.is_bridge ? (off < 0x3c && end > 0x38) : (off < 0x34 && end > 0x30);
+    bool msix = dev->fn.msix_cap && off < dev->fn.msix_cap + 12u && end > dev->fn.msix_cap + 2u;
+    bool msi = dev->fn.msi_cap && off < dev->fn.msi_cap + 24u && end > dev->fn.msi_cap + 2u;
+    if (dev->fn.is_bridge && off < 0x30 && end > 0x18) {
+        return true; /* bus numbers and windows */
+    }
+    return overlap_bars || overlap_rom || msix || msi;
+}
+
+static bool mmio_protected(const Device *dev, unsigned bar, uint64_t off, unsigned w)
+{
+    const DextPciFunction *f = &dev->fn;
+    if (!f->msix_cap || !f->msix_table_size) {
+        return false;
+    }
+    uint64_t t0 = f->msix_table_offset, t1 = t0 + 16ull * f->msix_table_size;
+    uint64_t p0 = f->msix_pba_offset, p1 = p0 + ((f->msix_table_size + 63) / 64) * 8ull;
+    return (bar == f->msix_table_bar && off < t1 && off + w > t0) ||
+           (bar == f->msix_pba_bar && off < p1 && off + w > p0);
+}
+
+static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
+{
+    Dextd *d = srv->d;
+    DextPlatform *pl = d->plat;
+    guint64 id = 0;
+    Device *dev = NULL;
+    int rc;
+
+    if (m->type != DEXT_MSG_HELLO && !srv->hello) {
+        *why = g_strdup("HELLO first");
+        return -EPROTO;
+    }
+    /* Every device-addressed request names a device as its first field. */
+    switch (m->type) {
+    case DEXT_MSG_PCI_OPEN: case DEXT_MSG_PCI_CLOSE: case DEXT_MSG_CFG_READ:
+    case DEXT_MSG_CFG_WRITE: case DEXT_MSG_MMIO_READ: case DEXT_MSG_MMIO_WRITE:
+    case DEXT_MSG_IRQ_BIND: case DEXT_MSG_IRQ_UNBIND: case DEXT_MSG_RESET:
+    case DEXT_MSG_IRQ_INFO:
+        g_variant_get_child(m->body, 0, "t", &id);
+        dev = device_by_id(d, id);
+        if (!dev || !server_owns(srv, dev)) {
+            *why = g_strdup_printf("device %" G_GUINT64_FORMAT " is not provided to %s", id,
+                                   srv->name);
+            return -ENODEV;
+        }
+        if (m->type != DEXT_MSG_PCI_OPEN && m->type != DEXT_MSG_IRQ_INFO &&
+            dev->opened_by != srv) {
+            *why = g_strdup_printf("device %s is not open", dext_reg_entry_name(dev->entry));
+            return -ENOTCONN;
+        }
+        break;
+    default:
+        break;
+    }
+#define PLAT_FAIL(rc_) do { *why = g_strdup(dext_platform_last_error(pl)); return (rc_); } while (0)
+    switch (m->type) {
+    case DEXT_MSG_HELLO: {
+        const char *name;
+        gint64 pid;
+        g_variant_get(m->body, "(&sx)", &name, &pid);
+        if (strcmp(name, srv->name) || pid != srv->pid) {
+            *why = g_strdup_printf("HELLO from \"%s\" pid %" G_GINT64_FORMAT ", expected %s pid %d",
+                                   name, pid, srv->name, (int)srv->pid);
+            return -EPERM;
+        }
+        srv->hello = true;
+        if (srv->timer) {
+            g_source_remove(srv->timer);
+            srv->timer = 0;
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(u)", DEXT_IPC_VERSION));
+        /* Start every service this server hosts. */
+        for (guint i = 0; i < srv->services->len; i++) {
+            Service *s = srv->services->pdata[i];
+            if (s->state == SVC_LAUNCHING) {
+                send_start(s);
+            }
+        }
+        return 0;
+    }
+    case DEXT_MSG_PCI_OPEN:
+        if (dev->opened_by && dev->opened_by != srv) {
+            *why = g_strdup_printf("opened by %s", dev->opened_by->name);
+            return -EBUSY;
+        }
+        if (dev->opened_by == srv) {
+            *why = g_strdup("already open");
+            return -EBUSY;
+        }
+        dev->opened_by = srv;
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    case DEXT_MSG_PCI_CLOSE:
+        for (guint i = 0; i < dev->irqs->len; i++) {
+            dext_platform_irq_unbind(pl, dev->fn.addr, g_array_index(dev->irqs, unsigned, i));
+        }
+        g_array_set_size(dev->irqs, 0);
+        dev->opened_by = NULL;
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    case DEXT_MSG_CFG_READ: {
+        guint16 off;
+        guchar w;
+        guint32 v;
+        g_variant_get(m->body, "(tqy)", NULL, &off, &w);
+        if ((rc = dext_platform_cfg_read(pl, dev->fn.addr, off, w, &v)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(u)", v));
+        return 0;
+    }
+    case DEXT_MSG_CFG_WRITE: {
+        guint16 off;
+        guchar w;
+        guint32 v;
+        g_variant_get(m->body, "(tqyu)", NULL, &off, &w, &v);
+        if ((w == 1 || w == 2 || w == 4) && cfg_protected(dev, off, w)) {
+            *why = g_strdup_printf("config offset 0x%x is owned by the runtime", off);
+            return -EPERM;
+        }
+        if ((rc = dext_platform_cfg_write(pl, dev->fn.addr, off, w, v)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    }
+    case DEXT_MSG_MMIO_READ: {
+        guchar bar, w;
+        guint64 off, v;
+        g_variant_get(m->body, "(tyty)", NULL, &bar, &off, &w);
+        if ((rc = dext_platform_bar_read(pl, dev->fn.addr, bar, off, w, &v)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(t)", v));
+        return 0;
+    }
+    case DEXT_MSG_MMIO_WRITE: {
+        guchar bar, w;
+        guint64 off, v;
+        g_variant_get(m->body, "(tytyt)", NULL, &bar, &off, &w, &v);
+        if (mmio_protected(dev, bar, off, w)) {
+            *why = g_strdup_printf("BAR%u+0x%" G_GINT64_MODIFIER "x is the MSI-X table/PBA, "
+                                   "owned by the runtime", bar, off);
+            return -EPERM;
+        }
+        if ((rc = dext_platform_bar_write(pl, dev->fn.addr, bar, off, w, v)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    }
+    case DEXT_MSG_SYNC:
+        if ((rc = dext_platform_flush(pl)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    case DEXT_MSG_DMA_RAM: {
+        int fd;
+        uint64_t size;
+        if ((rc = dext_platform_memory_fd(pl, &fd, &size)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(t)", (guint64)size));
+        rep->fds[0] = fd;   /* borrowed: the platform owns it */
+        rep->nfds = 1;
+        return 1;           /* 1: reply fds are borrowed */
+    }
+    case DEXT_MSG_DMA_ALLOC: {
+        guint64 size, align;
+        DextDmaRange r;
+        g_variant_get(m->body, "(tt)", &size, &align);
+        if ((rc = dext_platform_dma_alloc(pl, size, align, &r)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        g_array_append_val(srv->dma, r.iova);
+        dext_msg_init_reply(rep, m, g_variant_new("(ttt)", (guint64)r.iova, (guint64)r.size,
+                                                  (guint64)r.fd_offset));
+        return 0;
+    }
+    case DEXT_MSG_DMA_FREE: {
+        guint64 iova;
+        g_variant_get(m->body, "(t)", &iova);
+        for (guint i = 0; i < srv->dma->len; i++) {
+            if (g_array_index(srv->dma, uint64_t, i) == iova) {
+                g_array_remove_index_fast(srv->dma, i);
+                if ((rc = dext_platform_dma_free(pl, iova)) < 0) {
+                    PLAT_FAIL(rc);
+                }
+                dext_msg_init_reply(rep, m, NULL);
+                return 0;
+            }
+        }
+        *why = g_strdup_printf("0x%" G_GINT64_MODIFIER "x is not a DMA allocation of %s", iova,
+                               srv->name);
+        return -EINVAL;
+    }
+    case DEXT_MSG_IRQ_BIND: {
+        guint32 vec;
+        g_variant_get(m->body, "(tu)", NULL, &vec);
+        int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (efd < 0) {
+            return -errno;
+        }
+        DextIrqKind used;
+        rc = dext_platform_irq_bind(pl, dev->fn.addr,
+                                    dev->fn.msix_table_size ? DEXT_IRQ_MSIX : DEXT_IRQ_AUTO,
+                                    vec, efd, &used);
+        if (rc < 0) {
+            close(efd);
+            PLAT_FAIL(rc);
+        }
+        bool known = false;
+        for (guint i = 0; i < dev->irqs->len; i++) {
+            known |= g_array_index(dev->irqs, unsigned, i) == vec;
+        }
+        if (!known) {
+            g_array_append_val(dev->irqs, vec);
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(u)", (guint32)dev->fn.msix_table_size));
+        rep->fds[0] = efd;  /* owned: closed after sending */
+        rep->nfds = 1;
+        return 0;
+    }
+    case DEXT_MSG_IRQ_UNBIND: {
+        guint32 vec;
+        g_variant_get(m->body, "(tu)", NULL, &vec);
+        for (guint i = 0; i < dev->irqs->len; i++) {
+            if (g_array_index(dev->irqs, unsigned, i) == vec) {
+                g_array_remove_index_fast(dev->irqs, i);
+                if ((rc = dext_platform_irq_unbind(pl, dev->fn.addr, vec)) < 0) {
+                    PLAT_FAIL(rc);
+                }
+                dext_msg_init_reply(rep, m, NULL);
+                return 0;
+            }
+        }
+        *why = g_strdup_printf("vector %u is not bound", vec);
+        return -ENOENT;
+    }
+    case DEXT_MSG_RESET:
+        rc = dext_platform_reset_function(pl, dev->fn.addr, false);
+        if (rc < 0) {
+            PLAT_FAIL(rc);
+        }
+        g_array_set_size(dev->irqs, 0); /* the platform dropped them */
+        dext_msg_init_reply(rep, m, NULL);
+        return 0;
+    case DEXT_MSG_IRQ_INFO:
+        dext_msg_init_reply(rep, m, g_variant_new("(u)", (guint32)dev->fn.msix_table_size));
+        return 0;
+    default:
+        *why = g_strdup_printf("%s is not a driver request", dext_msg_name(m->type));
+        return -EOPNOTSUPP;
+    }
+#undef PLAT_FAIL
+}
+
+static gboolean on_rpc(gint fd, GIOCondition cond, gpointer data)
+{
+    Server *srv = data;
+    for (int i = 0; i < MAX_RPC_BATCH; i++) {
+        DextMsg m, rep = { 0 };
+        char *why = NULL;
+        int rc = dext_ipc_recv(fd, DEXT_CH_RPC, &m, 0, &why);
+        if (rc == -ETIMEDOUT) {
+            return G_SOURCE_CONTINUE;
+        }
+        if (rc < 0 && (rc == -ECONNRESET || rc == -EPIPE)) {
+            g_free(why);
+            srv->rpc_watch = 0;
+            return G_SOURCE_REMOVE; /* process ending; the child watch cleans up */
+        }
+        if (rc < 0) {
+            LOGW("%s: malformed request: %s", srv->name, why ? why : g_strerror(-rc));
+            if (m.serial && rc != -EMSGSIZE) {
+                DextMsg e;
+                dext_msg_init_error(&e, &m, rc, "%s", why ? why : "malformed");
+                dext_ipc_send(fd, &e);
+                dext_msg_clear(&e);
+                g_free(why);
+                continue;
+            }
+            g_free(why);
+            /* Cannot even frame it: drop this connection (the driver ends). */
+            srv->rpc_watch = 0;
+            close(srv->rpc_fd);
+            srv->rpc_fd = -1;
+            return G_SOURCE_REMOVE;
+        }
+        if (m.flags & DEXT_MSG_F_REPLY) {
+            dext_msg_clear(&m);
+            continue;
+        }
+        rc = handle_rpc(srv, &m, &rep, &why);
+        if (m.flags & DEXT_MSG_F_POSTED) {
+            if (rc < 0) {
+                LOGW("%s: posted %s dropped: %s", srv->name, dext_msg_name(m.type),
+                     why ? why : g_strerror(-rc));
+            }
+            if (rc >= 0) {
+                if (rc == 1) {
+                    rep.nfds = 0;
+                }
+                dext_msg_clear(&rep);
+            }
+        } else if (rc < 0) {
+            LOGD("%s: %s refused: %s", srv->name, dext_msg_name(m.type), why ? why : "");
+            DextMsg e;
+            dext_msg_init_error(&e, &m, rc, "%s", why ? why : g_strerror(-rc));
+            dext_ipc_send(fd, &e);
+            dext_msg_clear(&e);
+        } else {
+            dext_ipc_send(fd, &rep);
+            if (rc == 1) {
+                rep.nfds = 0; /* borrowed fd */
+            }
+            dext_msg_clear(&rep);
+        }
+        g_free(why);
+        dext_msg_clear(&m);
+        if (m.type == DEXT_MSG_HELLO && rc < 0) {
+            kill_server(srv, "bad HELLO");
+        }
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean hello_timeout(gpointer data)
+{
+    Server *srv = data;
+    srv->timer = 0;
+    kill_server(srv, "no HELLO within 10 s");
+    return G_SOURCE_REMOVE;
+}
+
+static void child_setup(gpointer data)
+{
+    int *fds = data;
+    /* Die with dextd: drivers never outlive their daemon. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Own process group: a terminal's Ctrl-C reaches dextd, which stops
+     * drivers in order, instead of killing them under it. */
+    setpgid(0, 0);
+    int c = fcntl(fds[0], F_DUPFD_CLOEXEC, 10), r = fcntl(fds[1], F_DUPFD_CLOEXEC, 10);
+    dup2(c, 3);
+    dup2(r, 4);
+}
+
+static void launch_server(Server *srv)
+{
+    Dextd *d = srv->d;
+    int ctrl[2], rpc[2];
+    if (d->shutting_down) {
+        return;
+    }
+    if (dext_ipc_socketpair(ctrl) < 0 || dext_ipc_socketpair(rpc) < 0) {
+        LOGE("%s: socketpair: %s", srv->name, g_strerror(errno));
+        return;
+    }
+    char *argv[] = { srv->bundle->executable, NULL };
+    char **envp = g_get_environ();
+    envp = g_environ_setenv(envp, "DEXT_CONTROL_FD", "3", TRUE);
+    envp = g_environ_setenv(envp, "DEXT_RPC_FD", "4", TRUE);
+    envp = g_environ_setenv(envp, "DEXT_SERVER_NAME", srv->name, TRUE);
+    int child_fds[2] = { ctrl[1], rpc[1] };
+    GError *err = NULL;
+    GPid pid;
+    /* g_spawn closes every other fd in the child (no leaked platform or
+     * app sockets) and dup2 in child_setup clears CLOEXEC on 3 and 4. */
+    gboolean ok = g_spawn_async(srv->bundle->dir, argv, envp,
+                                G_SPAWN_DO_NOT_REAP_CHILD,
+                                child_setup, child_fds, &pid, &err);
+    g_strfreev(envp);
+    close(ctrl[1]);
+    close(rpc[1]);
+    if (!ok) {
+        LOGE("%s: cannot launch %s: %s", srv->name, srv->bundle->executable, err->message);
+        g_error_free(err);
+        close(ctrl[0]);
+        close(rpc[0]);
+        for (guint i = 0; i < srv->services->len; i++) {
+            svc_set_state(srv->services->pdata[i], SVC_GAVE_UP);
+        }
+        return;
+    }
+    srv->pid = pid;
+    srv->launches++;
+    srv->hello = false;
+    srv->ctrl_fd = ctrl[0];
+    srv->rpc_fd = rpc[0];
+    srv->ctrl_watch = g_unix_fd_add(srv->ctrl_fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_ctrl, srv);
+    srv->rpc_watch = g_unix_fd_add(srv->rpc_fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_rpc, srv);
+    srv->child_watch = g_child_watch_add(pid, on_child_exit, srv);
+    srv->timer = g_timeout_add(HELLO_TIMEOUT_MS, hello_timeout, srv);
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->state == SVC_MATCHED || s->state == SVC_CRASHED) {
+            svc_set_state(s, SVC_LAUNCHING);
+            dext_reg_entry_set(s->entry, "pid", g_variant_new_int32(pid));
+            dext_reg_entry_set(s->entry, "launches", g_variant_new_uint32(srv->launches));
+        }
+    }
+    LOGI("launched %s (%s) pid %d, launch #%u", srv->name, srv->bundle->executable, (int)pid,
+         srv->launches);
+}
+
+/* ---- apps ------------------------------------------------------------------ */
+
+static void app_close(Dextd *d, AppConn *a)
+{
+    if (a->watch) {
+        g_source_remove(a->watch);
+    }
+    close(a->fd);
+    g_hash_table_remove(d->apps, &a->id);
+}
+
+static void app_error(AppConn *a, const DextMsg *req, int err, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+static void app_error(AppConn *a, const DextMsg *req, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    DextMsg e;
+    dext_msg_init_error(&e, req, err, "%s", s);
+    dext_ipc_send(a->fd, &e);
+    dext_msg_clear(&e);
+    g_free(s);
+}
+
+static void on_open_reply(Server *srv, Pending *p, int rc)
+{
+    AppConn *a = g_hash_table_lookup(srv->d->apps, &p->app_id);
+    DextMsg req = { .serial = p->app_serial };
+    if (!a) {
+        return; /* the app went away meanwhile; its end closes with p */
+    }
+    if (rc < 0) {
+        LOGI("%s refused user client for app pid %d: %s", srv->name, (int)a->pid,
+             g_strerror(-rc));
+        app_error(a, &req, rc, "driver refused the connection: %s", g_strerror(-rc));
+        return;
+    }
+    DextMsg r;
+    req.type = DEXT_MSG_OPEN;
+    dext_msg_init_reply(&r, &req, g_variant_new("(tt)", (guint64)p->svc->id, (guint64)p->client_id));
+    r.fds[0] = p->app_fd;
+    r.nfds = 1;
+    dext_ipc_send(a->fd, &r);
+    r.nfds = 0;
+    dext_msg_clear(&r);
+}
+
+static char *app_identity(pid_t pid, DextAppEntitlements **ents, char **why)
+{
+    char *link = g_strdup_printf("/proc/%d/exe", (int)pid);
+    char *exe = g_file_read_link(link, NULL);
+    g_free(link);
+    if (!exe) {
+        *why = g_strdup("cannot identify the app's executable");
+        return NULL;
+    }
+    char *ef = g_strdup_printf("%s.entitlements", exe);
+    GError *e = NULL;
+    *ents = dext_app_entitlements_load(ef, &e);
+    if (!*ents) {
+        *why = g_strdup_printf("no valid entitlements for %s: %s", exe, e->message);
+        g_error_free(e);
+    }
+    g_free(ef);
+    return exe;
+}
+
+static void app_open(Dextd *d, AppConn *a, DextMsg *m)
+{
+    const char *by, *value;
+    g_variant_get(m->body, "(&s&s)", &by, &value);
+    char *why = NULL;
+    DextAppEntitlements *ents = NULL;
+    char *exe = app_identity(a->pid, &ents, &why);
+    if (!ents) {
+        LOGW("user client refused for pid %d (%s): %s", (int)a->pid, exe ? exe : "?", why);
+        app_error(a, m, -EACCES, "%s", why);
+        goto out;
+    }
+    Service *found = NULL;
+    bool any = false;
+    for (guint i = 0; i < d->services->len && !found; i++) {
+        Service *s = d->services->pdata[i];
+        bool hit = !strcmp(by, "class") ? !strcmp(s->p->user_class, value)
+                 : !strcmp(by, "name") ? !strcmp(s->srv->name, value)
+                 : !strcmp(by, "id") ? g_ascii_strtoull(value, NULL, 10) == s->id : false;
+        if (hit) {
+            any = true;
+            if (s->state == SVC_RUNNING) {
+                found = s;
+            }
+        }
+    }
+    if (!found) {
+        app_error(a, m, any ? -EAGAIN : -ENOENT, "%s service matching %s=%s",
+                  any ? "no running" : "no", by, value);
+        goto out;
+    }
+    if (!dext_app_may_open(ents, found->srv->name)) {
+        LOGW("user client refused: app %s (%s) lacks userclient-access to %s", ents->id, exe,
+             found->srv->name);
+        app_error(a, m, -EACCES, "app %s is not entitled to open %s", ents->id, found->srv->name);
+        goto out;
+    }
+    if (!dext_bundle_allows_app(found->srv->bundle, ents->id)) {
+        LOGW("user client refused: bundle %s does not list app %s in userclient-access",
+             found->srv->bundle->name, ents->id);
+        app_error(a, m, -EACCES, "driver %s does not allow app %s", found->srv->name, ents->id);
+        goto out;
+    }
+    int sv[2];
+    if (dext_ipc_socketpair(sv) < 0) {
+        app_error(a, m, -EMFILE, "socketpair failed");
+        goto out;
+    }
+    Pending *p = g_new0(Pending, 1);
+    p->kind = P_OPEN;
+    p->svc = found;
+    p->app_id = a->id;
+    p->app_serial = m->serial;
+    p->client_id = ++d->next_client_id;
+    p->app_fd = sv[0];
+    if (!ctrl_send(found->srv, DEXT_MSG_NEW_CLIENT,
+                   g_variant_new("(tts)", (guint64)found->id, (guint64)p->client_id, ents->id),
+                   sv[1], p, START_TIMEOUT_MS)) {
+        app_error(a, m, -ECONNRESET, "driver not reachable");
+        pending_free(p);
+    } else {
+        LOGI("app %s (pid %d) opens a user client of %s (%s)", ents->id, (int)a->pid,
+             found->p->user_class, found->srv->name);
+    }
+    close(sv[1]);
+out:
+    g_free(exe);
+    g_free(why);
+    dext_app_entitlements_free(ents);
+}
+
+
+static gboolean on_app_msg(Dextd *d, AppConn *a)
+{
+    DextMsg m;
+    char *why = NULL;
+    int rc = dext_ipc_recv(a->fd, DEXT_CH_APP, &m, 0, &why);
+    if (rc == -ETIMEDOUT) {
+        return TRUE;
+    }
+    if (rc < 0) {
+        if (rc != -ECONNRESET && rc != -EPIPE) {
+            LOGW("app pid %d: %s", (int)a->pid, why ? why : g_strerror(-rc));
+        }
+        if (rc != -ECONNRESET && rc != -EPIPE && m.serial && rc != -EMSGSIZE) {
+            app_error(a, &m, rc, "%s", why ? why : "malformed");
+            g_free(why);
+            return TRUE;
+        }
+        g_free(why);
+        return FALSE;
+    }
+    if (m.flags & DEXT_MSG_F_REPLY) {
+        dext_msg_clear(&m);
+        return TRUE;
+    }
+    switch (m.type) {
+    case DEXT_MSG_OPEN:
+        app_open(d, a, &m);
+        break;
+    case DEXT_MSG_REGISTRY: {
+        gboolean json;
+        g_variant_get(m.body, "(b)", &json);
+        char *s = dextd_registry_dump(d, json);
+        DextMsg r;
+        if (strlen(s) > DEXT_IPC_MAX_BODY - 64) {
+            app_error(a, &m, -EMSGSIZE, "registry too large for one message");
+        } else {
+            dext_msg_init_reply(&r, &m, g_variant_new("(s)", s));
+            dext_ipc_send(a->fd, &r);
+            dext_msg_clear(&r);
+        }
+        g_free(s);
+        break;
+    }
+    case DEXT_MSG_SERVICES: {
+        GVariantBuilder b;
+        g_variant_builder_init(&b, G_VARIANT_TYPE("a(tsssxuu)"));
+        for (guint i = 0; i < d->services->len; i++) {
+            Service *s = d->services->pdata[i];
+            g_variant_builder_add(&b, "(tsssxuu)", (guint64)s->id, s->p->user_class, s->srv->name,
+                                  svc_state_names[s->state], (gint64)s->srv->pid,
+                                  s->srv->launches, s->starts);
+        }
+        DextMsg r;
+        dext_msg_init_reply(&r, &m, g_variant_new("(a(tsssxuu))", &b));
+        dext_ipc_send(a->fd, &r);
+        dext_msg_clear(&r);
+        break;
+    }
+    default:
+        app_error(a, &m, -EOPNOTSUPP, "%s is not an app request", dext_msg_name(m.type));
+    }
+    dext_msg_clear(&m);
+    return TRUE;
+}
+
+typedef struct {
+    Dextd *d;
+    uint64_t id;
+} AppRef;
+
+static gboolean on_app_ref(gint fd, GIOCondition cond, gpointer data)
+{
+    AppRef *r = data;
+    AppConn *a = g_hash_table_lookup(r->d->apps, &r->id);
+    if (!a) {
+        return G_SOURCE_REMOVE;
+    }
+    for (int i = 0; i < 16; i++) {
+        if (!on_app_msg(r->d, a)) {
+            a->watch = 0;
+            app_close(r->d, a);
+            return G_SOURCE_REMOVE;
+        }
+        if (!(cond & G_IO_IN)) {
+            break;
+        }
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        if (poll(&pf, 1, 0) <= 0) {
+            break;
+        }
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean on_listen(gint fd, GIOCondition cond, gpointer data)
+{
+    Dextd *d = data;
+    int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c < 0) {
+        return G_SOURCE_CONTINUE;
+    }
+    struct ucred cr;
+    socklen_t len = sizeof(cr);
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+        close(c);
+        return G_SOURCE_CONTINUE;
+    }
+    AppConn *a = g_new0(AppConn, 1);
+    a->id = ++d->next_app_id;
+    a->fd = c;
+    a->pid = cr.pid;
+    g_hash_table_insert(d->apps, &a->id, a);
+    AppRef *r = g_new(AppRef, 1);
+    r->d = d;
+    r->id = a->id;
+    a->watch = g_unix_fd_add_full(G_PRIORITY_DEFAULT, c, G_IO_IN | G_IO_HUP | G_IO_ERR,
+                                  on_app_ref, r, g_free);
+    LOGD("app connection %" G_GUINT64_FORMAT " from pid %d", a->id, (int)a->pid);
+    return G_SOURCE_CONTINUE;
+}
+
+static void app_free(gpointer data)
+{
+    g_free(data);
+}
+
+static int listen_socket(Dextd *d, char **err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(d->socket_path) >= sizeof(sa.sun_path)) {
+        *err = g_strdup_printf("socket path too long: %s", d->socket_path);
+        return -ENAMETOOLONG;
+    }
+    strcpy(sa.sun_path, d->socket_path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        *err = g_strdup_printf("socket: %s", g_strerror(errno));
+        return -errno;
+    }
+    unlink(d->socket_path);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
+        int e = errno;
+        *err = g_strdup_printf("cannot listen on %s: %s", d->socket_path, g_strerror(e));
+        close(fd);
+        return -e;
+    }
+    d->listen_fd = fd;
+    d->listen_watch = g_unix_fd_add(fd, G_IO_IN, on_listen, d);
+    return 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void device_free(gpointer data)
+{
+    Device *dev = data;
+    g_array_free(dev->irqs, TRUE);
+    g_free(dev);
+}
+
+int dextd_create(const DextdConfig *cfg, Dextd **out, char **err)
+{
+    int rc;
+    GError *e = NULL;
+    verbose = cfg->verbose;
+    if (!cfg->platform || strcmp(cfg->platform, "qtest")) {
+        *err = g_strdup_printf("unknown platform \"%s\" (qtest)", cfg->platform ? cfg->platform : "");
+        return -EINVAL;
+    }
+    if (!cfg->machine_file) {
+        *err = g_strdup("--machine is required with the qtest platform");
+        return -EINVAL;
+    }
+    Dextd *d = g_new0(Dextd, 1);
+    d->cfg = *cfg;
+    d->listen_fd = -1;
+    d->reg = dext_registry_new();
+    d->devices = g_ptr_array_new_with_free_func(device_free);
+    d->bundles = g_ptr_array_new_with_free_func((GDestroyNotify)dext_bundle_free);
+    d->personalities = g_ptr_array_new();
+    d->services = g_ptr_array_new_with_free_func(g_free);
+    d->servers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, server_free);
+    d->apps = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, app_free);
+    d->socket_path = g_strdup(cfg->socket_path);
+    d->loop = g_main_loop_new(NULL, FALSE);
+
+    d->machine = dextd_machine_load(cfg->machine_file, &e);
+    if (!d->machine) {
+        *err = g_strdup(e->message);
+        g_error_free(e);
+        rc = -EINVAL;
+        goto fail;
+    }
+    DextMachineDesc desc = *dextd_machine_desc(d->machine);
+    desc.log_fn = platform_log;
+    desc.log_opaque = d;
+    LOGI("starting machine %s (qtest platform)", cfg->machine_file);
+    rc = dext_platform_qtest_create(&desc, &d->plat);
+    if (rc < 0) {
+        *err = g_strdup_printf("cannot start the machine: %s", g_strerror(-rc));
+        goto fail;
+    }
+    if (!dext_platform_has_msi(d->plat)) {
+        LOGW("this QEMU does not report MSI messages (no msi_intercept): interrupts unavailable");
+    }
+    if ((rc = publish_pci(d, err)) < 0) {
+        goto fail;
+    }
+    LOGI("published %u PCI functions", d->devices->len);
+    load_bundles(d);
+    match_all(d);
+    if (d->socket_path && (rc = listen_socket(d, err)) < 0) {
+        goto fail;
+    }
+    *out = d;
+    return 0;
+fail:
+    dextd_destroy(d);
+    return rc;
+}
+
+char *dextd_registry_dump(Dextd *d, bool json)
+{
+    return json ? dext_registry_dump_json(d->reg, NULL, TRUE) : dext_registry_dump_text(d->reg, NULL);
+}
+
+static gboolean on_signal(gpointer data)
+{
+    dextd_quit(data);
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean quit_timeout(gpointer data)
+{
+    Dextd *d = data;
+    d->quit_timer = 0;
+    LOGW("servers did not stop in time: killing them");
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Server *srv = v;
+        close_channels(srv);
+        kill_server(srv, "shutdown timeout");
+    }
+    g_main_loop_quit(d->loop);
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean idle_quit(gpointer data)
+{
+    dextd_quit(data);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_platform_event(void *opaque, DextPlatformEvent ev, uint64_t a, uint64_t b,
+                              const char *json)
+{
+    /* Reader thread: only hand over to the main loop. */
+    if (ev == DEXT_EVENT_DIED) {
+        g_idle_add(idle_quit, opaque);
+    }
+}
+
+int dextd_run(Dextd *d)
+{
+    guint s1 = g_unix_signal_add(SIGTERM, on_signal, d);
+    guint s2 = g_unix_signal_add(SIGINT, on_signal, d);
+    dext_platform_set_event_cb(d->plat, on_platform_event, d);
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        launch_server(v);
+    }
+    if (!g_hash_table_size(d->servers)) {
+        LOGI("no driver matched any device");
+    }
+    LOGI("ready%s%s", d->socket_path ? ": apps connect to " : "",
+         d->socket_path ? d->socket_path : "");
+    g_main_loop_run(d->loop);
+    g_source_remove(s1);
+    g_source_remove(s2);
+    dext_platform_set_event_cb(d->plat, NULL, NULL);
+    return d->exit_status;
+}
+
+void dextd_quit(Dextd *d)
+{
+    if (d->shutting_down) {
+        return;
+    }
+    d->shutting_down = true;
+    if (!dext_platform_alive(d->plat)) {
+        LOGE("the machine died");
+        d->exit_status = 1;
+    }
+    LOGI("shutting down: stopping services");
+    GHashTableIter it;
+    gpointer v;
+    bool any = false;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Server *srv = v;
+        if (srv->timer) {
+            g_source_remove(srv->timer);
+            srv->timer = 0;
+        }
+        if (srv->pid <= 0) {
+            continue;
+        }
+        any = true;
+        for (guint i = 0; i < srv->services->len; i++) {
+            Service *s = srv->services->pdata[i];
+            if (s->state == SVC_RUNNING) {
+                Pending *p = g_new0(Pending, 1);
+                p->kind = P_STOP;
+                p->svc = s;
+                p->app_fd = -1;
+                svc_set_state(s, SVC_STOPPING);
+                if (ctrl_send(srv, DEXT_MSG_STOP, g_variant_new("(t)", (guint64)s->id), -1, p,
+                              STOP_TIMEOUT_MS)) {
+                    d->stops_pending++;
+                } else {
+                    pending_free(p);
+                }
+            }
+        }
+    }
+    if (!d->stops_pending) {
+        g_hash_table_iter_init(&it, d->servers);
+        while (g_hash_table_iter_next(&it, NULL, &v)) {
+            close_channels(v);
+        }
+    }
+    if (!any) {
+        g_main_loop_quit(d->loop);
+        return;
+    }
+    d->quit_timer = g_timeout_add(STOP_TIMEOUT_MS + 3000, quit_timeout, d);
+}
+
+void dextd_destroy(Dextd *d)
+{
+    if (!d) {
+        return;
+    }
+    if (d->quit_timer) {
+        g_source_remove(d->quit_timer);
+    }
+    /* Reap whatever is left (bounded), then release devices. */
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Server *srv = v;
+        close_channels(srv);
+        if (srv->timer) {
+            g_source_remove(srv->timer);
+        }
+        if (srv->child_watch) {
+            g_source_remove(srv->child_watch);
+        }
+        if (srv->pid > 0) {
+            gint64 end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+            while (waitpid(srv->pid, NULL, WNOHANG) == 0) {
+                if (g_get_monotonic_time() > end) {
+                    kill(srv->pid, SIGKILL);
+                    waitpid(srv->pid, NULL, 0);
+                    break;
+                }
+                g_usleep(10000);
+            }
+            srv->pid = 0;
+        }
+        if (d->plat) {
+            release_server(srv, false);
+        }
+    }
+    GList *apps = g_hash_table_get_values(d->apps);
+    for (GList *l = apps; l; l = l->next) {
+        AppConn *a = l->data;
+        if (a->watch) {
+            g_source_remove(a->watch);
+        }
+        close(a->fd);
+    }
+    g_list_free(apps);
+    g_hash_table_destroy(d->apps);
+    if (d->listen_watch) {
+        g_source_remove(d->listen_watch);
+    }
+    if (d->listen_fd >= 0) {
+        close(d->listen_fd);
+        unlink(d->socket_path);
+    }
+    g_hash_table_destroy(d->servers);
+    g_ptr_array_free(d->services, TRUE);
+    g_ptr_array_free(d->personalities, TRUE);
+    g_ptr_array_free(d->bundles, TRUE);
+    g_ptr_array_free(d->devices, TRUE);
+    dext_platform_destroy(d->plat);
+    dextd_machine_free(d->machine);
+    dext_registry_free(d->reg);
+    g_main_loop_unref(d->loop);
+    g_free(d->socket_path);
+    g_free(d);
+}

@@ -1,0 +1,32 @@
+/* libdext internals shared by server.c, pci.c, memory.c. */
+#ifndef DEXT_LIB_INTERNAL_H
+#define DEXT_LIB_INTERNAL_H
+
+#include <glib.h>
+#include "dext/dext.h"
+#include "ipc.h"
+
+struct DextService {
+    uint64_t id;
+    uint64_t provider_id;
+    char *class_name;
+    const DextClassOps *ops;
+    DextQueue *queue;
+    void *priv;
+    GVariant *props;            /* a{sv} of the provider */
+    DextPciDevice *pci;
+    GMutex uc_lock;
+    GPtrArray *ucs;             /* DextUserClient* */
+};
+
+/* RPC to dextd on the device-access channel.  body may be floating.
+ * posted: no reply is awaited.  reply may be NULL (then cleared). */
+int dext__rpc(uint16_t type, GVariant *body, bool posted, DextMsg *reply);
+/* Shared guest-RAM fd (fetched once), or negative errno. */
+int dext__ram_fd(uint64_t *size);
+
+DextPciDevice *dext__pci_new(DextService *svc);
+void dext__pci_free(DextPciDevice *dev);
+bool dext__pci_is_open(const DextPciDevice *dev);
+
+#endif

@@ -782,6 +782,10 @@ static void dxl_pace_timer_cb(void *opaque)
     int64_t now = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
     unsigned i;
 
+    if (!runstate_is_running()) {
+        /* Posted when the VM runs again (dxl_vm_state_change) */
+        return;
+    }
     for (i = 0; i < DXL_DMA_NUM_QUEUES; i++) {
         DxlQueue *q = &s->q[i];
 
@@ -1488,6 +1492,7 @@ static void dxl_write_config(PCIDevice *pdev, uint32_t addr, uint32_t val,
 static void dxl_vm_state_change(void *opaque, bool running, RunState state)
 {
     if (running) {
+        dxl_pace_rearm(opaque);
         dxl_kick(opaque);
     }
 }

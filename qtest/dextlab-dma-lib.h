@@ -107,10 +107,8 @@ static inline void dxl_wr(DxlDev *d, uint32_t reg, uint32_t val)
  */
 static void G_GNUC_UNUSED dxl_pci_setup(DxlDev *d)
 {
-    if (d->pdev) {
-        g_free(d->pdev);
-        d->pdev = NULL;
-    }
+    g_free(d->pdev);
+    d->pdev = NULL;
     if (d->bus) {
         qpci_free_pc(d->bus);
     }
@@ -244,8 +242,7 @@ static uint32_t G_GNUC_UNUSED dxl_ring_post(DxlRing *r, uint8_t op,
 
 static void G_GNUC_UNUSED dxl_ring_kick(DxlRing *r)
 {
-    /* The descriptors are in shared memory: order them before the doorbell */
-    smp_mb();
+    smp_mb(); /* descriptors in shared memory before the doorbell */
     dxl_wr(r->d, DXL_REG_Q(r->q, DXL_Q_SQ_TAIL), r->tail);
 }
 
@@ -253,11 +250,11 @@ static bool G_GNUC_UNUSED dxl_ring_peek(DxlRing *r, struct dxl_dma_cpl *c)
 {
     struct dxl_dma_cpl *e = dxl_ptr(r->d, r->cq + r->head * sizeof(*c));
 
-    smp_mb();
+    smp_mb(); /* QEMU writes the CQ from another process: see it fresh */
     if (!!(qatomic_read(&e->flags) & DXL_CPL_F_PHASE) != r->phase) {
         return false;
     }
-    smp_rmb();
+    smp_rmb(); /* the phase tag before the rest of the entry */
     memcpy(c, e, sizeof(*c));
     r->head = (r->head + 1) % r->size;
     if (r->head == 0) {

@@ -75,9 +75,11 @@
 #define DXL_DMA_VEC_QUEUE(q)        (1 + (q))
 
 /* ------------------------------------------------------------------------ */
-/* BAR0 global registers.  All registers are 32 bits wide; 64-bit counters
+/*
+ * BAR0 global registers.  All registers are 32 bits wide; 64-bit counters
  * are LO/HI pairs (read HI, LO, HI and retry if HI changed).  Accesses must
- * be 4 bytes (8-byte accesses are split into LO then HI). */
+ * be 4 bytes (8-byte accesses are split into LO then HI).
+ */
 
 #define DXL_REG_ID                  0x000   /* RO  DXL_DMA_ID_MAGIC */
 #define DXL_REG_VERSION             0x004   /* RO  major << 16 | minor */
@@ -91,7 +93,7 @@
 #define DXL_REG_STATUS              0x024   /* RO  DXL_STATUS_* */
 #define DXL_REG_INT_STATUS          0x028   /* RW1C DXL_INT_* causes */
 #define DXL_REG_INT_MASK            0x02c   /* RW  1 = cause masked */
-#define DXL_REG_INT_SET             0x030   /* WO  write 1 sets a cause (test) */
+#define DXL_REG_INT_SET             0x030   /* WO  write 1 sets a cause */
 
 #define DXL_DMA_ID_MAGIC            0x4d445844u /* "DXDM" in memory order */
 #define DXL_DMA_VERSION_MAJOR       1
@@ -119,15 +121,15 @@
 
 /* DXL_REG_CTRL */
 #define DXL_CTRL_ENABLE             (1u << 0)   /* engine runs queues */
-#define DXL_CTRL_RESET              (1u << 1)   /* WO, self-clearing:
-                                                 * full register reset */
+/* WO, self-clearing: full register reset */
+#define DXL_CTRL_RESET              (1u << 1)
 
 /* DXL_REG_STATUS */
 #define DXL_STATUS_READY            (1u << 0)   /* CTRL.ENABLE latched */
 #define DXL_STATUS_BUSY             (1u << 1)   /* some queue has work */
 #define DXL_STATUS_ERRLOG           (1u << 2)   /* error log not empty */
-#define DXL_STATUS_NO_BUSMASTER     (1u << 3)   /* PCI_COMMAND.MASTER clear:
-                                                 * engine stalled */
+/* PCI_COMMAND.MASTER clear: engine stalled */
+#define DXL_STATUS_NO_BUSMASTER     (1u << 3)
 #define DXL_STATUS_LOW_POWER        (1u << 4)   /* not in D0: stalled */
 
 /* DXL_REG_INT_STATUS / INT_MASK / INT_SET */
@@ -165,7 +167,7 @@
 #define DXL_REG_STAT_DOORBELLS_HI   0x224
 
 /* ------------------------------------------------------------------------ */
-/* Per-queue register blocks: queue q at DXL_REG_Q_BASE + q * DXL_REG_Q_STRIDE */
+/* Per-queue register blocks: queue q at DXL_REG_Q_BASE + q * STRIDE */
 
 #define DXL_REG_Q_BASE              0x1000
 #define DXL_REG_Q_STRIDE            0x100
@@ -184,9 +186,10 @@
 #define DXL_Q_CQ_TAIL               0x24    /* RO  device producer index */
 #define DXL_Q_CTRL                  0x28    /* RW  DXL_QCTRL_* */
 #define DXL_Q_STATUS                0x2c    /* RO  DXL_QSTS_* */
-#define DXL_Q_COAL_COUNT            0x30    /* RW  irq after N events (0,1=each) */
-#define DXL_Q_COAL_USEC             0x34    /* RW  irq at most N us after the
-                                             * first pending event (0 = off) */
+/* RW  interrupt after N requests (0 and 1: after each) */
+#define DXL_Q_COAL_COUNT            0x30
+/* RW  interrupt at most N us after the first pending request (0 = off) */
+#define DXL_Q_COAL_USEC             0x34
 #define DXL_Q_STAT_DESC_LO          0x40    /* RO  descriptors completed */
 #define DXL_Q_STAT_DESC_HI          0x44
 #define DXL_Q_STAT_BYTES_LO         0x48    /* RO  payload bytes */
@@ -195,14 +198,14 @@
 
 /* DXL_Q_CTRL */
 #define DXL_QCTRL_ENABLE            (1u << 0)   /* validate rings and run */
-#define DXL_QCTRL_RESET             (1u << 1)   /* WO, self-clearing: stop,
-                                                 * zero indices and errors */
+/* WO, self-clearing: stop, zero the queue's registers and errors */
+#define DXL_QCTRL_RESET             (1u << 1)
 
 /* DXL_Q_STATUS */
 #define DXL_QSTS_ENABLED            (1u << 0)
 #define DXL_QSTS_BUSY               (1u << 1)   /* SQ head != tail */
-#define DXL_QSTS_HALTED             (1u << 2)   /* fatal queue error; needs
-                                                 * QCTRL.RESET */
+/* fatal queue error; needs QCTRL.RESET */
+#define DXL_QSTS_HALTED             (1u << 2)
 #define DXL_QSTS_CQ_FULL            (1u << 3)   /* stalled on a full CQ */
 #define DXL_QSTS_FENCE_WAIT         (1u << 4)   /* fenced descriptor waiting */
 #define DXL_QSTS_ERR_SHIFT          8
@@ -245,9 +248,8 @@ _Static_assert(sizeof(struct dxl_dma_desc) == 32, "dxl_dma_desc size");
 #define DXL_OP_MAX                  DXL_OP_CRC32C
 
 #define DXL_DESC_F_IRQ              (1u << 0)   /* completion requests irq */
-#define DXL_DESC_F_FENCE            (1u << 1)   /* start only when no other
-                                                 * queue has a descriptor in
-                                                 * progress */
+/* start only when no other queue has a descriptor in progress */
+#define DXL_DESC_F_FENCE            (1u << 1)
 #define DXL_DESC_F_VALID_MASK       (DXL_DESC_F_IRQ | DXL_DESC_F_FENCE)
 
 /* ------------------------------------------------------------------------ */
@@ -282,7 +284,7 @@ _Static_assert(sizeof(struct dxl_dma_cpl) == 16, "dxl_dma_cpl size");
 #define DXL_ERR_ADDR_WRAP           0x05    /* addr + length wraps 2^64 */
 #define DXL_ERR_DMA_UNMAPPED        0x06    /* nothing decodes the address */
 #define DXL_ERR_DMA_MMIO            0x07    /* address decodes to MMIO/ROM */
-#define DXL_ERR_DMA_SELF            0x08    /* address hits this device's BARs */
+#define DXL_ERR_DMA_SELF            0x08    /* address in this device's BARs */
 #define DXL_ERR_DEVMEM_RANGE        0x09    /* dev offset+length > DEVMEM */
 #define DXL_ERR_OVERLAP             0x0a    /* COPY src/dst overlap */
 #define DXL_ERR_DMA_READ            0x0b    /* bus error reading */
@@ -297,7 +299,7 @@ _Static_assert(sizeof(struct dxl_dma_cpl) == 16, "dxl_dma_cpl size");
 #define DXL_ERR_SQ_FETCH            0x26    /* descriptor read failed: halt */
 #define DXL_ERR_CQ_WRITE            0x27    /* completion write failed: halt */
 #define DXL_ERR_QUEUE_DISABLED      0x28    /* doorbell on a disabled queue */
-#define DXL_ERR_REG_ACCESS          0x30    /* bad register offset/width or
-                                             * config write while enabled */
+/* write to a read-only/unknown register, or ring setup while enabled */
+#define DXL_ERR_REG_ACCESS          0x30
 
 #endif /* HW_DEXTLAB_DEXTLAB_DMA_REGS_H */

@@ -406,6 +406,12 @@ static void release_device(Dextd *d, Device *dev, bool reset)
         }
     }
     dev->opened_by = NULL;
+    dext_reg_entry_set(dev->entry, "opened-by", NULL);
+    /* Publish what the release left behind, for tools and tests. */
+    uint32_t cmd;
+    if (dext_platform_cfg_read(d->plat, dev->fn.addr, 0x04, 2, &cmd) == 0) {
+        dext_reg_entry_set(dev->entry, "pci-command", g_variant_new_uint16(cmd));
+    }
 }
 
 static void release_server(Server *srv, bool reset)
@@ -669,7 +675,9 @@ static void on_start_reply(Pending *p, int rc)
         svc_set_state(s, SVC_FAILED);
         LOGW("%s: %s Start on %s failed: %s (device released, not relaunched)", s->srv->name,
              s->p->user_class, dext_reg_entry_name(s->dev->entry), g_strerror(-rc));
-        if (s->dev->opened_by == s->srv) {
+        /* Release whether or not the driver closed the device itself: it
+         * may have left bus mastering or decode enabled. */
+        if (!s->dev->opened_by || s->dev->opened_by == s->srv) {
             release_device(s->srv->d, s->dev, false);
         }
         maybe_retire_server(s->srv);
@@ -720,7 +728,7 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
         case P_STOP:
             svc_set_state(p->svc, SVC_STOPPED);
             LOGI("%s: %s stopped", srv->name, p->svc->p->user_class);
-            if (p->svc->dev->opened_by == srv) {
+            if (!p->svc->dev->opened_by || p->svc->dev->opened_by == srv) {
                 release_device(srv->d, p->svc->dev, false);
             }
             if (srv->d->stops_pending && --srv->d->stops_pending == 0 && srv->d->shutting_down) {
@@ -860,6 +868,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
             return -EBUSY;
         }
         dev->opened_by = srv;
+        dext_reg_entry_set(dev->entry, "opened-by", g_variant_new_string(srv->name));
         dext_msg_init_reply(rep, m, NULL);
         return 0;
     case DEXT_MSG_PCI_CLOSE:
@@ -868,6 +877,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         }
         g_array_set_size(dev->irqs, 0);
         dev->opened_by = NULL;
+        dext_reg_entry_set(dev->entry, "opened-by", NULL);
         dext_msg_init_reply(rep, m, NULL);
         return 0;
     case DEXT_MSG_CFG_READ: {

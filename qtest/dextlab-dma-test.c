@@ -1127,6 +1127,92 @@ static void test_busmaster_pm(const void *data)
     dxl_stop(d);
 }
 
+/*
+ * Map BAR1 (MSI-X, unused here) at @addr.  At 0xa0000 it shows through the
+ * legacy VGA/SMRAM window over RAM (on q35 the root port forwards that
+ * window once its VGA enable is set).
+ */
+static void dxl_bar1_at(DxlDev *d, uint32_t addr)
+{
+    if (d->q35) {
+        QPCIDevice *rp = qpci_device_find(d->bus, DXL_RP_DEVFN);
+
+        qpci_config_writew(rp, PCI_BRIDGE_CONTROL, PCI_BRIDGE_CTL_VGA);
+        g_free(rp);
+    }
+    qpci_config_writel(d->pdev, PCI_BASE_ADDRESS_1, addr);
+}
+
+/*
+ * Rings that stop being RAM after the queue was enabled (here: the device's
+ * own BAR1 mapped over them) halt the queue with SQ_FETCH or CQ_WRITE; the queue does nothing more
+ * until Q_CTRL.RESET, and works again after it.  Other queues never stop.
+ */
+static void test_queue_halt(const void *data)
+{
+    bool q35 = GPOINTER_TO_INT(data) & 1;
+    bool cq_case = GPOINTER_TO_INT(data) & 2;
+    DxlDev *d = dxl_start(q35);
+    const uint64_t win = 0xa0000;
+    DxlRing r, other;
+    struct dxl_dma_cpl c;
+    uint64_t sq, cq;
+
+    dxl_ring_init(d, &other, 0, 4);
+    sq = cq_case ? dxl_alloc(d, 4096, 4096) : win;
+    cq = cq_case ? win : dxl_alloc(d, 4096, 4096);
+    memset(dxl_ptr(d, win), 0, 4096);
+    memset(&r, 0, sizeof(r));
+    r.d = d;
+    r.q = 6;
+    r.size = 4;
+    r.phase = true;
+    r.sq = sq;
+    r.cq = cq;
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_SQ_BASE_LO), sq);
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_SQ_SIZE), 4);
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_CQ_BASE_LO), cq);
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_CQ_SIZE), 4);
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_CTRL), DXL_QCTRL_ENABLE);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_Q(6, DXL_Q_STATUS)), ==,
+                    DXL_QSTS_ENABLED);
+    /* Works while the window is RAM */
+    dxl_ring_run(&r, DXL_OP_NOP, 0, 0, 0, 0, 1, &c);
+    g_assert_cmpuint(c.status, ==, DXL_ERR_OK);
+
+    dxl_bar1_at(d, win);
+    dxl_ring_post(&r, DXL_OP_NOP, DXL_DESC_F_IRQ, 0, 0, 0, 2);
+    dxl_ring_kick(&r);
+    dxl_rd(d, DXL_REG_STATUS);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_Q(6, DXL_Q_STATUS)) & DXL_QSTS_HALTED,
+                    ==, DXL_QSTS_HALTED);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_Q(6, DXL_Q_STATUS)) >>
+                    DXL_QSTS_ERR_SHIFT, ==,
+                    cq_case ? DXL_ERR_CQ_WRITE : DXL_ERR_SQ_FETCH);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_ERR_ADDR_LO), ==,
+                    cq_case ? cq + 16 : sq + 32);
+    dxl_expect_error(d, cq_case ? DXL_ERR_CQ_WRITE : DXL_ERR_SQ_FETCH, 6);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_INT_STATUS) & DXL_INT_ERROR, ==,
+                    DXL_INT_ERROR);
+
+    /* Halted: even with the memory back, nothing happens */
+    dxl_bar1_at(d, 0xe8000000);
+    dxl_ring_kick(&r);
+    dxl_rd(d, DXL_REG_STATUS);
+    g_assert(!dxl_ring_peek(&r, &c));
+    g_assert_cmphex(dxl_rd(d, DXL_REG_Q(6, DXL_Q_STATUS)) & DXL_QSTS_HALTED,
+                    ==, DXL_QSTS_HALTED);
+
+    /* The other queue was never affected */
+    dxl_check_works(d, &other);
+    /* Reset brings the queue back */
+    dxl_wr(d, DXL_REG_Q(6, DXL_Q_CTRL), DXL_QCTRL_RESET);
+    g_assert_cmphex(dxl_rd(d, DXL_REG_Q(6, DXL_Q_STATUS)), ==, 0);
+    dxl_ring_init(d, &r, 6, 4);
+    dxl_check_works(d, &r);
+    dxl_stop(d);
+}
+
 static void add_both(const char *name, GTestDataFunc fn)
 {
     int m;
@@ -1163,6 +1249,16 @@ int main(int argc, char **argv)
     add_both("errors/queue-setup", test_queue_errors);
     add_both("errors/log-overflow", test_errlog_overflow);
     add_both("busmaster-pm", test_busmaster_pm);
+    for (m = 0; m < 2; m++) {
+        g_autofree char *p1 = g_strdup_printf(
+            "/dextlab-dma/%s/errors/sq-fetch-halt", dxl_machine(m == 0));
+        g_autofree char *p2 = g_strdup_printf(
+            "/dextlab-dma/%s/errors/cq-write-halt", dxl_machine(m == 0));
+
+        g_test_add_data_func(p1, GINT_TO_POINTER(m == 0), test_queue_halt);
+        g_test_add_data_func(p2, GINT_TO_POINTER((m == 0) | 2),
+                             test_queue_halt);
+    }
     for (m = 0; m < 2; m++) {
         for (e = 0; e < E_MAX_DESC; e++) {
             g_autofree char *path = NULL;

@@ -199,6 +199,21 @@ static void add_function(Walk *w, DextPciAddr a, int parent, DextResBus *rb)
                               "out of bus numbers; bridge skipped");
             return;
         }
+        if (fp->pcie_cap) {
+            /* A hot-plug slot with a card present but powered off (QEMU
+             * resets empty slots to off; device_add then leaves the card
+             * unpowered): power it on, as the OS's pciehp would. */
+            unsigned pc = fp->pcie_cap;
+            uint32_t flags = rd(w, a, pc + 2, 2);
+            uint32_t sltcap = rd(w, a, pc + 0x14, 4);
+            uint32_t sltsta = rd(w, a, pc + 0x1a, 2);
+            uint32_t sltctl = rd(w, a, pc + 0x18, 2);
+
+            if ((flags & 0x100) && (sltcap & 0x2) && (sltsta & 0x40) &&
+                (sltctl & 0x400)) {
+                wr(w, a, pc + 0x18, 2, (sltctl & ~0x700u) | 0x100);
+            }
+        }
         sec = ++w->last_bus;
         fp->is_bridge = true;
         fp->secondary_bus = sec;

@@ -55,6 +55,8 @@ typedef struct DextPlatformOps {
     int (*intx_level)(DextPlatform *p, int fn_idx);
     /* The function was reset: forget its bindings (device state is gone). */
     void (*irq_forget)(DextPlatform *p, int fn_idx);
+    /* Function fn_idx left the cache: forget it, shift higher indices. */
+    void (*irq_fn_removed)(DextPlatform *p, int fn_idx);
     void (*irq_stats)(DextPlatform *p, DextIrqStats *out);
 
     void (*set_event_cb)(DextPlatform *p, DextPlatformEventFn fn, void *op);

@@ -87,6 +87,8 @@ typedef struct QtestPlatform {
     char *death;
 
     bool has_msi;
+    uint32_t next_id;          /* MSI-X data counter */
+    unsigned next_block;       /* MSI data block cursor */
     GHashTable *msi_routes;    /* data -> IrqBinding* */
     GPtrArray *bindings;       /* IrqBinding*, owned */
     int gsi_level[MAX_GSI];
@@ -837,12 +839,46 @@ static void binding_free(gpointer data)
     g_free(b);
 }
 
-/* MSI data: unique per (function, vector).  MSI-X data is 32 bits; MSI
- * data is 16 bits with the vector in the low 5 bits. */
-static uint32_t msi_data(DextIrqKind kind, int fn_idx, unsigned v)
+/*
+ * MSI data values are the routing keys, unique among live bindings and
+ * not tied to a function's index (which moves when functions go away).
+ * MSI-X data is 32 bits: a counter with the top bit set.  MSI data is 16
+ * bits and the device ORs the vector into the low bits: one 32-aligned
+ * block per function.  Called with q->lock held; UINT32_MAX if exhausted.
+ */
+static uint32_t alloc_data(QtestPlatform *q, DextIrqKind kind, int fn_idx,
+                           unsigned vector)
 {
-    return kind == DEXT_IRQ_MSIX ? 0x80000000u | ((uint32_t)fn_idx << 11) | v
-                                 : ((uint32_t)(fn_idx & 0x3ff) << 5) | v;
+    if (kind == DEXT_IRQ_MSIX) {
+        uint32_t d;
+
+        do {
+            d = 0x80000000u | (q->next_id++ & 0x7fffffffu);
+        } while (g_hash_table_contains(q->msi_routes, GUINT_TO_POINTER(d)));
+        return d;
+    }
+    for (guint i = 0; i < q->bindings->len; i++) {
+        IrqBinding *b = g_ptr_array_index(q->bindings, i);
+
+        if (b->fn_idx == fn_idx && b->kind == DEXT_IRQ_MSI) {
+            return (b->data & ~31u) | vector;
+        }
+    }
+    for (unsigned n = 0; n < 2047; n++) {
+        uint32_t base = ((q->next_block + n) % 2047 + 1) << 5;
+        bool used = false;
+
+        for (guint i = 0; i < q->bindings->len && !used; i++) {
+            IrqBinding *b = g_ptr_array_index(q->bindings, i);
+
+            used = b->kind == DEXT_IRQ_MSI && (b->data & ~31u) == base;
+        }
+        if (!used) {
+            q->next_block += n + 1;
+            return base | vector;
+        }
+    }
+    return UINT32_MAX;
 }
 
 static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
@@ -857,9 +893,6 @@ static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
     g_mutex_lock(&p->lock);
     f = p->fns[fn_idx];
     g_mutex_unlock(&p->lock);
-    if (kind != DEXT_IRQ_MSIX && fn_idx >= 1024) {
-        return dext_platform_set_error(p, -ENOSPC, "too many functions");
-    }
     efd = fcntl(eventfd, F_DUPFD_CLOEXEC, 0);
     if (efd < 0) {
         return dext_platform_set_error(p, -errno, "irq_bind: dup eventfd: %s",
@@ -886,7 +919,12 @@ static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
     b->kind = kind;
     b->efd = efd;
     b->data = kind == DEXT_IRQ_INTX ? (uint32_t)f.irq_gsi
-                                    : msi_data(kind, fn_idx, vector);
+                                    : alloc_data(q, kind, fn_idx, vector);
+    if (b->data == UINT32_MAX) {
+        g_mutex_unlock(&q->lock);
+        binding_free(b);
+        return dext_platform_set_error(p, -ENOSPC, "no MSI data values left");
+    }
     g_ptr_array_add(q->bindings, b);
     if (kind != DEXT_IRQ_INTX) {
         g_hash_table_insert(q->msi_routes, GUINT_TO_POINTER(b->data), b);
@@ -894,9 +932,7 @@ static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
     g_mutex_unlock(&q->lock);
 
     if (kind != DEXT_IRQ_INTX) {
-        r = dext_pci_msi_program(p, &f, kind, vector, MSI_ADDR,
-                                 msi_data(kind, fn_idx, 0) |
-                                 (kind == DEXT_IRQ_MSIX ? vector : 0),
+        r = dext_pci_msi_program(p, &f, kind, vector, MSI_ADDR, b->data,
                                  true, false);
     }
     if (r < 0) {
@@ -953,6 +989,22 @@ static void qt_irq_forget(DextPlatform *p, int fn_idx)
                 g_hash_table_remove(q->msi_routes, GUINT_TO_POINTER(b->data));
             }
             g_ptr_array_remove_index_fast(q->bindings, i);
+        }
+    }
+    g_mutex_unlock(&q->lock);
+}
+
+static void qt_irq_fn_removed(DextPlatform *p, int fn_idx)
+{
+    QtestPlatform *q = QP(p);
+
+    qt_irq_forget(p, fn_idx);
+    g_mutex_lock(&q->lock);
+    for (guint i = 0; i < q->bindings->len; i++) {
+        IrqBinding *b = g_ptr_array_index(q->bindings, i);
+
+        if (b->fn_idx > fn_idx) {
+            b->fn_idx--;
         }
     }
     g_mutex_unlock(&q->lock);
@@ -1257,6 +1309,7 @@ static const DextPlatformOps qtest_ops = {
     .irq_unbind = qt_irq_unbind,
     .intx_level = qt_intx_level,
     .irq_forget = qt_irq_forget,
+    .irq_fn_removed = qt_irq_fn_removed,
     .irq_stats = qt_irq_stats,
     .set_event_cb = qt_set_event_cb,
     .qmp = qt_qmp,
@@ -1357,6 +1410,13 @@ static int qt_start(QtestPlatform *q)
     if (q->wake_fd < 0) {
         return dext_platform_set_error(p, -errno, "eventfd: %s",
                                        g_strerror(errno));
+    }
+    {
+        /* QMP sends block (rarely): bound them like every other wait */
+        struct timeval tv = { .tv_sec = p->timeout_ms / 1000,
+                              .tv_usec = (p->timeout_ms % 1000) * 1000 };
+
+        setsockopt(q->qmp_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
     r = qmp_handshake(q);
     if (r < 0) {
@@ -1641,6 +1701,12 @@ int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out)
         "mem-path=/proc/self/fd/%d,share=on", ram >> 20, QEMU_RAM_FD);
     ARG("-machine");
     ARG("%s,memory-backend=dextram", p->pc_machine ? "pc" : "q35");
+    if (!p->pc_machine) {
+        /* q35 defaults to ACPI hotplug, which needs a guest OS running ACPI
+         * to eject; native PCIe hotplug is what the platform can drive */
+        ARG("-global");
+        ARG("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off");
+    }
     for (const char *const *dir2 = (const char *const[]){
              "/usr/share/seabios", "/usr/share/qemu", NULL };
          *dir2; dir2++) {

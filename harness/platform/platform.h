@@ -291,6 +291,19 @@ int dext_platform_pci_set_enables(DextPlatform *p, DextPciAddr addr,
 int dext_platform_reset_function(DextPlatform *p, DextPciAddr addr,
                                  bool allow_bus);
 
+/*
+ * Hot-unplug the device owning function @addr from a hot-plug capable PCIe
+ * port: QMP device_del of its qdev id (found with query-pci; the device
+ * must have been created with id=...), then, acting as the guest OS
+ * would, power the slot off through the port's Slot Control, wait for
+ * DEVICE_DELETED (bounded), and power the slot on again for later
+ * device_add.  The device's functions leave the enumeration cache and
+ * their interrupt bindings are dropped.  -ENOTSUP: parent is not a
+ * hot-plug capable port or the device has no id; -ETIMEDOUT: QEMU did not
+ * remove it.
+ */
+int dext_platform_pci_unplug(DextPlatform *p, DextPciAddr addr);
+
 /* ----------------------------------------------------------- port I/O */
 
 /* Raw x86 port I/O (width 1, 2, 4); posted writes as for BARs. */

@@ -653,6 +653,91 @@ static void test_q35_hotplug_rescan(void)
     test_q35_bars();          /* still disjoint and inside windows */
 }
 
+/* Unplug the hotplugged device (the platform powers the slot off, as an OS
+ * would), then plug it back and rescan. */
+static void test_q35_unplug(void)
+{
+    DextPciFunction *v = NULL, hp = { 0 }, xhci;
+    size_t n = 0;
+    uint64_t id = 0;
+    int efd = eventfd(0, EFD_CLOEXEC);
+
+    for (size_t i = 0; i < nfns; i++) {
+        if (fns[i].vendor_id == DXL_PCI_VENDOR_ID &&
+            !dext_pci_addr_equal(fns[i].addr, dma.addr)) {
+            hp = fns[i];
+        }
+    }
+    CU_ASSERT_EQUAL_FATAL(hp.vendor_id, DXL_PCI_VENDOR_ID);
+    /* rescan moved things: refresh dma */
+    CU_ASSERT_TRUE(find_fn(DXL_PCI_VENDOR_ID, DXL_DMA_PCI_DEVICE_ID, &dma));
+    if (dext_pci_addr_equal(dma.addr, hp.addr)) {
+        for (size_t i = 0; i < nfns; i++) {
+            if (fns[i].vendor_id == DXL_PCI_VENDOR_ID &&
+                !dext_pci_addr_equal(fns[i].addr, hp.addr)) {
+                dma = fns[i];
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, hp.addr,
+                    DEXT_PCI_ENABLE_MEM | DEXT_PCI_ENABLE_BUSMASTER, true), 0);
+    if (dext_platform_has_msi(plat)) {
+        CU_ASSERT_EQUAL(dext_platform_irq_bind(plat, hp.addr, DEXT_IRQ_MSIX,
+                                               1, efd, NULL), 0);
+        CU_ASSERT_EQUAL(dext_platform_irq_bind(plat, dma.addr, DEXT_IRQ_MSIX,
+                                               1, efd, NULL), 0);
+    }
+    CU_ASSERT_EQUAL(dext_platform_pci_unplug(plat, hp.addr), 0);
+    if (getenv("DEXT_TEST_VERBOSE")) {
+        fprintf(stderr, "unplug: %s\n", dext_platform_last_error(plat));
+    }
+    CU_ASSERT_EQUAL(dext_platform_bar_read(plat, hp.addr, 0, 0, 4, &id),
+                    -ENODEV);
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(plat, false, &v, &n), 0);
+    CU_ASSERT_EQUAL(n, nfns - 1);
+    g_free(v);
+    /* the other device's binding survived the index shift */
+    if (dext_platform_has_msi(plat)) {
+        uint64_t c = 0;
+
+        CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, dma.addr,
+                        DEXT_PCI_ENABLE_MEM | DEXT_PCI_ENABLE_BUSMASTER,
+                        true), 0);
+        reg_wr(DXL_REG_INT_SET, DXL_INT_QUEUE(0));
+        CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+        CU_ASSERT_TRUE(wait_efd(efd, 2000, &c));
+        CU_ASSERT_EQUAL(dext_platform_irq_unbind(plat, dma.addr, 1), 0);
+        reg_wr(DXL_REG_INT_STATUS, DXL_INT_ALL);
+    }
+    /* no id, or not behind a hot-plug port: refused */
+    CU_ASSERT_TRUE(find_fn(0x1af4, 0x1000, &xhci));
+    CU_ASSERT_EQUAL(dext_platform_pci_unplug(plat, xhci.addr), -ENOTSUP);
+    /* plug again into the powered slot */
+    CU_ASSERT_EQUAL(dext_platform_qmp(plat, "device_add",
+                    "{\"driver\":\"dextlab-dma\",\"id\":\"hp1\","
+                    "\"bus\":\"rp2\"}", NULL), 0);
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(plat, true, &v, &n), 0);
+    CU_ASSERT_EQUAL(n, nfns);
+    g_free(fns);
+    fns = v;
+    nfns = n;
+    CU_ASSERT_TRUE(find_fn(DXL_PCI_VENDOR_ID, DXL_DMA_PCI_DEVICE_ID, &hp));
+    for (size_t i = 0; i < nfns; i++) {
+        if (fns[i].vendor_id == DXL_PCI_VENDOR_ID && fns[i].addr.bus ==
+            hp.addr.bus + 0) {
+            /* every dextlab-dma answers */
+        }
+        if (fns[i].vendor_id == DXL_PCI_VENDOR_ID) {
+            CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, fns[i].addr,
+                            DEXT_PCI_ENABLE_MEM, true), 0);
+            CU_ASSERT_EQUAL(dext_platform_bar_read(plat, fns[i].addr, 0,
+                            DXL_REG_ID, 4, &id), 0);
+            CU_ASSERT_EQUAL(id, DXL_DMA_ID_MAGIC);
+        }
+    }
+    close(efd);
+}
+
 /* ------------------------------------------------------------- pc */
 
 static void test_pc_enumerate(void)
@@ -985,6 +1070,7 @@ int main(void)
     CU_add_test(s, "msi-intx", test_q35_msi_intx);
     CU_add_test(s, "reset", test_q35_reset);
     CU_add_test(s, "hotplug-rescan", test_q35_hotplug_rescan);
+    CU_add_test(s, "unplug-replug", test_q35_unplug);
     CU_add_test(s, "no-leaks-after-q35", test_no_leaks);
     s = CU_add_suite("platform-pc", NULL, NULL);
     CU_add_test(s, "enumerate-bridge-intx-reset", test_pc_enumerate);

@@ -96,10 +96,12 @@ typedef struct DextMachineDesc {
 
 /*
  * Start a QEMU (fork) under -accel qtest from @desc and connect to it:
- * qtest socket, QMP socket (capabilities negotiated), shared RAM file
- * (the /dev/shm file is unlinked as soon as QEMU has opened it, so nothing
- * is left behind even if this process or QEMU crashes).  Enables the MSI
- * intercept when the fork supports it (see dext_platform_has_msi()).
+ * qtest socket, QMP socket (capabilities negotiated), guest RAM in a
+ * memfd that QEMU inherits (memory-backend-file on /proc/self/fd/N,
+ * share=on): no file exists in /dev/shm, so nothing is left behind even if
+ * this process or QEMU crashes.  Enables the MSI intercept when the fork
+ * supports it (see dext_platform_has_msi()) and the IOAPIC intercept.
+ * q35 gets native PCIe hotplug (ACPI hotplug off; see pci_unplug).
  * Does not enumerate: call dext_platform_pci_enumerate().
  * On success *out owns the QEMU process (killed by destroy).  QEMU is
  * spawned with PR_SET_PDEATHSIG, which Linux ties to the creating THREAD:

@@ -396,8 +396,11 @@ int dext_platform_irq_bind(DextPlatform *p, DextPciAddr addr, DextIrqKind kind,
         return dext_platform_set_error(p, -EINVAL, "irq_bind: bad eventfd");
     }
     if (kind == DEXT_IRQ_AUTO) {
-        kind = f.msix_cap ? DEXT_IRQ_MSIX : f.msi_cap ? DEXT_IRQ_MSI
-                                                      : DEXT_IRQ_INTX;
+        /* the best kind this machine can deliver */
+        bool msi_ok = dext_platform_has_msi(p);
+
+        kind = msi_ok && f.msix_cap ? DEXT_IRQ_MSIX
+             : msi_ok && f.msi_cap ? DEXT_IRQ_MSI : DEXT_IRQ_INTX;
     }
     switch (kind) {
     case DEXT_IRQ_MSIX:

@@ -348,7 +348,8 @@ int dext_platform_mem_write(DextPlatform *p, uint64_t gpa, const void *buf,
 /* ------------------------------------------------------- interrupts */
 
 typedef enum DextIrqKind {
-    DEXT_IRQ_AUTO = 0,   /* MSI-X if present, else MSI, else INTx */
+    DEXT_IRQ_AUTO = 0,   /* MSI-X if present, else MSI, else INTx (MSI
+                          * kinds only when the machine reports them) */
     DEXT_IRQ_MSIX,
     DEXT_IRQ_MSI,
     DEXT_IRQ_INTX,

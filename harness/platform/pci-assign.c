@@ -142,17 +142,23 @@ static DextResType eff_type(const DextResItem *it, bool pref64)
  * order from offset 0; the bus needs the end offset, rounded. */
 static int size_bus(DextResBus *b, bool pref64)
 {
+    /* children first: items are in the previous run's sorted order, so a
+     * window item may come before the one that sizes its bus */
+    for (guint i = 0; i < b->items->len; i++) {
+        DextResItem *it = g_ptr_array_index(b->items, i);
+
+        if (it->child && it->type == DEXT_RES_IO) {
+            int r = size_bus(it->child, pref64);
+
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
     for (guint i = 0; i < b->items->len; i++) {
         DextResItem *it = g_ptr_array_index(b->items, i);
 
         if (it->child) {
-            if (it->type == DEXT_RES_IO) {
-                int r = size_bus(it->child, pref64);
-
-                if (r < 0) {
-                    return r;
-                }
-            }
             it->size = it->child->size[it->type];
             it->align = it->child->align[it->type];
             it->is64 = it->type == DEXT_RES_PREF && pref64;
@@ -220,6 +226,10 @@ static void place_bus(DextResBus *b, bool pref64)
     }
 }
 
+/* Root window type that did not fit in this thread's last
+ * dext_res_assign(), or -1 (overflow while sizing: any type). */
+static __thread int tls_overflow = -1;
+
 static bool fits(uint64_t base, uint64_t size, uint64_t align,
                  uint64_t wbase, uint64_t wend, uint64_t *out)
 {
@@ -243,17 +253,76 @@ int dext_res_assign(DextResBus *root, const DextResWindows *w)
     bool pref64 = pref_all64(root) && w->mem64_end > w->mem64_base;
     int r = size_bus(root, pref64);
 
+    tls_overflow = -1;
     if (r < 0) {
-        return r;
+        return r;            /* -ENOSPC from sizing: tls_overflow stays -1 */
     }
     if (!fits(0, root->size[DEXT_RES_IO], root->align[DEXT_RES_IO],
-              w->io_base, w->io_end, &root->base[DEXT_RES_IO]) ||
-        !fits(0, root->size[DEXT_RES_MEM], root->align[DEXT_RES_MEM],
-              w->mem32_base, w->mem32_end, &root->base[DEXT_RES_MEM]) ||
-        !fits(0, root->size[DEXT_RES_PREF], root->align[DEXT_RES_PREF],
-              w->mem64_base, w->mem64_end, &root->base[DEXT_RES_PREF])) {
+                        w->io_base, w->io_end, &root->base[DEXT_RES_IO])) {
+        tls_overflow = DEXT_RES_IO;
+    } else if (!fits(0, root->size[DEXT_RES_MEM], root->align[DEXT_RES_MEM],
+                     w->mem32_base, w->mem32_end,
+                     &root->base[DEXT_RES_MEM])) {
+        tls_overflow = DEXT_RES_MEM;
+    } else if (!fits(0, root->size[DEXT_RES_PREF],
+                     root->align[DEXT_RES_PREF], w->mem64_base, w->mem64_end,
+                     &root->base[DEXT_RES_PREF])) {
+        tls_overflow = DEXT_RES_PREF;
+    }
+    if (tls_overflow >= 0) {
         return -ENOSPC;
     }
     place_bus(root, pref64);
     return 0;
+}
+
+/* Largest BAR (not a window) whose placement type is @t (-1: any). */
+static DextResItem *largest(DextResBus *b, int t, bool pref64,
+                            DextResBus **owner_bus)
+{
+    DextResItem *best = NULL;
+
+    for (guint i = 0; i < b->items->len; i++) {
+        DextResItem *it = g_ptr_array_index(b->items, i);
+        DextResItem *c;
+        DextResBus *cb = NULL;
+
+        if (it->child) {
+            if (it->type == DEXT_RES_IO &&
+                (c = largest(it->child, t, pref64, &cb)) &&
+                (!best || c->size > best->size)) {
+                best = c;
+                *owner_bus = cb;
+            }
+            continue;
+        }
+        if ((t < 0 || (int)eff_type(it, pref64) == t) &&
+            (!best || it->size > best->size)) {
+            best = it;
+            *owner_bus = b;
+        }
+    }
+    return best;
+}
+
+int dext_res_assign_best(DextResBus *root, const DextResWindows *w,
+                         GArray *dropped)
+{
+    for (;;) {
+        bool pref64 = pref_all64(root) && w->mem64_end > w->mem64_base;
+        int r = dext_res_assign(root, w), t = tls_overflow;
+        DextResBus *ob = NULL;
+        DextResItem *it;
+
+        if (r != -ENOSPC) {
+            return r;
+        }
+        it = largest(root, t, pref64, &ob);
+        if (!it) {
+            return -ENOSPC;      /* windows alone overflow: cannot happen */
+        }
+        g_array_append_val(dropped, *it);
+        g_ptr_array_remove(ob->items, it);
+        g_free(it);
+    }
 }

@@ -71,4 +71,14 @@ typedef struct DextResWindows {
  */
 int dext_res_assign(DextResBus *root, const DextResWindows *w);
 
+/*
+ * Like dext_res_assign(), but when a root window is too small, leave the
+ * largest BAR competing for that window unassigned and try again, so one
+ * oversized or hostile device does not cost every other device its
+ * resources.  Each BAR given up is removed from its bus and appended (a
+ * copy) to @dropped (GArray of DextResItem).  Returns 0 or -EINVAL.
+ */
+int dext_res_assign_best(DextResBus *root, const DextResWindows *w,
+                         GArray *dropped);
+
 #endif

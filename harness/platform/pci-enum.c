@@ -404,11 +404,30 @@ int dext_pci_enumerate_generic(DextPlatform *p, DextPciFunction **out,
     }
     r = walk_bus(&w, 0, -1, root);
     if (r == 0) {
-        r = dext_res_assign(root, &win);
+        GArray *dropped = g_array_new(FALSE, FALSE, sizeof(DextResItem));
+
+        r = dext_res_assign_best(root, &win, dropped);
         if (r < 0) {
-            dext_platform_set_error(p, r, "PCI resources do not fit the "
-                                    "root windows (%s)", g_strerror(-r));
+            dext_platform_set_error(p, r, "PCI resources cannot be placed "
+                                    "(%s)", g_strerror(-r));
         }
+        /* a BAR that does not fit is left unassigned (and inaccessible),
+         * the rest of the machine still works */
+        for (guint i = 0; i < dropped->len; i++) {
+            DextResItem *it = &g_array_index(dropped, DextResItem, i);
+            DextPciFunction *f = &g_array_index(w.fns, DextPciFunction,
+                                                it->owner);
+            char b[13];
+
+            dext_platform_log(p, G_LOG_LEVEL_WARNING, "%s BAR %d (0x%"
+                              G_GINT64_MODIFIER "x bytes) does not fit the "
+                              "address space: left unassigned",
+                              dext_pci_addr_format(f->addr, b), it->bar,
+                              it->size);
+            f->bars[it->bar].kind = DEXT_BAR_NONE;
+            f->bars[it->bar].size = 0;
+        }
+        g_array_free(dropped, TRUE);
     } else {
         dext_platform_set_error(p, r, "PCI walk failed: %s", g_strerror(-r));
     }

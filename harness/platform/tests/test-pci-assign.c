@@ -108,6 +108,15 @@ static void test_tree(void)
               c2->base[DEXT_RES_PREF] + c2->size[DEXT_RES_PREF]);
     CU_ASSERT_FALSE(overlap(c1->base[DEXT_RES_MEM], c1->size[DEXT_RES_MEM],
                             c2->base[DEXT_RES_MEM], c2->size[DEXT_RES_MEM]));
+    /* a second run over the (now sorted) tree gives the same placement */
+    {
+        uint64_t a = big->addr, m = c1->base[DEXT_RES_MEM];
+
+        CU_ASSERT_EQUAL_FATAL(dext_res_assign(root, &win), 0);
+        CU_ASSERT_EQUAL(big->addr, a);
+        CU_ASSERT_EQUAL(c1->base[DEXT_RES_MEM], m);
+        check_bus(root, true);
+    }
     dext_res_bus_free(root);
 }
 
@@ -141,6 +150,39 @@ static void test_nospace(void)
     root = dext_res_bus_new(true);
     dext_res_add_bar(root, 0, 0, DEXT_RES_MEM, false, 0x3000);  /* not 2^n */
     CU_ASSERT_EQUAL(dext_res_assign(root, &win), -EINVAL);
+    dext_res_bus_free(root);
+}
+
+/* One oversized BAR (behind a bridge) costs only itself. */
+static void test_best_effort(void)
+{
+    DextResBus *root = dext_res_bus_new(true), *c = dext_res_bus_new(true);
+    DextResWindows small = win;
+    GArray *dropped = g_array_new(FALSE, FALSE, sizeof(DextResItem));
+    DextResItem *ok1, *ok2, *io;
+
+    small.mem32_end = small.mem32_base + 0x400000;      /* 4 MiB */
+    small.mem64_end = small.mem64_base + 0x10000000;    /* 256 MiB */
+    ok1 = dext_res_add_bar(root, 0, 0, DEXT_RES_MEM, false, 0x1000);
+    dext_res_add_bar(c, 1, 0, DEXT_RES_MEM, false, 0x1000000);  /* 16 MiB */
+    ok2 = dext_res_add_bar(c, 1, 2, DEXT_RES_MEM, false, 0x4000);
+    dext_res_add_bar(c, 2, 4, DEXT_RES_PREF, true, 0x40000000); /* 1 GiB */
+    io = dext_res_add_bar(c, 2, 1, DEXT_RES_IO, false, 0x100);
+    dext_res_add_bridge(root, 3, c);
+    CU_ASSERT_EQUAL(dext_res_assign(root, &small), -ENOSPC);
+    CU_ASSERT_EQUAL_FATAL(dext_res_assign_best(root, &small, dropped), 0);
+    CU_ASSERT_EQUAL(dropped->len, 2);
+    for (guint i = 0; i < dropped->len; i++) {
+        DextResItem *d = &g_array_index(dropped, DextResItem, i);
+
+        CU_ASSERT((d->owner == 1 && d->bar == 0) ||
+                  (d->owner == 2 && d->bar == 4));
+    }
+    CU_ASSERT(ok1->addr >= small.mem32_base && ok1->addr < small.mem32_end);
+    CU_ASSERT(ok2->addr >= small.mem32_base && ok2->addr < small.mem32_end);
+    CU_ASSERT(io->addr >= 0x1000);
+    check_bus(root, true);
+    g_array_free(dropped, TRUE);
     dext_res_bus_free(root);
 }
 
@@ -203,6 +245,7 @@ int main(void)
     CU_add_test(s, "tree", test_tree);
     CU_add_test(s, "pref32-fallback", test_pref32_fallback);
     CU_add_test(s, "no-space", test_nospace);
+    CU_add_test(s, "best-effort", test_best_effort);
     CU_add_test(s, "random-trees", test_random);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();

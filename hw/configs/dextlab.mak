@@ -19,3 +19,4 @@ CONFIG_VIRTIO_NET=y
 
 # dextlab's own devices (hw/dextlab/)
 CONFIG_DEXTLAB_DMA=y
+CONFIG_DEXTLAB_USB=y

@@ -49,7 +49,6 @@ struct DextlabUsbState {
     /* properties */
     uint32_t fifo_size;
     bool superspeed;
-    char *serial;
 
     /* loopback FIFO: byte ring + ring of message lengths (remaining) */
     uint8_t *fifo;
@@ -797,11 +796,8 @@ static void dextlab_usb_realize(USBDevice *dev, Error **errp)
         return;
     }
     dev->usb_desc = s->superspeed ? &desc_dextlab_ss : &desc_dextlab_hs;
-    if (s->serial) {
-        usb_desc_set_string(dev, DEXTLAB_USB_STR_SERIAL, s->serial);
-    } else {
-        usb_desc_create_serial(dev);
-    }
+    /* the usb-device "serial" property wins over the port-path serial */
+    usb_desc_create_serial(dev);
     usb_desc_init(dev);
     s->fifo = g_malloc0(s->fifo_size);
     s->tick_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dextlab_usb_tick, s);
@@ -888,7 +884,6 @@ static Property dextlab_usb_properties[] = {
     DEFINE_PROP_UINT32("fifo-size", DextlabUsbState, fifo_size,
                        DEXTLAB_USB_FIFO_DEFAULT),
     DEFINE_PROP_BOOL("superspeed", DextlabUsbState, superspeed, true),
-    DEFINE_PROP_STRING("serial", DextlabUsbState, serial),
     DEFINE_PROP_END_OF_LIST(),
 };
 

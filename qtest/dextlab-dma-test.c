@@ -1145,8 +1145,9 @@ static void dxl_bar1_at(DxlDev *d, uint32_t addr)
 
 /*
  * Rings that stop being RAM after the queue was enabled (here: the device's
- * own BAR1 mapped over them) halt the queue with SQ_FETCH or CQ_WRITE; the queue does nothing more
- * until Q_CTRL.RESET, and works again after it.  Other queues never stop.
+ * own BAR1 mapped over them) halt the queue with SQ_FETCH or CQ_WRITE; the
+ * queue does nothing more until Q_CTRL.RESET, and works again after it.
+ * Other queues never stop.
  */
 static void test_queue_halt(const void *data)
 {

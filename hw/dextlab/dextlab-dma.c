@@ -1522,7 +1522,8 @@ static int dxl_post_load(void *opaque, int version_id)
             q->done > q->len || q->len > DXL_DMA_MAX_XFER) {
             return -EINVAL;
         }
-        if (q->has_desc && !q->cpl_status) {
+        /* A descriptor that will still move data must be a valid one */
+        if (q->has_desc && !q->data_done) {
             uint64_t bad;
 
             if (dxl_validate(q, 0, &bad) != DXL_ERR_OK) {

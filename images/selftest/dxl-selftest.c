@@ -403,7 +403,7 @@ static bool setup_engine(void)
             break;
         }
     }
-    result("queues", ret == 0, "queues=%u ring=%u status=0x%08x errno=%d", q,
+    result("queues", ret == 0, "queues=%u ring=%u dev_status=0x%08x errno=%d", q,
            DXL_RING_SIZE, rd(DXL_REG_STATUS), ret < 0 ? -ret : 0);
     return ret == 0;
 }
@@ -474,7 +474,7 @@ static void check_crc(void)
     r2 = ring_run_irq(&rings[2], DXL_OP_CRC32C, len, si, 0, 2, &c2, NULL);
     result("dma-crc32c", !r1 && !r2 && !c1.status && !c2.status &&
            c1.result == 0xe3069283 && c2.result == want,
-           "check=0x%08x crc=0x%08x want=0x%08x status=0x%02x,0x%02x",
+           "check=0x%08x crc=0x%08x want=0x%08x cpl_status=0x%02x,0x%02x",
            c1.result, c2.result, want, c1.status, c2.status);
 }
 
@@ -497,7 +497,7 @@ static void check_devmem(void)
     via_bar = rm == 0 && memcmp((const void *)(bar2 + off), s, len) == 0;
     result("dma-devmem", !r1 && !r2 && !c1.status && !c2.status &&
            !memcmp(s, d, len) && via_bar,
-           "status=0x%02x,0x%02x roundtrip=%s bar2_mmap=%s",
+           "cpl_status=0x%02x,0x%02x roundtrip=%s bar2_mmap=%s",
            c1.status, c2.status, memcmp(s, d, len) ? "mismatch" : "ok",
            rm ? "unmappable" : via_bar ? "ok" : "mismatch");
 }

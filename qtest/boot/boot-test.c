@@ -1,0 +1,502 @@
+/*
+ * boot-test: dextlab's guest image booted in the fork (q35, intel-iommu with
+ * interrupt remapping, dextlab-dma behind a pcie-root-port, qemu-xhci), with
+ * the guest's own checks and self-test asserted here.
+ *
+ * One boot serves every /boot/dextlab-dma/... path (booting costs ~15 s under
+ * TCG); it happens on first use.  Two short runs guard the harness itself: a
+ * boot that panics and a boot that "hangs" (a timeout shorter than the boot)
+ * must both be reported as failures, quickly.
+ *
+ * Expected values for lspci come from the register-map header at build time,
+ * never from copies: a change to the device's identity, BARs or capabilities
+ * in hw/include/hw/dextlab/dextlab-dma-regs.h flows into this test.
+ *
+ *   boot-test [glib test options]   the tests (suite 'boot')
+ *   boot-test --bench               the benchmarks: bare boot vs boot to
+ *                                   drivers-ready, and the guest self-test's
+ *                                   DMA throughput and MSI-X latency against
+ *                                   memcpy and eventfd ping-pong, same run
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hw/dextlab/dextlab-dma-regs.h"
+#include "boot-lib.h"
+
+static DxlBoot *main_boot;
+
+/* The shared test-mode boot, run once; every check starts from it. */
+static const DxlBoot *boot(void)
+{
+    if (!main_boot) {
+        DxlBootOpts o = {
+            .mode = DXL_BOOT_TEST, .name = "test", .accel = dxl_boot_accel(),
+            .timeout_s = dxl_boot_timeout(), .devices = TRUE,
+        };
+
+        main_boot = dxl_boot_run(&o);
+        g_test_message("boot (%s): %s", o.accel,
+                       dxl_boot_describe(main_boot));
+    }
+    return main_boot;
+}
+
+/* Fail with the console log's path, and how the run ended. */
+#define boot_assert(b, cond, ...) do {                                      \
+        if (!(cond)) {                                                      \
+            g_autofree char *why_ = dxl_boot_describe(b);                   \
+            g_autofree char *msg_ = g_strdup_printf(__VA_ARGS__);           \
+            g_test_message("%s -- boot %s", msg_, why_);                    \
+            g_assert_true(cond);                                            \
+        }                                                                   \
+    } while (0)
+
+static void assert_result(const DxlBoot *b, const char *name)
+{
+    const DxlResult *r = dxl_boot_result(b, name);
+
+    boot_assert(b, r != NULL, "guest printed no result '%s'", name);
+    if (!r->pass) {
+        GHashTableIter it;
+        gpointer k, v;
+        g_autoptr(GString) s = g_string_new(NULL);
+
+        g_hash_table_iter_init(&it, r->kv);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+            g_string_append_printf(s, " %s=%s", (char *)k, (char *)v);
+        }
+        boot_assert(b, r->pass, "guest check '%s' failed:%s", name, s->str);
+    }
+}
+
+/* --- the boot itself ------------------------------------------------------- */
+
+static void test_boot_completes(void)
+{
+    const DxlBoot *b = boot();
+
+    boot_assert(b, !b->timed_out, "boot hung");
+    boot_assert(b, !b->panic, "kernel panic");
+    boot_assert(b, b->exited && b->exit_status == 0, "QEMU failed");
+    boot_assert(b, b->done, "no DEXTLAB-DONE line");
+    boot_assert(b, b->t_ready >= 0, "no DEXTLAB-READY line");
+    boot_assert(b, b->unparsed->len == 0, "%u malformed DEXTLAB- lines, "
+                "first: %s", b->unparsed->len, b->unparsed->len ?
+                (char *)g_ptr_array_index(b->unparsed, 0) : "");
+    /* Every result line the guest counted reached us intact */
+    boot_assert(b, b->done_results == (int)b->results->len,
+                "guest reported %d results, %u parsed", b->done_results,
+                b->results->len);
+    boot_assert(b, b->done_failed == 0, "guest counted %d failed checks",
+                b->done_failed);
+}
+
+static void test_modules(void)
+{
+    const DxlBoot *b = boot();
+    const char *loaded;
+    static const char *const want[] = {
+        "vfio", "vfio_iommu_type1", "vfio-pci", "usbcore", "xhci-hcd",
+        "xhci-pci",
+    };
+    g_auto(GStrv) l = NULL;
+    unsigned i;
+
+    assert_result(b, "modules");
+    loaded = dxl_result_get(dxl_boot_result(b, "modules"), "loaded");
+    boot_assert(b, loaded != NULL, "no loaded= list");
+    l = g_strsplit(loaded, ",", -1);
+    for (i = 0; i < G_N_ELEMENTS(want); i++) {
+        boot_assert(b, g_strv_contains((const char * const *)l, want[i]),
+                    "module %s not loaded (%s)", want[i], loaded);
+    }
+}
+
+static void test_iommu(void)
+{
+    const DxlBoot *b = boot();
+    guint i;
+    gboolean enabled = FALSE;
+
+    assert_result(b, "iommu");
+    for (i = 0; i < b->dmesg->len; i++) {
+        enabled |= !!strstr(g_ptr_array_index(b->dmesg, i),
+                            "DMAR: IOMMU enabled");
+    }
+    boot_assert(b, enabled, "guest kernel did not log 'DMAR: IOMMU enabled'");
+}
+
+static void test_vfio_bind(void)
+{
+    const DxlBoot *b = boot();
+    const DxlResult *r;
+
+    assert_result(b, "vfio-bind");
+    r = dxl_boot_result(b, "vfio-bind");
+    g_assert_cmpstr(dxl_result_get(r, "driver"), ==, "vfio-pci");
+    /* Behind its own root port the function is alone in its group */
+    g_assert_cmpstr(dxl_result_get(r, "group_devices"), ==, "1");
+}
+
+/* --- lspci against the register map ---------------------------------------- */
+
+/* The first lspci line (leading tabs dropped) starting with @prefix. */
+static const char *lspci_line(const DxlBoot *b, const char *prefix)
+{
+    guint i;
+
+    for (i = 0; i < b->lspci->len; i++) {
+        const char *l = g_ptr_array_index(b->lspci, i);
+
+        while (*l == '\t' || *l == ' ') {
+            l++;
+        }
+        if (g_str_has_prefix(l, prefix)) {
+            return l;
+        }
+    }
+    return NULL;
+}
+
+/* The line following the first line starting with @prefix (continuations). */
+static const char *lspci_after(const DxlBoot *b, const char *prefix)
+{
+    const char *l = lspci_line(b, prefix);
+    guint i;
+
+    for (i = 0; l && i + 1 < b->lspci->len; i++) {
+        if (strstr(g_ptr_array_index(b->lspci, i), l)) {
+            return g_ptr_array_index(b->lspci, i + 1);
+        }
+    }
+    return NULL;
+}
+
+static guint64 lspci_size(const char *s)
+{
+    char unit = 0;
+    guint64 n = 0;
+
+    if (!s || sscanf(s, "[size=%" G_GUINT64_FORMAT "%c", &n, &unit) < 1) {
+        return 0;
+    }
+    switch (unit) {
+    case 'K': return n << 10;
+    case 'M': return n << 20;
+    case 'G': return n << 30;
+    default: return n;
+    }
+}
+
+static void check_region(const DxlBoot *b, unsigned bar, guint64 want_size,
+                         gboolean prefetch)
+{
+    g_autofree char *prefix = g_strdup_printf("Region %u: Memory at ", bar);
+    const char *l = lspci_line(b, prefix);
+    guint64 size;
+
+    boot_assert(b, l != NULL, "lspci shows no memory BAR%u", bar);
+    size = lspci_size(strstr(l, "[size="));
+    g_assert_nonnull(strstr(l, "(32-bit, "));
+    g_assert_nonnull(strstr(l, prefetch ? ", prefetchable)" :
+                            ", non-prefetchable)"));
+    if (want_size) {
+        g_assert_cmphex(size, ==, want_size);
+    } else {
+        /* the MSI-X BAR: table at 0, PBA at its offset, power of two */
+        g_assert_cmphex(size, >=, DXL_DMA_MSIX_PBA_OFFSET +
+                        ((DXL_DMA_MSIX_VECTORS + 63) / 64) * 8);
+        g_assert_cmphex(size & (size - 1), ==, 0);
+    }
+}
+
+static void test_lspci_dma(void)
+{
+    const DxlBoot *b = boot();
+    g_autofree char *hdr = NULL, *sub = NULL, *pm = NULL, *msi = NULL;
+    g_autofree char *msix = NULL, *exp = NULL, *tbl = NULL, *pba = NULL;
+    const char *l;
+    unsigned i;
+
+    assert_result(b, "lspci");
+    boot_assert(b, b->lspci->len > 0, "no lspci dump of the function");
+    for (i = 0; i < b->lspci->len; i++) {
+        const char *s = g_ptr_array_index(b->lspci, i);
+
+        /* lspci's marks for what it could not read or decode */
+        g_assert_null(strstr(s, "<?>"));
+        g_assert_null(strstr(s, "<access denied>"));
+        g_assert_null(strstr(s, "Unknown"));
+    }
+
+    /* "01:00.0 System peripheral [0880]: Device [dec5:0001] (rev 01)" */
+    hdr = g_strdup_printf("[%04x]: ", DXL_DMA_PCI_CLASS >> 8);
+    l = g_ptr_array_index(b->lspci, 0);
+    g_assert_nonnull(strstr(l, hdr));
+    g_free(hdr);
+    hdr = g_strdup_printf("[%04x:%04x] (rev %02x)", DXL_PCI_VENDOR_ID,
+                          DXL_DMA_PCI_DEVICE_ID, DXL_DMA_PCI_REVISION);
+    g_assert_nonnull(strstr(l, hdr));
+    if (DXL_DMA_PCI_CLASS & 0xff) {
+        g_autofree char *pi = g_strdup_printf("(prog-if %02x",
+                                              DXL_DMA_PCI_CLASS & 0xff);
+        g_assert_nonnull(strstr(l, pi));
+    } else {
+        g_assert_null(strstr(l, "prog-if"));
+    }
+    sub = g_strdup_printf("[%04x:%04x]", DXL_DMA_PCI_SUBVENDOR_ID,
+                          DXL_DMA_PCI_SUBSYSTEM_ID);
+    l = lspci_line(b, "Subsystem: ");
+    g_assert_nonnull(l);
+    g_assert_nonnull(strstr(l, sub));
+
+    /* BARs: sizes and types from the header */
+    check_region(b, DXL_DMA_BAR_REGS, DXL_DMA_BAR0_SIZE, FALSE);
+    check_region(b, DXL_DMA_BAR_MSIX, 0, FALSE);
+    check_region(b, DXL_DMA_BAR_DEVMEM, DXL_DMA_DEVMEM_SIZE, TRUE);
+    g_assert_null(lspci_line(b, "Region 3:"));
+    g_assert_null(lspci_line(b, "Region 4:"));
+    g_assert_null(lspci_line(b, "Region 5:"));
+    g_assert_null(lspci_line(b, "I/O ports at"));
+
+    /* Capabilities at the header's offsets */
+    pm = g_strdup_printf("Capabilities: [%02x] Power Management version 3",
+                         DXL_DMA_CAP_PM_OFFSET);
+    g_assert_nonnull(lspci_line(b, pm));
+    l = lspci_line(b, "Status: D");
+    g_assert_nonnull(l);
+    g_assert_nonnull(strstr(l, "NoSoftRst+"));  /* D3hot->D0 keeps state */
+
+    /* The header: "MSI: a single vector (0) for every cause" */
+    msi = g_strdup_printf("Capabilities: [%02x] MSI: ", DXL_DMA_CAP_MSI_OFFSET);
+    l = lspci_line(b, msi);
+    g_assert_nonnull(l);
+    g_assert_nonnull(strstr(l, "Count=1/1 "));
+    g_assert_nonnull(strstr(l, "Maskable+ 64bit+"));
+
+    msix = g_strdup_printf("Capabilities: [%02x] MSI-X: ",
+                           DXL_DMA_CAP_MSIX_OFFSET);
+    l = lspci_line(b, msix);
+    g_assert_nonnull(l);
+    g_free(msix);
+    msix = g_strdup_printf("Count=%u ", DXL_DMA_MSIX_VECTORS);
+    g_assert_nonnull(strstr(l, msix));
+    tbl = g_strdup_printf("Vector table: BAR=%u offset=%08x", DXL_DMA_BAR_MSIX,
+                          DXL_DMA_MSIX_TABLE_OFFSET);
+    g_assert_nonnull(lspci_line(b, tbl));
+    pba = g_strdup_printf("PBA: BAR=%u offset=%08x", DXL_DMA_BAR_MSIX,
+                          DXL_DMA_MSIX_PBA_OFFSET);
+    g_assert_nonnull(lspci_line(b, pba));
+
+    /* PCI Express endpoint (on q35's root port) with function-level reset */
+    exp = g_strdup_printf("Capabilities: [%02x] Express (v2) Endpoint",
+                          DXL_DMA_CAP_EXP_OFFSET);
+    g_assert_nonnull(lspci_line(b, exp));
+    l = lspci_after(b, "DevCap:");
+    g_assert_nonnull(l);
+    g_assert_nonnull(strstr(l, "FLReset+"));
+
+    l = lspci_line(b, "Interrupt: pin A");
+    g_assert_nonnull(l);
+    l = lspci_line(b, "Kernel driver in use: ");
+    g_assert_nonnull(l);
+    g_assert_cmpstr(l, ==, "Kernel driver in use: vfio-pci");
+    l = lspci_line(b, "IOMMU group: ");
+    g_assert_nonnull(l);
+    g_assert_cmpstr(l + strlen("IOMMU group: "), ==,
+                    dxl_result_get(dxl_boot_result(b, "vfio-bind"), "group"));
+}
+
+static void test_lsusb(void)
+{
+    const DxlBoot *b = boot();
+    unsigned i, hubs2 = 0, hubs3 = 0, devices = 0;
+
+    assert_result(b, "lsusb");
+    for (i = 0; i < b->lsusb->len; i++) {
+        const char *l = g_ptr_array_index(b->lsusb, i);
+
+        if (g_str_has_prefix(l, "Bus ")) {
+            devices++;
+            /* qemu-xhci: one USB 2.0 and one USB 3.0 root hub (Linux's) */
+            hubs2 += !!strstr(l, "ID 1d6b:0002");
+            hubs3 += !!strstr(l, "ID 1d6b:0003");
+        }
+        g_assert_null(strstr(l, "Couldn't open"));
+        g_assert_null(strstr(l, "cannot"));
+    }
+    g_assert_cmpuint(devices, ==,
+                     g_ascii_strtoull(dxl_result_get(dxl_boot_result(b,
+                                      "lsusb"), "devices"), NULL, 10));
+    g_assert_cmpuint(hubs2, ==, 1);
+    g_assert_cmpuint(hubs3, ==, 1);
+}
+
+/* --- the in-guest self-test (images/selftest) -------------------------------- */
+
+static void test_selftest(gconstpointer data)
+{
+    assert_result(boot(), data);
+}
+
+/* The guest kernel saw the IOMMU fault for the address the device tried. */
+static void test_iommu_fault_logged(void)
+{
+    const DxlBoot *b = boot();
+    const char *iova;
+    g_autofree char *want = NULL;
+    guint i;
+    gboolean seen = FALSE;
+
+    assert_result(b, "iommu-unmapped-write");
+    iova = dxl_result_get(dxl_boot_result(b, "iommu-unmapped-write"), "iova");
+    g_assert_nonnull(iova);
+    want = g_strdup_printf("fault addr %s ", iova);
+    for (i = 0; i < b->dmesg->len; i++) {
+        const char *l = g_ptr_array_index(b->dmesg, i);
+
+        seen |= strstr(l, "DMA Write") && strstr(l, want);
+    }
+    boot_assert(b, seen, "no DMAR write fault at %s in the guest's log", iova);
+}
+
+/* --- the harness's own failure detection ------------------------------------- */
+
+/*
+ * Regression guard for the harness: with no /init the kernel panics; the run
+ * must end by itself (panic=-1, -no-reboot) well before the timeout and be
+ * reported as a panic, not a pass.
+ */
+static void test_detects_panic(void)
+{
+    DxlBootOpts o = {
+        .mode = DXL_BOOT_BARE, .name = "panic", .accel = dxl_boot_accel(),
+        .extra_append = "rdinit=/no-such-init", .timeout_s = 60,
+        .devices = FALSE,
+    };
+    g_autoptr(DxlBoot) b = dxl_boot_run(&o);
+    g_autofree char *why = dxl_boot_describe(b);
+
+    g_test_message("panic run: %s", why);
+    g_assert_true(b->panic);
+    g_assert_false(b->timed_out);
+    g_assert_false(b->done);
+    g_assert_cmpfloat(b->t_exit, <, o.timeout_s);
+}
+
+/* Regression guard for the harness: a run past its time limit is killed. */
+static void test_detects_hang(void)
+{
+    DxlBootOpts o = {
+        .mode = DXL_BOOT_TEST, .name = "hang", .accel = dxl_boot_accel(),
+        .timeout_s = 2, .devices = TRUE,
+    };
+    g_autoptr(DxlBoot) b = dxl_boot_run(&o);
+    g_autofree char *why = dxl_boot_describe(b);
+
+    g_test_message("hang run: %s", why);
+    g_assert_true(b->timed_out);
+    g_assert_false(b->exited);
+    g_assert_false(b->done);
+    g_assert_cmpfloat(b->t_exit, <, o.timeout_s + 5);
+}
+
+/* --- benchmarks ------------------------------------------------------------- */
+
+static int bench(void)
+{
+    const char *accel = dxl_boot_accel();
+    DxlBootOpts bare = {
+        .mode = DXL_BOOT_BARE, .name = "bench-bare", .accel = accel,
+        .timeout_s = dxl_boot_timeout(), .devices = TRUE,
+    };
+    DxlBootOpts full = bare;
+    g_autoptr(DxlBoot) b0 = NULL;
+    g_autoptr(DxlBoot) b1 = NULL;
+    const DxlResult *t, *l;
+    g_autofree char *w0 = NULL, *w1 = NULL;
+
+    full.mode = DXL_BOOT_BENCH;
+    full.name = "bench";
+    /* Same machine, same kernel; only what /init does differs */
+    b0 = dxl_boot_run(&bare);
+    b1 = dxl_boot_run(&full);
+    w0 = dxl_boot_describe(b0);
+    w1 = dxl_boot_describe(b1);
+    if (b0->t_ready < 0 || b1->t_ready < 0 || !b1->done) {
+        fprintf(stderr, "boot-bench: a boot failed:\n  bare: %s\n  full: %s\n",
+                w0, w1);
+        return 1;
+    }
+    printf("boot (%s, q35 + intel-iommu + dextlab-dma + qemu-xhci):\n", accel);
+    printf("  bare kernel to /init:  %6.2f s wall, guest uptime %.2f s\n",
+           b0->t_ready, b0->guest_uptime_ready);
+    printf("  to drivers-ready:      %6.2f s wall, guest uptime %.2f s\n",
+           b1->t_ready, b1->guest_uptime_ready);
+    printf("  ratio drivers-ready / bare: %.2fx wall, %.2fx guest "
+           "(target <= 1.5x)\n", b1->t_ready / b0->t_ready,
+           b1->guest_uptime_ready / b0->guest_uptime_ready);
+    t = dxl_boot_bench(b1, "dma-throughput");
+    l = dxl_boot_bench(b1, "msix-latency");
+    if (t) {
+        printf("in-guest DMA copy (1 MiB descriptors, depth 8): %s MiB/s vs "
+               "guest memcpy %s MiB/s: %sx (errors %s)\n",
+               dxl_result_get(t, "dma_mib_s"), dxl_result_get(t, "memcpy_mib_s"),
+               dxl_result_get(t, "ratio"), dxl_result_get(t, "errors"));
+    }
+    if (l) {
+        printf("in-guest MSI-X round trip (NOP + irq -> eventfd): p50 %s us, "
+               "p99 %s us vs eventfd ping-pong p50 %s us, p99 %s us: %sx\n",
+               dxl_result_get(l, "msix_p50_us"), dxl_result_get(l, "msix_p99_us"),
+               dxl_result_get(l, "eventfd_pingpong_p50_us"),
+               dxl_result_get(l, "eventfd_pingpong_p99_us"),
+               dxl_result_get(l, "ratio"));
+    }
+    printf("self-test during the bench boot: %d results, %d failed; logs: %s, "
+           "%s\n", b1->done_results, b1->done_failed, b0->log_path,
+           b1->log_path);
+    return (!t || !l || b1->done_failed) ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const char *const selftests[] = {
+        "vfio-open", "dma-map", "config-ids", "config-caps", "bars",
+        "identity", "msix-enable", "queues", "dma-copy-4096",
+        "dma-copy-1048576", "dma-fill", "dma-crc32c", "dma-devmem",
+        "msix-vectors", "iommu-unmapped-write", "iommu-gpa-read",
+        "iommu-recover", "flr",
+    };
+    unsigned i;
+    int ret;
+
+    for (i = 1; i < (unsigned)argc; i++) {
+        if (!strcmp(argv[i], "--bench")) {
+            return bench();
+        }
+    }
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/boot/dextlab-dma/boot-completes", test_boot_completes);
+    g_test_add_func("/boot/dextlab-dma/modules", test_modules);
+    g_test_add_func("/boot/dextlab-dma/iommu", test_iommu);
+    g_test_add_func("/boot/dextlab-dma/vfio-bind", test_vfio_bind);
+    g_test_add_func("/boot/dextlab-dma/lspci", test_lspci_dma);
+    g_test_add_func("/boot/xhci/lsusb", test_lsusb);
+    for (i = 0; i < G_N_ELEMENTS(selftests); i++) {
+        g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/selftest/%s",
+                                                selftests[i]);
+        g_test_add_data_func(path, selftests[i], test_selftest);
+    }
+    g_test_add_func("/boot/dextlab-dma/iommu-fault-logged",
+                    test_iommu_fault_logged);
+    g_test_add_func("/boot/harness/detects-panic", test_detects_panic);
+    g_test_add_func("/boot/harness/detects-hang", test_detects_hang);
+    ret = g_test_run();
+    dxl_boot_free(main_boot);
+    return ret;
+}

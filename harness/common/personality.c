@@ -357,7 +357,7 @@ static DextPersonality *parse_personality(GKeyFile *kf, const Src *s, const char
                                           GError **err)
 {
     DextPersonality *p = g_new0(DextPersonality, 1);
-    p->name = g_strdup(g + strlen("Personality "));
+    p->name = g_strdup(strlen(g) > strlen("Personality ") ? g + strlen("Personality ") : "");
     g_strstrip(p->name);
     p->file = g_strdup(s->file);
     p->line = src_line(s, g, NULL);

@@ -77,9 +77,8 @@ static void check(Drv *d, int id, bool ok, const char *fmt, ...)
     g_free(s);
 }
 
-static void on_irq(Drv *d, int which, uint64_t count, uint64_t time)
+static void on_irq(Drv *d, int which, uint64_t count, uint64_t time, uint64_t now)
 {
-    uint64_t now = dext_time_ns();
     g_mutex_lock(&d->lock);
     d->irq_count[which] += count;
     d->irq_time[which] = time;
@@ -98,16 +97,18 @@ static void on_irq(Drv *d, int which, uint64_t count, uint64_t time)
 static void on_irq_admin(void *ctx, uint64_t count, uint64_t time)
 {
     Drv *d = ctx;
+    uint64_t now = dext_time_ns(); /* handler entry, for latency figures */
     /* Acknowledge the cause (W1C) so the next INT_SET raises again. */
     dext_pci_memory_write32(d->pci, DXL_DMA_BAR_REGS, DXL_REG_INT_STATUS, DXL_INT_ERROR);
-    on_irq(d, 0, count, time);
+    on_irq(d, 0, count, time, now);
 }
 
 static void on_irq_q0(void *ctx, uint64_t count, uint64_t time)
 {
     Drv *d = ctx;
+    uint64_t now = dext_time_ns();
     dext_pci_memory_write32(d->pci, DXL_DMA_BAR_REGS, DXL_REG_INT_STATUS, DXL_INT_QUEUE(0));
-    on_irq(d, 1, count, time);
+    on_irq(d, 1, count, time, now);
 }
 
 /* Wait until irq_count[which] > before (bounded). */

@@ -1,0 +1,182 @@
+/*
+ * dextd-bench: runtime figures on the qtest platform, each beside a baseline
+ * measured in the same run.  A benchmark (it reports; it does not pass or
+ * fail).
+ *
+ *   floor     eventfd ping-pong between two processes: round trip, and half
+ *             of it as the one-way wake-up floor
+ *   irq       MSI-X through the whole runtime: inside the dext-test driver a
+ *             posted BAR write to INT_SET (driver -> dextd -> QEMU), the
+ *             device raises vector 1, the platform's reader thread writes the
+ *             eventfd, the driver's interrupt-source thread wakes and runs the
+ *             handler on its queue.  Reported: doorbell -> handler; the last
+ *             segment (eventfd read -> handler start); and an estimate of
+ *             device raise -> handler = total - half a daemon MMIO read round
+ *             trip (the doorbell's one-way trip to the device).
+ *   mmio      BAR read round trip through dextd (driver -> dextd -> qtest ->
+ *             back) and the posted-write rate through dextd.
+ *
+ * Usage: dextd-bench [samples]   (env DEXTD, DEXT_DRIVERS, DEXT_MACHINE as
+ * for the e2e tests; meson's bench target sets them)
+ */
+#include "dext/client.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct {
+    double p50, p99, mean;   /* microseconds */
+} Stats;
+
+static Stats stats(uint64_t *v, size_t n)
+{
+    Stats s = { 0 };
+    double sum = 0;
+    qsort(v, n, sizeof(*v), cmp_u64);
+    for (size_t i = 0; i < n; i++) {
+        sum += v[i];
+    }
+    s.p50 = v[n / 2] / 1000.0;
+    s.p99 = v[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] / 1000.0;
+    s.mean = sum / n / 1000.0;
+    return s;
+}
+
+static Stats eventfd_floor(size_t n)
+{
+    int a = eventfd(0, EFD_CLOEXEC), b = eventfd(0, EFD_CLOEXEC);
+    uint64_t v = 1, *rtt = g_new(uint64_t, n);
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (size_t i = 0; i < n + 10; i++) {
+            if (read(a, &v, 8) != 8 || write(b, &v, 8) != 8) {
+                _exit(1);
+            }
+        }
+        _exit(0);
+    }
+    for (size_t i = 0; i < n + 10; i++) {
+        uint64_t t0 = now_ns();
+        if (write(a, &v, 8) != 8 || read(b, &v, 8) != 8) {
+            break;
+        }
+        if (i >= 10) {
+            rtt[i - 10] = now_ns() - t0;
+        }
+    }
+    waitpid(pid, NULL, 0);
+    close(a);
+    close(b);
+    Stats s = stats(rtt, n);
+    g_free(rtt);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    size_t samples = argc > 1 ? strtoul(argv[1], NULL, 0) : 5000;
+    const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
+               *machine = g_getenv("DEXT_MACHINE");
+    if (!dextd || !drivers || !machine || samples < 100) {
+        fprintf(stderr, "usage: DEXTD=... DEXT_DRIVERS=... DEXT_MACHINE=... %s [samples>=100]\n",
+                argv[0]);
+        return 2;
+    }
+    char *dir = g_dir_make_tmp("dextd-bench-XXXXXX", NULL);
+    char *sock = g_build_filename(dir, "dextd.sock", NULL);
+    char *log = g_build_filename(dir, "dextd.log", NULL);
+    char *cmd = g_strdup_printf("exec '%s' --machine '%s' --drivers '%s' --socket '%s' 2>'%s'",
+                                dextd, machine, drivers, sock, log);
+    char *sargv[] = { "/bin/sh", "-c", cmd, NULL };
+    GPid pid;
+    if (!g_spawn_async(NULL, sargv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid, NULL)) {
+        fprintf(stderr, "cannot start dextd\n");
+        return 1;
+    }
+    DextConnection *c = NULL;
+    int rc = -1;
+    for (int i = 0; i < 300 && rc < 0; i++) {
+        g_usleep(100000);
+        rc = dext_client_open(sock, "class", "DextTestDriver", &c);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "cannot open DextTestDriver: %s (log %s)\n", g_strerror(-rc), log);
+        kill(pid, SIGTERM);
+        return 1;
+    }
+
+    Stats floor_rtt = eventfd_floor(samples);
+    double floor_ow = floor_rtt.p50 / 2, floor_ow99 = floor_rtt.p99 / 2;
+
+    /* MMIO through the daemon */
+    uint64_t in = 2000, out[2];
+    uint32_t nout = 2;
+    rc = dext_client_call(c, 7, &in, 1, NULL, 0, out, &nout, NULL, NULL);
+    double rd_us = rc ? 0 : out[0] / 1000.0 / in;
+    double wr_rate = rc ? 0 : in / (out[1] / 1e9);
+
+    /* Interrupts */
+    uint64_t *tot = g_new(uint64_t, samples), *seg = g_new(uint64_t, samples);
+    size_t got = 0;
+    while (got < samples) {
+        uint64_t n = MIN(samples - got, 512);
+        uint32_t buf[1024];
+        size_t len = sizeof(buf);
+        rc = dext_client_call(c, 6, &n, 1, NULL, 0, NULL, NULL, buf, &len);
+        if (rc < 0) {
+            fprintf(stderr, "irq bench: %s\n", g_strerror(-rc));
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            tot[got + i] = buf[2 * i];
+            seg[got + i] = buf[2 * i + 1];
+        }
+        got += n;
+    }
+    dext_client_close(c);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+
+    printf("dextd-bench: %zu samples, qtest platform, dext-test driver on dextlab-dma\n", got);
+    printf("  baseline eventfd ping-pong (2 processes): rtt p50 %.1f us p99 %.1f us; "
+           "one-way floor p50 %.1f us p99 %.1f us\n", floor_rtt.p50, floor_rtt.p99, floor_ow,
+           floor_ow99);
+    printf("  mmio read round trip via dextd: %.1f us  (%.1fx floor rtt)\n", rd_us,
+           rd_us / floor_rtt.p50);
+    printf("  posted writes via dextd: %.0f /s  (%.2f us each)\n", wr_rate, 1e6 / wr_rate);
+    if (got) {
+        Stats t = stats(tot, got), s = stats(seg, got);
+        double est50 = t.p50 - rd_us / 2, est99 = t.p99 - rd_us / 2;
+        printf("  irq doorbell -> handler:        p50 %.1f us  p99 %.1f us  mean %.1f us\n", t.p50,
+               t.p99, t.mean);
+        printf("  irq eventfd read -> handler:    p50 %.2f us  p99 %.2f us\n", s.p50, s.p99);
+        printf("  irq device raise -> handler (est. total - rtt/2): p50 %.1f us (%.1fx floor) "
+               "p99 %.1f us (%.1fx floor p50, %.1fx floor p99)\n", est50, est50 / floor_ow, est99,
+               est99 / floor_ow, est99 / floor_ow99);
+    }
+    unlink(log);
+    unlink(sock);
+    rmdir(dir);
+    return 0;
+}

@@ -11,6 +11,7 @@
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
 #include "dextlab-dma-lib.h"
+#include "migration-helpers.h"
 
 #define BIG         (16 * 1024 * 1024)
 #define PER_Q       4
@@ -206,30 +207,6 @@ static void test_queue_reset(const void *data)
 /* ------------------------------------------------------------------------ */
 /* Migration */
 
-static void migrate_and_wait(QTestState *from, const char *uri)
-{
-    gint64 deadline = g_get_monotonic_time() + DXL_WAIT_US;
-    QDict *rsp, *ret;
-    const char *status;
-    bool done = false;
-
-    qtest_qmp_assert_success(from, "{'execute': 'migrate',"
-                             " 'arguments': {'uri': %s}}", uri);
-    while (!done) {
-        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
-        rsp = qtest_qmp(from, "{'execute': 'query-migrate'}");
-        ret = qdict_get_qdict(rsp, "return");
-        status = qdict_haskey(ret, "status") ?
-                 qdict_get_str(ret, "status") : "none";
-        g_assert_cmpstr(status, !=, "failed");
-        done = !strcmp(status, "completed");
-        qobject_unref(rsp);
-        if (!done) {
-            g_usleep(2000);
-        }
-    }
-}
-
 /*
  * Live migration mid-stream.  The timing model (link-gen=1, link-width=1)
  * holds each completion until the virtual clock passes its transfer time,
@@ -284,7 +261,8 @@ static void test_migrate(const void *data)
     d->qts = dxl_qemu_start(q35, dst_path, "link-gen=1,link-width=1",
                             incoming);
     d->ram = dxl_map_ram(dst_path);
-    migrate_and_wait(s->qts, uri);
+    migrate_qmp(s->qts, uri, "{}");
+    wait_for_migration_complete(s->qts);
     qtest_qmp_eventwait(d->qts, "RESUME");
 
     /* Reach the function through the BARs the source had programmed */

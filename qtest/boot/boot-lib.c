@@ -334,6 +334,12 @@ static GPtrArray *qemu_argv(const DxlBootOpts *o, const char *qemu)
         ARG("pcie-root-port,id=rp1,chassis=2,slot=1");
         ARG("-device");
         ARG("qemu-xhci,id=xhci0,bus=rp1");
+        /*
+         * A stand-in USB function until dextlab's own USB device exists:
+         * gives lsusb -v a full descriptor tree to parse behind the xHCI.
+         */
+        ARG("-device");
+        ARG("usb-tablet,id=usb0,bus=xhci0.0");
     }
     ARG("-kernel");
     ARG("%s", dxl_boot_kernel());

@@ -312,29 +312,48 @@ static void test_lspci_dma(void)
                     dxl_result_get(dxl_boot_result(b, "vfio-bind"), "group"));
 }
 
+/*
+ * lsusb -v over the xHCI: Linux's two root hubs (USB 2.0 and 3.0 halves of
+ * qemu-xhci) and the stand-in function (usb-tablet on the USB 2.0 bus), each
+ * with its whole descriptor tree decoded and nothing lsusb could not read.
+ */
 static void test_lsusb(void)
 {
     const DxlBoot *b = boot();
-    unsigned i, hubs2 = 0, hubs3 = 0, devices = 0;
+    unsigned i, hubs2 = 0, hubs3 = 0, devices = 0, others = 0;
+    unsigned cfg = 0, intf = 0, ep = 0;
 
     assert_result(b, "lsusb");
     for (i = 0; i < b->lsusb->len; i++) {
         const char *l = g_ptr_array_index(b->lsusb, i);
 
         if (g_str_has_prefix(l, "Bus ")) {
+            gboolean h2 = !!strstr(l, "ID 1d6b:0002");
+            gboolean h3 = !!strstr(l, "ID 1d6b:0003");
+
             devices++;
-            /* qemu-xhci: one USB 2.0 and one USB 3.0 root hub (Linux's) */
-            hubs2 += !!strstr(l, "ID 1d6b:0002");
-            hubs3 += !!strstr(l, "ID 1d6b:0003");
+            hubs2 += h2;
+            hubs3 += h3;
+            others += !h2 && !h3;
         }
+        cfg += !!strstr(l, "Configuration Descriptor:");
+        intf += !!strstr(l, "Interface Descriptor:");
+        ep += !!strstr(l, "Endpoint Descriptor:");
         g_assert_null(strstr(l, "Couldn't open"));
+        g_assert_null(strstr(l, "UNAVAILABLE"));
         g_assert_null(strstr(l, "cannot"));
+        g_assert_null(strstr(l, "invalid"));
     }
     g_assert_cmpuint(devices, ==,
                      g_ascii_strtoull(dxl_result_get(dxl_boot_result(b,
                                       "lsusb"), "devices"), NULL, 10));
     g_assert_cmpuint(hubs2, ==, 1);
     g_assert_cmpuint(hubs3, ==, 1);
+    g_assert_cmpuint(others, ==, 1);
+    /* every device shows a configuration, interface and endpoint */
+    g_assert_cmpuint(cfg, >=, devices);
+    g_assert_cmpuint(intf, >=, devices);
+    g_assert_cmpuint(ep, >=, devices);
 }
 
 /* --- the in-guest self-test (images/selftest) -------------------------------- */

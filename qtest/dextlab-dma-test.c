@@ -684,6 +684,9 @@ static void test_dma_all_queues(const void *data)
     g_assert_cmpuint(dxl_qom_get_uint(d, "stat-bytes"), ==,
                      dxl_rd(d, DXL_REG_STAT_BYTES_LO) |
                      (uint64_t)dxl_rd(d, DXL_REG_STAT_BYTES_HI) << 32);
+    /* An 8-byte read of a LO/HI pair returns both halves */
+    g_assert_cmpuint(qpci_io_readq(d->pdev, d->bar0, DXL_REG_STAT_BYTES_LO),
+                     ==, dxl_qom_get_uint(d, "stat-bytes"));
     g_assert_cmpuint(dxl_qom_get_uint(d, "stat-doorbells"), ==,
                      DXL_DMA_NUM_QUEUES);
     g_assert_cmpuint(dxl_qom_get_uint(d, "stat-errors"), ==, 0);

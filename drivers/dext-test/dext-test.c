@@ -586,14 +586,14 @@ static int m_report(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 }
 
 /* Interrupt round trips driven inside the driver: posted INT_SET -> MSI-X
- * -> handler.  Out: per sample (u32 doorbell->handler ns, u32 eventfd
- * wake -> handler ns). */
+ * -> handler.  Out: per sample (u32 doorbell->handler ns, u32 platform
+ * parsed the MSI line -> handler ns, u32 eventfd read -> handler ns). */
 static int m_irq_bench(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 {
     Drv *d = ctx;
     uint64_t n = a->scalar_in[0];
     uint32_t *out = a->struct_out;
-    if (n == 0 || n * 8 > a->struct_out_size) {
+    if (n == 0 || n * 12 > a->struct_out_size) {
         return -EINVAL;
     }
     for (uint64_t i = 0; i < n; i++) {
@@ -603,12 +603,16 @@ static int m_irq_bench(DextUserClient *uc, void *ctx, DextMethodArgs *a)
         if (!wait_irq(d, 1, c, 5000)) {
             return -ETIMEDOUT;
         }
+        uint64_t last_msi = 0;
+        dext_platform_interrupt_stats(NULL, &last_msi);
         g_mutex_lock(&d->lock);
-        out[2 * i] = (uint32_t)MIN(d->irq_seen_at[1] - t0, UINT32_MAX);
-        out[2 * i + 1] = (uint32_t)MIN(d->irq_seen_at[1] - d->irq_time[1], UINT32_MAX);
+        uint64_t seen = d->irq_seen_at[1];
+        out[3 * i] = (uint32_t)MIN(seen - t0, UINT32_MAX);
+        out[3 * i + 1] = seen > last_msi ? (uint32_t)MIN(seen - last_msi, UINT32_MAX) : 0;
+        out[3 * i + 2] = (uint32_t)MIN(seen - d->irq_time[1], UINT32_MAX);
         g_mutex_unlock(&d->lock);
     }
-    a->struct_out_size = n * 8;
+    a->struct_out_size = n * 12;
     return 0;
 }
 

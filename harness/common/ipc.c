@@ -34,6 +34,7 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_RESET, "RESET", "(tu)", "()", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_SYNC, "SYNC", "()", "()", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_IRQ_INFO, "IRQ_INFO", "(t)", "(u)", 0, 0, DEXT_CH_RPC, false },
+    { DEXT_MSG_IRQ_STATS, "IRQ_STATS", "()", "(tt)", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_OPEN, "OPEN", "(ss)", "(tt)", 0, 1, DEXT_CH_APP, false },
     { DEXT_MSG_REGISTRY, "REGISTRY", "(b)", "(s)", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_SERVICES, "SERVICES", "()", "(a(tsssxuu))", 0, 0, DEXT_CH_APP, false },

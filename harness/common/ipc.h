@@ -78,6 +78,7 @@ typedef enum {
     DEXT_MSG_RESET,         /* (tu) device, flags -> () */
     DEXT_MSG_SYNC,          /* () -> ()   flushes posted writes */
     DEXT_MSG_IRQ_INFO,      /* (t) device -> (u) number of MSI-X vectors */
+    DEXT_MSG_IRQ_STATS,     /* () -> (tt) MSIs received, ns when the last was parsed */
     /* APP: app -> dextd */
     DEXT_MSG_OPEN = 64,     /* (ss) by ("class"|"name"|"id"), value -> (tt) service, client + fd */
     DEXT_MSG_REGISTRY,      /* (b) json -> (s) dump */

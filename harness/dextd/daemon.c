@@ -1031,6 +1031,13 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
     case DEXT_MSG_IRQ_INFO:
         dext_msg_init_reply(rep, m, g_variant_new("(u)", (guint32)dev->fn.msix_table_size));
         return 0;
+    case DEXT_MSG_IRQ_STATS: {
+        DextIrqStats st;
+        dext_platform_irq_stats(pl, &st);
+        dext_msg_init_reply(rep, m, g_variant_new("(tt)", (guint64)st.msi_received,
+                                                  (guint64)st.last_msi_ns));
+        return 0;
+    }
     default:
         *why = g_strdup_printf("%s is not a driver request", dext_msg_name(m->type));
         return -EOPNOTSUPP;

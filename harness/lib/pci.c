@@ -292,6 +292,24 @@ unsigned dext_pci_msix_count(DextPciDevice *dev)
     return dev->msix;
 }
 
+int dext_platform_interrupt_stats(uint64_t *received, uint64_t *last_ns)
+{
+    DextMsg r;
+    int rc = dext__rpc(DEXT_MSG_IRQ_STATS, NULL, false, &r);
+    if (rc == 0) {
+        guint64 a, b;
+        g_variant_get(r.body, "(tt)", &a, &b);
+        if (received) {
+            *received = a;
+        }
+        if (last_ns) {
+            *last_ns = b;
+        }
+        dext_msg_clear(&r);
+    }
+    return rc;
+}
+
 struct DextInterruptSource {
     DextPciDevice *dev;
     unsigned vector;

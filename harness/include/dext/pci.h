@@ -65,6 +65,11 @@ void dext_pci_get_ids(const DextPciDevice *dev, uint16_t *vendor, uint16_t *devi
 const char *dext_pci_address(const DextPciDevice *dev);
 /* Number of MSI-X vectors the device offers (0 if none). */
 unsigned dext_pci_msix_count(DextPciDevice *dev);
+/* Platform-wide interrupt counters, for latency measurements: MSI messages
+ * the platform received and the CLOCK_MONOTONIC ns (microsecond resolution)
+ * when it parsed the latest one, i.e. when the device's interrupt reached
+ * the host side. */
+int dext_platform_interrupt_stats(uint64_t *received, uint64_t *last_ns);
 
 /*
  * Interrupt dispatch source (IOInterruptDispatchSource): binds MSI-X

@@ -164,6 +164,31 @@ static void bench_copy(DxlDev *d, uint64_t total, unsigned reps)
     }
 }
 
+/* Descriptor processing rate without payload: NOPs, one doorbell a batch. */
+static void bench_nop(DxlDev *d, unsigned reps)
+{
+    DxlRing r;
+    double t[32], t0;
+    unsigned k, i;
+
+    dxl_ring_init(d, &r, 2, RING);
+    for (k = 0; k < reps; k++) {
+        for (i = 0; i < RING - 1; i++) {
+            dxl_ring_post(&r, DXL_OP_NOP, 0, 0, 0, 0, i);
+        }
+        t0 = now_s();
+        dxl_ring_kick(&r);
+        wait_cpls(&r, RING - 1);
+        t[k] = now_s() - t0;
+        dxl_ring_ack(&r);
+    }
+    printf("\nNOP descriptors (fetch + completion, no payload), %u per "
+           "doorbell\n", RING - 1);
+    printf("  median %.2f M descriptors/s (%.0f ns each)\n",
+           (RING - 1) / median(t, reps) / 1e6,
+           median(t, reps) / (RING - 1) * 1e9);
+}
+
 static void bench_msix(DxlDev *d, unsigned n)
 {
     QPCIDevice *p = d->pdev;
@@ -255,6 +280,7 @@ int main(int argc, char **argv)
     printf("dextlab-dma benchmark: %s, -accel qtest, unpaced, copy batches "
            "of up to %u MiB\n", dxl_machine(q35), (unsigned)(total >> 20));
     bench_copy(d, total, reps);
+    bench_nop(d, reps);
     bench_msix(d, irqs);
     dxl_stop(d);
     return 0;

@@ -785,6 +785,17 @@ static void test_pacing(const void *data)
 
     g_assert_cmphex(dxl_rd(d, DXL_REG_LINK), ==,
                     3 | (4 << DXL_LINK_WIDTH_SHIFT));
+    if (q35) {
+        /* The PCIe capability advertises the same link: Gen3 (8 GT/s) x4 */
+        uint8_t exp = qpci_find_capability(d->pdev, PCI_CAP_ID_EXP, 0);
+
+        g_assert_cmphex(qpci_config_readw(d->pdev, exp + PCI_EXP_LNKSTA) &
+                        (PCI_EXP_LNKSTA_NLW | PCI_EXP_LNKSTA_CLS), ==,
+                        (4 << 4) | 3);
+        g_assert_cmphex(qpci_config_readl(d->pdev, exp + PCI_EXP_LNKCAP) &
+                        (PCI_EXP_LNKCAP_MLW | PCI_EXP_LNKCAP_SLS), ==,
+                        (4 << 4) | 3);
+    }
     dxl_ring_init(d, &r, 0, 4);
     dxl_ring_post(&r, DXL_OP_COPY, 0, len, src, dst, 1);
     dxl_ring_kick(&r);

@@ -1540,6 +1540,29 @@ static int dxl_post_load(void *opaque, int version_id)
     return 0;
 }
 
+/*
+ * With the timing model on, advertise its link in the PCI Express
+ * capability too (QEMU's default endpoint link is x1 at 2.5 GT/s), so that
+ * lspci and drivers see the link the completions are paced at.
+ */
+static void dxl_pcie_set_link(PCIDevice *pdev, uint8_t gen, uint8_t width)
+{
+    uint8_t *exp = pdev->config + pdev->exp.exp_cap;
+    uint32_t lnk = (uint32_t)width << 4 | gen;
+
+    pci_long_test_and_clear_mask(exp + PCI_EXP_LNKCAP,
+                                 PCI_EXP_LNKCAP_MLW | PCI_EXP_LNKCAP_SLS);
+    pci_long_test_and_set_mask(exp + PCI_EXP_LNKCAP, lnk);
+    pci_word_test_and_clear_mask(exp + PCI_EXP_LNKSTA,
+                                 PCI_EXP_LNKSTA_NLW | PCI_EXP_LNKSTA_CLS);
+    pci_word_test_and_set_mask(exp + PCI_EXP_LNKSTA, lnk);
+    /* Supported Link Speeds Vector: every generation up to this one */
+    pci_long_test_and_clear_mask(exp + PCI_EXP_LNKCAP2,
+                                 0xfe); /* SLS vector, bits 7:1 */
+    pci_long_test_and_set_mask(exp + PCI_EXP_LNKCAP2,
+                               ((1u << gen) - 1) << 1);
+}
+
 static void dxl_realize(PCIDevice *pdev, Error **errp)
 {
     DextlabDmaState *s = DEXTLAB_DMA(pdev);
@@ -1607,6 +1630,9 @@ static void dxl_realize(PCIDevice *pdev, Error **errp)
             goto fail_msix;
         }
         pcie_cap_flr_init(pdev);
+        if (s->link_gen) {
+            dxl_pcie_set_link(pdev, s->link_gen, s->link_width);
+        }
     }
 
     memory_region_init_ram(&s->devmem, OBJECT(s), "dextlab-dma-devmem",

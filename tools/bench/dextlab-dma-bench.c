@@ -13,7 +13,7 @@
  * loop is one doorbell per batch.
  *
  * Usage: dextlab-dma-bench [--machine q35|pc] [--total MIB] [--reps N]
- *                          [--irqs N]
+ *                          [--irqs N] [--min-size BYTES]
  * Needs QTEST_QEMU_BINARY (meson's benchmark() sets it).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -118,7 +118,8 @@ static double host_copy(DxlDev *d, uint64_t src, uint64_t dst, uint32_t size,
     return now_s() - t0;
 }
 
-static void bench_copy(DxlDev *d, uint64_t total, unsigned reps)
+static void bench_copy(DxlDev *d, uint64_t total, unsigned reps,
+                       uint32_t min_size)
 {
     DxlRing r;
     uint64_t src = dxl_alloc(d, POOL, 4096);
@@ -137,7 +138,7 @@ static void bench_copy(DxlDev *d, uint64_t total, unsigned reps)
            "median", "", "", "best", "", "");
     printf("%-10s %6s | %9s %9s %6s | %9s %9s %6s\n", "size", "count",
            "dev GB/s", "mem GB/s", "ratio", "dev GB/s", "mem GB/s", "ratio");
-    for (size = 4096; size <= DXL_DMA_MAX_XFER; size *= 4) {
+    for (size = min_size; size <= DXL_DMA_MAX_XFER; size *= 4) {
         unsigned count = MAX(MIN(total / size, RING - 1), 16);
         double bytes = (double)count * size, td, tm, bd, bm;
         unsigned k;
@@ -157,9 +158,10 @@ static void bench_copy(DxlDev *d, uint64_t total, unsigned reps)
         tm = median(t_mem, reps);
         bd = t_dev[0];          /* sorted by median() */
         bm = t_mem[0];
-        printf("%7u KiB %6u | %9.2f %9.2f %6.2f | %9.2f %9.2f %6.2f\n",
-               size / 1024, count, bytes / td / 1e9, bytes / tm / 1e9,
-               tm / td, bytes / bd / 1e9, bytes / bm / 1e9, bm / bd);
+        printf("%7.*f KiB %6u | %9.2f %9.2f %6.2f | %9.2f %9.2f %6.2f\n",
+               size % 1024 ? 2 : 0, size / 1024.0, count, bytes / td / 1e9,
+               bytes / tm / 1e9, tm / td, bytes / bd / 1e9, bytes / bm / 1e9,
+               bm / bd);
         fflush(stdout);
     }
 }
@@ -257,6 +259,7 @@ int main(int argc, char **argv)
     uint64_t total = 128ULL << 20;
     unsigned irqs = 20000;
     unsigned reps = 9;
+    uint32_t min_size = 4096;
     DxlDev *d;
     int i;
 
@@ -266,20 +269,22 @@ int main(int argc, char **argv)
             q35 = !strcmp(argv[++i], "q35");
         } else if (!strcmp(argv[i], "--total") && i + 1 < argc) {
             total = g_ascii_strtoull(argv[++i], NULL, 10) << 20;
+        } else if (!strcmp(argv[i], "--min-size") && i + 1 < argc) {
+            min_size = MIN(MAX(atoi(argv[++i]), 1), DXL_DMA_MAX_XFER);
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
             reps = MIN(MAX(atoi(argv[++i]), 1), 32);
         } else if (!strcmp(argv[i], "--irqs") && i + 1 < argc) {
             irqs = atoi(argv[++i]);
         } else {
             fprintf(stderr, "usage: %s [--machine q35|pc] [--total MIB] "
-                    "[--reps N] [--irqs N]\n", argv[0]);
+                    "[--reps N] [--irqs N] [--min-size BYTES]\n", argv[0]);
             return 2;
         }
     }
     d = dxl_start(q35);
     printf("dextlab-dma benchmark: %s, -accel qtest, unpaced, copy batches "
            "of up to %u MiB\n", dxl_machine(q35), (unsigned)(total >> 20));
-    bench_copy(d, total, reps);
+    bench_copy(d, total, reps, min_size);
     bench_nop(d, reps);
     bench_msix(d, irqs);
     dxl_stop(d);

@@ -358,14 +358,18 @@ int dext_client_map_memory(DextConnection *c, uint32_t type, uint32_t flags, voi
     if (rc < 0) {
         return rc;
     }
-    guint64 sz;
-    g_variant_get(r.body, "(t)", &sz);
+    guint64 sz, off;
+    g_variant_get(r.body, "(tt)", &sz, &off);
     int fd = dext_msg_take_fd(&r, 0);
     dext_msg_clear(&r);
     /* A read-only fd from the driver cannot be mapped writable: try
      * writable only when asked and allowed. */
     int prot = PROT_READ | ((flags & DEXT_CLIENT_MAP_READONLY) ? 0 : PROT_WRITE);
-    void *p = mmap(NULL, sz, prot, MAP_SHARED, fd, 0);
+    if (off & 4095) {
+        close(fd);
+        return -EPROTO;
+    }
+    void *p = mmap(NULL, sz, prot, MAP_SHARED, fd, (off_t)off);
     if (p == MAP_FAILED && (prot & PROT_WRITE) && errno == EACCES) {
         rc = -EACCES; /* the driver shared it read-only */
     } else if (p == MAP_FAILED) {
@@ -413,4 +417,18 @@ int dext_daemon_services(const char *socket_path, char **out)
     dext_msg_clear(&r);
     *out = g_string_free(s, FALSE);
     return 0;
+}
+
+int dext_daemon_service_ctl(const char *socket_path, uint64_t service, const char *op)
+{
+    DextMsg r;
+    if (!op) {
+        return -EINVAL;
+    }
+    int rc = daemon_call(socket_path, DEXT_MSG_SERVICE_CTL,
+                         g_variant_new("(ts)", (guint64)service, op), &r);
+    if (rc == 0) {
+        dext_msg_clear(&r);
+    }
+    return rc;
 }

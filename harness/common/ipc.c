@@ -38,9 +38,10 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_OPEN, "OPEN", "(ss)", "(tt)", 0, 1, DEXT_CH_APP, false },
     { DEXT_MSG_REGISTRY, "REGISTRY", "(b)", "(s)", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_SERVICES, "SERVICES", "()", "(a(tsssxuu))", 0, 0, DEXT_CH_APP, false },
+    { DEXT_MSG_SERVICE_CTL, "SERVICE_CTL", "(ts)", "()", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_UC_METHODS, "UC_METHODS", "()", "(a(uuuuu))", 0, 0, DEXT_CH_UC, false },
     { DEXT_MSG_UC_CALL, "UC_CALL", "(uatayuut)", "(atay)", 0, 0, DEXT_CH_UC, false },
-    { DEXT_MSG_UC_MEMORY, "UC_MEMORY", "(uu)", "(t)", 0, 1, DEXT_CH_UC, false },
+    { DEXT_MSG_UC_MEMORY, "UC_MEMORY", "(uu)", "(tt)", 0, 1, DEXT_CH_UC, false },
     { DEXT_MSG_UC_ASYNC, "UC_ASYNC", "(tiat)", NULL, 0, 0, DEXT_CH_UCEV, true },
 };
 

@@ -83,11 +83,12 @@ typedef enum {
     DEXT_MSG_OPEN = 64,     /* (ss) by ("class"|"name"|"id"), value -> (tt) service, client + fd */
     DEXT_MSG_REGISTRY,      /* (b) json -> (s) dump */
     DEXT_MSG_SERVICES,      /* () -> (a(tsssxuu)) id class server state pid launches starts */
+    DEXT_MSG_SERVICE_CTL,   /* (ts) service, "stop"|"start" -> () (needs dextd-control) */
     /* UC: app -> driver */
     DEXT_MSG_UC_METHODS = 80, /* () -> (a(uuuuu)) sel, nscalar-in, struct-in, nscalar-out, struct-out */
     DEXT_MSG_UC_CALL,       /* (uatayuut) selector, scalars, struct, scalar-out count,
                              * struct-out capacity, async-ref (0 = sync) -> (atay) */
-    DEXT_MSG_UC_MEMORY,     /* (uu) type, flags -> (t) size + fd */
+    DEXT_MSG_UC_MEMORY,     /* (uu) type, flags -> (tt) size, offset + fd */
     /* UCEV: driver -> app */
     DEXT_MSG_UC_ASYNC = 96, /* (tiat) async-ref, status, data; always POSTED */
 } DextMsgType;

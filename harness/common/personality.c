@@ -982,9 +982,17 @@ DextAppEntitlements *dext_app_entitlements_parse(const char *file, const char *d
         } else if (!strcmp(*k, "userclient-access")) {
             a->uc_access = g_strsplit_set(v, " \t", -1);
             g_free(v);
+        } else if (!strcmp(*k, "dextd-control")) {
+            if (strcmp(v, "true") && strcmp(v, "false")) {
+                set_err(err, file, src_line(&s, "App", *k), "dextd-control must be true or false");
+                g_free(v);
+                goto fail;
+            }
+            a->control = !strcmp(v, "true");
+            g_free(v);
         } else {
             set_err(err, file, src_line(&s, "App", *k),
-                    "unknown key %s in [App] (Id, userclient-access)", *k);
+                    "unknown key %s in [App] (Id, userclient-access, dextd-control)", *k);
             g_free(v);
             goto fail;
         }

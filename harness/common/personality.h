@@ -141,10 +141,12 @@ GArray *dext_match_select(GPtrArray *personalities, const DextDeviceInfo *dev,
 /* App identity: <exe>.entitlements key file:
  *   [App]
  *   Id=org.dextlab.e2e-app
- *   userclient-access=org.dextlab.dext-test ...   server names or *          */
+ *   userclient-access=org.dextlab.dext-test ...   server names or *
+ *   dextd-control=true                            optional: stop/start services */
 typedef struct {
     char *id;
     char **uc_access;
+    bool control;           /* dextd-control=true: may stop/start services */
 } DextAppEntitlements;
 
 DextAppEntitlements *dext_app_entitlements_parse(const char *file, const char *data,

@@ -276,6 +276,27 @@ static int publish_pci(Dextd *d, char **err)
 static void load_bundles(Dextd *d)
 {
     for (const char *const *dir = d->cfg.driver_dirs; dir && *dir; dir++) {
+        /* A bundle folder itself (DIR/<basename>.personality) loads alone. */
+        char *base = g_path_get_basename(*dir);
+        char *self = g_strdup_printf("%s/%s.personality", *dir, base);
+        bool is_bundle = g_file_test(self, G_FILE_TEST_IS_REGULAR);
+        g_free(self);
+        g_free(base);
+        if (is_bundle) {
+            GError *e = NULL;
+            DextBundle *b = dext_bundle_load(*dir, &e);
+            if (!b) {
+                LOGE("bundle %s rejected: %s", *dir, e->message);
+                g_error_free(e);
+            } else {
+                LOGI("loaded bundle %s (%u personalities)", b->name, b->personalities->len);
+                g_ptr_array_add(d->bundles, b);
+                for (guint k = 0; k < b->personalities->len; k++) {
+                    g_ptr_array_add(d->personalities, b->personalities->pdata[k]);
+                }
+            }
+            continue;
+        }
         GDir *gd = g_dir_open(*dir, 0, NULL);
         if (!gd) {
             LOGW("cannot open drivers folder %s", *dir);
@@ -584,6 +605,14 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
                 }
             }
         }
+    }
+    /* A service started again while its old process was exiting. */
+    bool restart = false;
+    for (guint i = 0; i < srv->services->len && !d->shutting_down; i++) {
+        restart |= ((Service *)srv->services->pdata[i])->state == SVC_MATCHED;
+    }
+    if (restart && !srv->timer) {
+        launch_server(srv);
     }
     if (d->shutting_down) {
         bool any = false;
@@ -1335,6 +1364,79 @@ out:
 }
 
 
+/* Stop or start one service on request of an app entitled dextd-control. */
+static void app_service_ctl(Dextd *d, AppConn *a, DextMsg *m)
+{
+    guint64 id;
+    const char *op;
+    char *why = NULL;
+    DextAppEntitlements *ents = NULL;
+    g_variant_get(m->body, "(t&s)", &id, &op);
+    char *exe = app_identity(a->pid, &ents, &why);
+    if (!ents || !ents->control) {
+        LOGW("service control refused for pid %d (%s): %s", (int)a->pid, exe ? exe : "?",
+             ents ? "no dextd-control entitlement" : why);
+        app_error(a, m, -EACCES, "not entitled to control services");
+        goto out;
+    }
+    Service *s = NULL;
+    for (guint i = 0; i < d->services->len; i++) {
+        Service *x = d->services->pdata[i];
+        if (x->id == id) {
+            s = x;
+        }
+    }
+    if (!s || d->shutting_down) {
+        app_error(a, m, -ENOENT, "no service %" G_GUINT64_FORMAT, id);
+        goto out;
+    }
+    DextMsg r;
+    if (!strcmp(op, "stop")) {
+        if (s->state != SVC_RUNNING) {
+            app_error(a, m, -EINVAL, "service is %s", svc_state_names[s->state]);
+            goto out;
+        }
+        Pending *p = g_new0(Pending, 1);
+        p->kind = P_STOP;
+        p->svc = s;
+        p->app_fd = -1;
+        svc_set_state(s, SVC_STOPPING);
+        if (!ctrl_send(s->srv, DEXT_MSG_STOP, g_variant_new("(t)", (guint64)s->id), -1, p,
+                       STOP_TIMEOUT_MS)) {
+            pending_free(p);
+            app_error(a, m, -ECONNRESET, "driver not reachable");
+            goto out;
+        }
+        LOGI("app %s stops service %" G_GUINT64_FORMAT " (%s)", ents->id, id, s->p->user_class);
+    } else if (!strcmp(op, "start")) {
+        if (s->state != SVC_STOPPED && s->state != SVC_FAILED && s->state != SVC_GAVE_UP) {
+            app_error(a, m, -EINVAL, "service is %s", svc_state_names[s->state]);
+            goto out;
+        }
+        LOGI("app %s starts service %" G_GUINT64_FORMAT " (%s)", ents->id, id, s->p->user_class);
+        s->srv->ends->len = 0;
+        s->srv->gave_up = false;
+        if (s->srv->pid > 0 && s->srv->hello && s->srv->ctrl_fd >= 0) {
+            send_start(s);
+        } else {
+            svc_set_state(s, SVC_MATCHED);
+            if (s->srv->pid <= 0 && !s->srv->timer) {
+                launch_server(s->srv);
+            }
+        }
+    } else {
+        app_error(a, m, -EINVAL, "unknown operation %s (stop, start)", op);
+        goto out;
+    }
+    dext_msg_init_reply(&r, m, NULL);
+    dext_ipc_send(a->fd, &r);
+    dext_msg_clear(&r);
+out:
+    g_free(exe);
+    g_free(why);
+    dext_app_entitlements_free(ents);
+}
+
 static gboolean on_app_msg(Dextd *d, AppConn *a)
 {
     DextMsg m;
@@ -1393,6 +1495,9 @@ static gboolean on_app_msg(Dextd *d, AppConn *a)
         dext_msg_clear(&r);
         break;
     }
+    case DEXT_MSG_SERVICE_CTL:
+        app_service_ctl(d, a, &m);
+        break;
     default:
         app_error(a, &m, -EOPNOTSUPP, "%s is not an app request", dext_msg_name(m.type));
     }

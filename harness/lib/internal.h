@@ -25,6 +25,11 @@ int dext__rpc(uint16_t type, GVariant *body, bool posted, DextMsg *reply);
 /* Shared guest-RAM fd (fetched once), or negative errno. */
 int dext__ram_fd(uint64_t *size);
 
+/* fd and offset under which a buffer can be mapped by another process
+ * (memfd for shared buffers, the guest-RAM fd for DMA buffers).  The fd is
+ * borrowed. */
+int dext__buffer_share(const DextBuffer *b, int *fd, uint64_t *offset);
+
 DextPciDevice *dext__pci_new(DextService *svc);
 void dext__pci_free(DextPciDevice *dev);
 bool dext__pci_is_open(const DextPciDevice *dev);

@@ -15,6 +15,7 @@ struct DextBuffer {
     uint64_t map_size;          /* mapped bytes (page-rounded) */
     uint64_t length;
     uint64_t iova;              /* DMA buffers */
+    uint64_t fd_offset;         /* DMA buffers: offset in the guest-RAM fd */
     int memfd;                  /* shared buffers */
     void *addr;
 };
@@ -61,6 +62,7 @@ int dext_buffer_create(uint32_t direction, uint64_t capacity, uint64_t alignment
     b->map_size = size;
     b->length = capacity;
     b->iova = iova;
+    b->fd_offset = off;
     b->memfd = -1;
     b->addr = p;
     *out = b;
@@ -120,6 +122,22 @@ void dext_buffer_release(DextBuffer *b)
         close(b->memfd);
     }
     g_free(b);
+}
+
+int dext__buffer_share(const DextBuffer *b, int *fd, uint64_t *offset)
+{
+    if (b->memfd >= 0) {
+        *fd = b->memfd;
+        *offset = 0;
+        return 0;
+    }
+    int rfd = dext__ram_fd(NULL);
+    if (rfd < 0) {
+        return rfd;
+    }
+    *fd = rfd;
+    *offset = b->fd_offset;
+    return 0;
 }
 
 void *dext_buffer_map(DextBuffer *b) { return b ? b->addr : NULL; }

@@ -357,8 +357,9 @@ static void uc_memory(DextUserClient *uc, DextMsg *m)
         reply_error(uc, m, c.rc < 0 ? c.rc : -EINVAL, "no client memory of type %u", type);
         return;
     }
-    int fd = dext_buffer_fd(c.buf);
-    if (fd < 0) {
+    int fd;
+    uint64_t offset;
+    if (dext__buffer_share(c.buf, &fd, &offset) < 0) {
         reply_error(uc, m, -EINVAL, "memory type %u is not shareable", type);
         return;
     }
@@ -375,7 +376,8 @@ static void uc_memory(DextUserClient *uc, DextMsg *m)
         }
     }
     DextMsg r;
-    dext_msg_init_reply(&r, m, g_variant_new("(t)", (guint64)dext_buffer_capacity(c.buf)));
+    dext_msg_init_reply(&r, m, g_variant_new("(tt)", (guint64)dext_buffer_capacity(c.buf),
+                                              (guint64)offset));
     r.fds[0] = send_fd >= 0 ? send_fd : fd;
     r.nfds = 1;
     uc_send(uc, &r);

@@ -68,6 +68,9 @@ int dext_client_map_memory(DextConnection *c, uint32_t type, uint32_t flags,
  * service table as text lines "id class server state pid launches starts". */
 int dext_daemon_registry(const char *socket_path, int json, char **out);
 int dext_daemon_services(const char *socket_path, char **out);
+/* Stop or start a service ("stop" | "start"); needs dextd-control=true in
+ * the app's entitlements.  Returns once dextd has begun the operation. */
+int dext_daemon_service_ctl(const char *socket_path, uint64_t service, const char *op);
 
 #ifdef __cplusplus
 }

@@ -54,8 +54,11 @@ typedef struct {
 
 typedef struct {
     /* Memory of @type for the app (CopyClientMemoryForType).  Return a
-     * shared buffer (the library takes a reference until the reply is
-     * sent; the driver keeps its own) and set *read_only to deny writes. */
+     * buffer the driver keeps owning, and set *read_only to deny writes.
+     * Shared (memfd) buffers pass only their own memory.  DMA buffers pass
+     * the guest-RAM fd with the buffer's offset, so the app, the driver and
+     * the device share the bytes with no copy: on the qtest platform that
+     * fd covers all of guest RAM, so only entitled apps must get them. */
     int (*client_memory)(DextUserClient *uc, void *ctx, uint32_t type,
                          DextBuffer **out, bool *read_only);
     /* The app closed the connection or exited; runs on the service queue. */

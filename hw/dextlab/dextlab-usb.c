@@ -896,6 +896,7 @@ static void dextlab_usb_class_init(ObjectClass *klass, void *data)
     uc->usb_desc       = &desc_dextlab_ss;
     uc->realize        = dextlab_usb_realize;
     uc->unrealize      = dextlab_usb_unrealize;
+    uc->handle_attach  = usb_desc_attach;
     uc->handle_reset   = dextlab_usb_handle_reset;
     uc->handle_control = dextlab_usb_handle_control;
     uc->handle_data    = dextlab_usb_handle_data;

@@ -1,0 +1,1087 @@
+/*
+ * dextlab USB family: host, devices, interfaces, pipes, buffers.
+ * See usb.h for the contract.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "usb.h"
+
+#define USB_DT_DEVICE       1
+#define USB_DT_CONFIG       2
+#define USB_DT_STRING       3
+#define USB_DT_INTERFACE    4
+#define USB_DT_ENDPOINT     5
+#define USB_DT_SS_EP_COMP   0x30
+
+struct DextUsbBuffer {
+    DextUsbHost *h;
+    DextDmaRange dma;
+    void *data;
+    size_t size;
+};
+
+struct DextUsbPipe {
+    DextUsbInterface *iface;
+    DextUsbEndpointDesc desc;
+    bool closed;
+};
+
+struct DextUsbInterface {
+    DextUsbDevice *dev;
+    uint8_t number;
+    const DextUsbInterfaceDesc *cur;    /* into dev->config.alts */
+    DextUsbPipe *pipes[30];
+    unsigned n_pipes;
+    bool open;
+};
+
+struct DextUsbDevice {
+    gint ref;
+    DextUsbHost *h;
+    unsigned port;
+    unsigned speed;
+    DextXhciSlot *slot;
+    bool attached;
+    bool open;
+    GMutex lock;                        /* ep0, configuration changes */
+    DextUsbBuffer *ep0buf;
+    DextUsbDeviceDesc desc;
+    uint8_t *config_raw;
+    size_t config_len;
+    DextUsbConfigDesc config;
+    uint8_t active_config;
+    DextUsbInterface *ifaces[32];
+    unsigned n_ifaces;
+    GPtrArray *old_pipes;               /* closed pipes, freed with dev */
+};
+
+struct DextUsbHost {
+    DextPlatform *p;
+    DextXhci *x;
+    DextUsbHostConfig cfg;
+    GMutex lock;                        /* devices[], busy */
+    GCond cond;
+    DextUsbDevice *devices[256];        /* by root port */
+    GAsyncQueue *notes;                 /* port numbers (+1), 0 = quit */
+    GThread *hub;
+    unsigned busy;
+};
+
+/* ----------------------------------------------------- descriptor parse */
+
+int dext_usb_parse_device(const uint8_t *b, size_t len, DextUsbDeviceDesc *o)
+{
+    if (len < 18 || b[0] < 18 || b[1] != USB_DT_DEVICE) {
+        return -EINVAL;
+    }
+    o->bcdUSB = b[2] | b[3] << 8;
+    o->bDeviceClass = b[4];
+    o->bDeviceSubClass = b[5];
+    o->bDeviceProtocol = b[6];
+    o->bMaxPacketSize0 = b[7];
+    o->idVendor = b[8] | b[9] << 8;
+    o->idProduct = b[10] | b[11] << 8;
+    o->bcdDevice = b[12] | b[13] << 8;
+    o->iManufacturer = b[14];
+    o->iProduct = b[15];
+    o->iSerialNumber = b[16];
+    o->bNumConfigurations = b[17];
+    return 0;
+}
+
+void dext_usb_config_desc_free(DextUsbConfigDesc *c)
+{
+    g_free(c->alts);
+    memset(c, 0, sizeof(*c));
+}
+
+int dext_usb_parse_config(const uint8_t *b, size_t len, DextUsbConfigDesc *o)
+{
+    GArray *alts;
+    DextUsbInterfaceDesc *cur = NULL;
+    DextUsbEndpointDesc *last_ep = NULL;
+    size_t off;
+
+    memset(o, 0, sizeof(*o));
+    if (len < 9 || b[0] < 9 || b[1] != USB_DT_CONFIG) {
+        return -EINVAL;
+    }
+    o->wTotalLength = b[2] | b[3] << 8;
+    o->bNumInterfaces = b[4];
+    o->bConfigurationValue = b[5];
+    o->iConfiguration = b[6];
+    o->bmAttributes = b[7];
+    o->bMaxPower = b[8];
+    if (o->wTotalLength < 9 || o->wTotalLength > len) {
+        return -EINVAL;
+    }
+    len = o->wTotalLength;
+    alts = g_array_new(FALSE, TRUE, sizeof(DextUsbInterfaceDesc));
+    for (off = b[0]; off < len;) {
+        const uint8_t *d = b + off;
+
+        /* a descriptor must fit and make progress */
+        if (len - off < 2 || d[0] < 2 || d[0] > len - off) {
+            g_array_free(alts, TRUE);
+            return -EINVAL;
+        }
+        switch (d[1]) {
+        case USB_DT_INTERFACE:
+            if (d[0] < 9) {
+                goto bad;
+            }
+            g_array_set_size(alts, alts->len + 1);
+            cur = &g_array_index(alts, DextUsbInterfaceDesc, alts->len - 1);
+            cur->bInterfaceNumber = d[2];
+            cur->bAlternateSetting = d[3];
+            cur->bNumEndpoints = d[4];
+            cur->bInterfaceClass = d[5];
+            cur->bInterfaceSubClass = d[6];
+            cur->bInterfaceProtocol = d[7];
+            cur->iInterface = d[8];
+            last_ep = NULL;
+            break;
+        case USB_DT_ENDPOINT:
+            if (d[0] < 7 || !cur || cur->n_endpoints >= 30 ||
+                (d[2] & 0x0f) == 0) {
+                goto bad;
+            }
+            last_ep = &cur->endpoints[cur->n_endpoints++];
+            last_ep->bEndpointAddress = d[2];
+            last_ep->bmAttributes = d[3];
+            last_ep->wMaxPacketSize = d[4] | d[5] << 8;
+            last_ep->bInterval = d[6];
+            break;
+        case USB_DT_SS_EP_COMP:
+            if (d[0] < 6 || !last_ep) {
+                goto bad;
+            }
+            last_ep->has_companion = true;
+            last_ep->bMaxBurst = d[2];
+            last_ep->bmAttributesSS = d[3];
+            last_ep->wBytesPerInterval = d[4] | d[5] << 8;
+            break;
+        default:
+            break;             /* class specific: skipped */
+        }
+        off += d[0];
+    }
+    o->n_alts = alts->len;
+    o->alts = (DextUsbInterfaceDesc *)g_array_free(alts, FALSE);
+    return 0;
+
+bad:
+    g_array_free(alts, TRUE);
+    return -EINVAL;
+}
+
+/* ------------------------------------------------------------ buffers */
+
+int dext_usb_buffer_alloc(DextUsbHost *h, size_t size, DextUsbBuffer **out)
+{
+    DextUsbBuffer *b;
+    uint64_t ram_size;
+    uint8_t *ram = dext_platform_memory_map(h->p, &ram_size);
+    int ret;
+
+    if (!size || !ram) {
+        return size ? -ENOTSUP : -EINVAL;
+    }
+    b = g_new0(DextUsbBuffer, 1);
+    ret = dext_platform_dma_alloc(h->p, size, 4096, &b->dma);
+    if (ret < 0) {
+        g_free(b);
+        return ret;
+    }
+    b->h = h;
+    b->size = size;
+    b->data = ram + b->dma.fd_offset;
+    *out = b;
+    return 0;
+}
+
+void dext_usb_buffer_free(DextUsbBuffer *b)
+{
+    if (b) {
+        dext_platform_dma_free(b->h->p, b->dma.iova);
+        g_free(b);
+    }
+}
+
+void *dext_usb_buffer_data(DextUsbBuffer *b)
+{
+    return b->data;
+}
+
+size_t dext_usb_buffer_size(DextUsbBuffer *b)
+{
+    return b->size;
+}
+
+uint64_t dext_usb_buffer_iova(DextUsbBuffer *b)
+{
+    return b->dma.iova;
+}
+
+/* ------------------------------------------------------- sync helpers */
+
+typedef struct SyncIo {
+    GMutex lock;
+    GCond cond;
+    bool done;
+    int status;
+    uint32_t actual;
+} SyncIo;
+
+static void sync_cb(void *opaque, int status, uint32_t actual, uint64_t ts)
+{
+    SyncIo *s = opaque;
+
+    g_mutex_lock(&s->lock);
+    s->status = status;
+    s->actual = actual;
+    s->done = true;
+    g_cond_signal(&s->cond);
+    g_mutex_unlock(&s->lock);
+}
+
+static bool sync_wait(SyncIo *s, unsigned timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    bool done;
+
+    g_mutex_lock(&s->lock);
+    while (!s->done) {
+        if (!g_cond_wait_until(&s->cond, &s->lock, deadline)) {
+            break;
+        }
+    }
+    done = s->done;
+    g_mutex_unlock(&s->lock);
+    return done;
+}
+
+/* --------------------------------------------------------------- EP0 */
+
+static int control_locked(DextUsbDevice *d, uint8_t rt, uint8_t req,
+                          uint16_t val, uint16_t idx, void *data,
+                          uint16_t wlen, uint32_t *actual, unsigned tmo)
+{
+    DextXhci *x = d->h->x;
+    uint8_t setup[8] = { rt, req, val & 0xff, val >> 8, idx & 0xff, idx >> 8,
+                         wlen & 0xff, wlen >> 8 };
+    SyncIo s = { 0 };
+    int ret;
+
+    if (!d->attached) {
+        return -ENODEV;
+    }
+    if (wlen > dext_usb_buffer_size(d->ep0buf)) {
+        return -EINVAL;
+    }
+    if (!(rt & 0x80) && wlen) {
+        memcpy(dext_usb_buffer_data(d->ep0buf), data, wlen);
+    }
+    tmo = tmo ? tmo : dext_xhci_timeout_ms(x);
+    g_mutex_init(&s.lock);
+    g_cond_init(&s.cond);
+    ret = dext_xhci_submit(d->slot, 0, setup, dext_usb_buffer_iova(d->ep0buf),
+                           wlen, sync_cb, &s);
+    if (ret < 0) {
+        goto out;
+    }
+    if (!sync_wait(&s, tmo)) {
+        dext_xhci_abort(d->slot, 0);
+        sync_wait(&s, tmo);
+        ret = -ETIMEDOUT;
+        goto out;
+    }
+    ret = s.status;
+    if (ret == -EPIPE) {
+        /* protocol stall: EP0 is halted on the controller, recover it */
+        dext_xhci_reset_ep(d->slot, 0);
+    }
+    if (ret == 0 && (rt & 0x80)) {
+        memcpy(data, dext_usb_buffer_data(d->ep0buf), MIN(s.actual, wlen));
+    }
+    if (actual) {
+        *actual = ret == 0 ? MIN(s.actual, wlen) : 0;
+    }
+out:
+    g_mutex_clear(&s.lock);
+    g_cond_clear(&s.cond);
+    return ret;
+}
+
+int dext_usb_device_control(DextUsbDevice *d, uint8_t rt, uint8_t req,
+                            uint16_t val, uint16_t idx, void *data,
+                            uint16_t wlen, uint32_t *actual, unsigned tmo)
+{
+    int ret;
+
+    if ((rt & 0x60) != 0 || !(rt & 0x80)) {
+        /* class/vendor or OUT requests change device state: open needed */
+        if (!d->open) {
+            return -EBUSY;
+        }
+    }
+    if (wlen && !data) {
+        return -EINVAL;
+    }
+    g_mutex_lock(&d->lock);
+    ret = control_locked(d, rt, req, val, idx, data, wlen, actual, tmo);
+    g_mutex_unlock(&d->lock);
+    return ret;
+}
+
+int dext_usb_device_get_descriptor(DextUsbDevice *d, uint8_t type,
+                                   uint8_t index, void *buf, uint16_t len,
+                                   uint32_t *actual)
+{
+    return dext_usb_device_control(d, 0x80, 6, type << 8 | index,
+                                   type == USB_DT_STRING ? 0x0409 : 0, buf,
+                                   len, actual, 0);
+}
+
+int dext_usb_device_string(DextUsbDevice *d, uint8_t index, char *buf,
+                           size_t size)
+{
+    uint8_t raw[255];
+    uint32_t got = 0;
+    size_t n = 0;
+    int ret;
+
+    if (index == 0 || size == 0) {
+        return -ENOENT;
+    }
+    ret = dext_usb_device_get_descriptor(d, USB_DT_STRING, index, raw,
+                                         sizeof(raw), &got);
+    if (ret == -EPIPE) {
+        return -ENOENT;
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (got < 2 || raw[1] != USB_DT_STRING) {
+        return -EIO;
+    }
+    got = MIN(got, raw[0]);
+    for (uint32_t i = 2; i + 1 < got && n + 1 < size; i += 2) {
+        uint16_t c = raw[i] | raw[i + 1] << 8;
+
+        buf[n++] = c < 0x80 && c >= 0x20 ? (char)c : '?';
+    }
+    buf[n] = 0;
+    return (int)n;
+}
+
+/* -------------------------------------------------------- device objs */
+
+DextUsbDevice *dext_usb_device_ref(DextUsbDevice *d)
+{
+    g_atomic_int_inc(&d->ref);
+    return d;
+}
+
+static void iface_free(DextUsbInterface *i)
+{
+    for (unsigned k = 0; k < i->n_pipes; k++) {
+        g_free(i->pipes[k]);
+    }
+    g_free(i);
+}
+
+void dext_usb_device_unref(DextUsbDevice *d)
+{
+    if (!d || !g_atomic_int_dec_and_test(&d->ref)) {
+        return;
+    }
+    for (unsigned k = 0; k < d->n_ifaces; k++) {
+        iface_free(d->ifaces[k]);
+    }
+    g_ptr_array_free(d->old_pipes, TRUE);
+    dext_usb_buffer_free(d->ep0buf);
+    dext_usb_config_desc_free(&d->config);
+    g_free(d->config_raw);
+    g_mutex_clear(&d->lock);
+    g_free(d);
+}
+
+bool dext_usb_device_attached(DextUsbDevice *d)
+{
+    return d->attached;
+}
+
+unsigned dext_usb_device_port(DextUsbDevice *d)
+{
+    return d->port;
+}
+
+unsigned dext_usb_device_speed(DextUsbDevice *d)
+{
+    return d->speed;
+}
+
+const DextUsbDeviceDesc *dext_usb_device_descriptor(DextUsbDevice *d)
+{
+    return &d->desc;
+}
+
+const DextUsbConfigDesc *dext_usb_device_config(DextUsbDevice *d)
+{
+    return &d->config;
+}
+
+const uint8_t *dext_usb_device_config_raw(DextUsbDevice *d, size_t *len)
+{
+    *len = d->config_len;
+    return d->config_raw;
+}
+
+void dext_usb_device_match_keys(DextUsbDevice *d, DextUsbMatchKeys *k)
+{
+    memset(k, 0, sizeof(*k));
+    k->idVendor = d->desc.idVendor;
+    k->idProduct = d->desc.idProduct;
+    k->bcdDevice = d->desc.bcdDevice;
+    k->bDeviceClass = d->desc.bDeviceClass;
+    k->bDeviceSubClass = d->desc.bDeviceSubClass;
+    k->bDeviceProtocol = d->desc.bDeviceProtocol;
+    k->bConfigurationValue = d->config.bConfigurationValue;
+    k->bInterfaceNumber = 0xff;
+    k->bInterfaceClass = k->bInterfaceSubClass = k->bInterfaceProtocol = 0xff;
+}
+
+int dext_usb_device_open(DextUsbDevice *d)
+{
+    int ret = 0;
+
+    g_mutex_lock(&d->lock);
+    if (!d->attached) {
+        ret = -ENODEV;
+    } else if (d->open) {
+        ret = -EBUSY;
+    } else {
+        d->open = true;
+    }
+    g_mutex_unlock(&d->lock);
+    return ret;
+}
+
+void dext_usb_device_close(DextUsbDevice *d)
+{
+    g_mutex_lock(&d->lock);
+    d->open = false;
+    g_mutex_unlock(&d->lock);
+}
+
+static const DextUsbInterfaceDesc *find_alt(DextUsbDevice *d, uint8_t num,
+                                            uint8_t alt)
+{
+    for (unsigned k = 0; k < d->config.n_alts; k++) {
+        if (d->config.alts[k].bInterfaceNumber == num &&
+            d->config.alts[k].bAlternateSetting == alt) {
+            return &d->config.alts[k];
+        }
+    }
+    return NULL;
+}
+
+static void ep_to_xhci(const DextUsbEndpointDesc *e, DextXhciEpDesc *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->address = e->bEndpointAddress;
+    o->attributes = e->bmAttributes;
+    o->max_packet = e->wMaxPacketSize;
+    o->interval = e->bInterval;
+    o->max_burst = e->bMaxBurst;
+    o->bytes_per_interval = e->wBytesPerInterval;
+}
+
+/* abort + close the interface's pipes and unconfigure their endpoints;
+ * d->lock held */
+static void iface_close_pipes(DextUsbInterface *i, bool unconfigure)
+{
+    DextUsbDevice *d = i->dev;
+    uint8_t addrs[30];
+
+    for (unsigned k = 0; k < i->n_pipes; k++) {
+        addrs[k] = i->pipes[k]->desc.bEndpointAddress;
+        dext_xhci_abort(d->slot, addrs[k]);
+        i->pipes[k]->closed = true;
+        g_ptr_array_add(d->old_pipes, i->pipes[k]);
+    }
+    if (unconfigure && i->n_pipes && d->attached) {
+        dext_xhci_configure(d->slot, addrs, i->n_pipes, NULL, 0);
+    }
+    i->n_pipes = 0;
+}
+
+/* configure @alt's endpoints and create pipes; d->lock held */
+static int iface_open_alt(DextUsbInterface *i, const DextUsbInterfaceDesc *alt)
+{
+    DextXhciEpDesc eps[30];
+    int ret;
+
+    for (unsigned k = 0; k < alt->n_endpoints; k++) {
+        ep_to_xhci(&alt->endpoints[k], &eps[k]);
+    }
+    ret = dext_xhci_configure(i->dev->slot, NULL, 0, eps, alt->n_endpoints);
+    if (ret < 0) {
+        return ret;
+    }
+    for (unsigned k = 0; k < alt->n_endpoints; k++) {
+        DextUsbPipe *p = g_new0(DextUsbPipe, 1);
+
+        p->iface = i;
+        p->desc = alt->endpoints[k];
+        i->pipes[i->n_pipes++] = p;
+    }
+    i->cur = alt;
+    return 0;
+}
+
+int dext_usb_device_set_configuration(DextUsbDevice *d, uint8_t value)
+{
+    int ret;
+
+    g_mutex_lock(&d->lock);
+    if (!d->open) {
+        ret = -EBUSY;
+        goto out;
+    }
+    if (value && value != d->config.bConfigurationValue) {
+        ret = -EINVAL;         /* one configuration is read at attach */
+        goto out;
+    }
+    for (unsigned k = 0; k < d->n_ifaces; k++) {
+        iface_close_pipes(d->ifaces[k], true);
+        iface_free(d->ifaces[k]);
+        d->ifaces[k] = NULL;
+    }
+    d->n_ifaces = 0;
+    d->active_config = 0;
+    ret = control_locked(d, 0x00, 9, value, 0, NULL, 0, NULL, 0);
+    if (ret < 0 || value == 0) {
+        goto out;
+    }
+    d->active_config = value;
+    for (unsigned k = 0; k < d->config.n_alts && d->n_ifaces < 32; k++) {
+        const DextUsbInterfaceDesc *a = &d->config.alts[k];
+        DextUsbInterface *i;
+
+        if (a->bAlternateSetting != 0) {
+            continue;
+        }
+        i = g_new0(DextUsbInterface, 1);
+        i->dev = d;
+        i->number = a->bInterfaceNumber;
+        d->ifaces[d->n_ifaces++] = i;
+        ret = iface_open_alt(i, a);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+out:
+    g_mutex_unlock(&d->lock);
+    return ret;
+}
+
+unsigned dext_usb_device_num_interfaces(DextUsbDevice *d)
+{
+    return d->n_ifaces;
+}
+
+DextUsbInterface *dext_usb_device_interface(DextUsbDevice *d, uint8_t number)
+{
+    for (unsigned k = 0; k < d->n_ifaces; k++) {
+        if (d->ifaces[k]->number == number) {
+            return d->ifaces[k];
+        }
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------- interface */
+
+DextUsbDevice *dext_usb_interface_device(DextUsbInterface *i)
+{
+    return i->dev;
+}
+
+const DextUsbInterfaceDesc *dext_usb_interface_descriptor(DextUsbInterface *i)
+{
+    return i->cur;
+}
+
+void dext_usb_interface_match_keys(DextUsbInterface *i, DextUsbMatchKeys *k)
+{
+    dext_usb_device_match_keys(i->dev, k);
+    k->is_interface = true;
+    k->bInterfaceNumber = i->number;
+    k->bInterfaceClass = i->cur->bInterfaceClass;
+    k->bInterfaceSubClass = i->cur->bInterfaceSubClass;
+    k->bInterfaceProtocol = i->cur->bInterfaceProtocol;
+}
+
+int dext_usb_interface_open(DextUsbInterface *i)
+{
+    int ret = 0;
+
+    g_mutex_lock(&i->dev->lock);
+    if (!i->dev->attached) {
+        ret = -ENODEV;
+    } else if (i->open) {
+        ret = -EBUSY;
+    } else {
+        i->open = true;
+    }
+    g_mutex_unlock(&i->dev->lock);
+    return ret;
+}
+
+void dext_usb_interface_close(DextUsbInterface *i)
+{
+    g_mutex_lock(&i->dev->lock);
+    for (unsigned k = 0; k < i->n_pipes; k++) {
+        dext_xhci_abort(i->dev->slot, i->pipes[k]->desc.bEndpointAddress);
+    }
+    i->open = false;
+    g_mutex_unlock(&i->dev->lock);
+}
+
+int dext_usb_interface_select_alt(DextUsbInterface *i, uint8_t alt)
+{
+    DextUsbDevice *d = i->dev;
+    const DextUsbInterfaceDesc *a;
+    int ret;
+
+    g_mutex_lock(&d->lock);
+    if (!d->attached) {
+        ret = -ENODEV;
+        goto out;
+    }
+    if (!i->open) {
+        ret = -EBUSY;
+        goto out;
+    }
+    a = find_alt(d, i->number, alt);
+    if (!a) {
+        ret = -EINVAL;
+        goto out;
+    }
+    iface_close_pipes(i, true);
+    /* SET_INTERFACE (9.4.10) */
+    ret = control_locked(d, 0x01, 11, alt, i->number, NULL, 0, NULL, 0);
+    if (ret == 0) {
+        ret = iface_open_alt(i, a);
+    }
+out:
+    g_mutex_unlock(&d->lock);
+    return ret;
+}
+
+int dext_usb_interface_copy_pipe(DextUsbInterface *i, uint8_t address,
+                                 DextUsbPipe **out)
+{
+    int ret = -ENOENT;
+
+    g_mutex_lock(&i->dev->lock);
+    if (!i->open) {
+        ret = -EBUSY;
+    } else {
+        for (unsigned k = 0; k < i->n_pipes; k++) {
+            if (i->pipes[k]->desc.bEndpointAddress == address) {
+                *out = i->pipes[k];
+                ret = 0;
+            }
+        }
+    }
+    g_mutex_unlock(&i->dev->lock);
+    return ret;
+}
+
+/* --------------------------------------------------------------- pipe */
+
+const DextUsbEndpointDesc *dext_usb_pipe_descriptor(DextUsbPipe *p)
+{
+    return &p->desc;
+}
+
+int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
+                           uint32_t len, DextUsbIoFn cb, void *opaque)
+{
+    DextUsbDevice *d;
+
+    if (p->closed) {
+        return -EBADF;
+    }
+    d = p->iface->dev;
+    if (!d->attached) {
+        return -ENODEV;
+    }
+    if (!buf || offset > buf->size || len > buf->size - offset) {
+        return -EINVAL;
+    }
+    return dext_xhci_submit(d->slot, p->desc.bEndpointAddress, NULL,
+                            buf->dma.iova + offset, len, cb, opaque);
+}
+
+int dext_usb_pipe_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
+                     uint32_t len, uint32_t *actual, unsigned timeout_ms)
+{
+    SyncIo s = { 0 };
+    int ret;
+
+    if (p->closed) {
+        return -EBADF;
+    }
+    g_mutex_init(&s.lock);
+    g_cond_init(&s.cond);
+    ret = dext_usb_pipe_async_io(p, buf, offset, len, sync_cb, &s);
+    if (ret == 0) {
+        unsigned tmo = timeout_ms ? timeout_ms
+                                  : dext_xhci_timeout_ms(p->iface->dev->h->x);
+
+        if (!sync_wait(&s, tmo)) {
+            dext_usb_pipe_abort(p);
+            sync_wait(&s, tmo);
+            ret = -ETIMEDOUT;
+        } else {
+            ret = s.status;
+        }
+        if (actual) {
+            *actual = s.actual;
+        }
+    }
+    g_mutex_clear(&s.lock);
+    g_cond_clear(&s.cond);
+    return ret;
+}
+
+int dext_usb_pipe_abort(DextUsbPipe *p)
+{
+    if (p->closed) {
+        return -EBADF;
+    }
+    return dext_xhci_abort(p->iface->dev->slot, p->desc.bEndpointAddress);
+}
+
+int dext_usb_pipe_clear_stall(DextUsbPipe *p)
+{
+    DextUsbDevice *d;
+    int ret;
+
+    if (p->closed) {
+        return -EBADF;
+    }
+    d = p->iface->dev;
+    ret = dext_xhci_reset_ep(d->slot, p->desc.bEndpointAddress);
+    if (ret < 0) {
+        return ret;
+    }
+    g_mutex_lock(&d->lock);
+    /* CLEAR_FEATURE(ENDPOINT_HALT) resets the device side (9.4.1) */
+    ret = control_locked(d, 0x02, 1, 0, p->desc.bEndpointAddress, NULL, 0,
+                         NULL, 0);
+    g_mutex_unlock(&d->lock);
+    return ret;
+}
+
+/* --------------------------------------------------------------- host */
+
+int dext_usb_find_xhci(DextPlatform *p, unsigned index, DextPciAddr *out)
+{
+    DextPciFunction *fns;
+    size_t n;
+    int ret = dext_platform_pci_enumerate(p, false, &fns, &n);
+
+    if (ret < 0) {
+        return ret;
+    }
+    ret = -ENODEV;
+    for (size_t k = 0; k < n; k++) {
+        if (fns[k].class_base == 0x0c && fns[k].class_sub == 0x03 &&
+            fns[k].class_prog_if == 0x30 && index-- == 0) {
+            *out = fns[k].addr;
+            ret = 0;
+            break;
+        }
+    }
+    g_free(fns);
+    return ret;
+}
+
+static void port_note(void *opaque, unsigned port, uint32_t portsc)
+{
+    DextUsbHost *h = opaque;
+
+    g_async_queue_push(h->notes, GUINT_TO_POINTER(port + 1));
+}
+
+static int enumerate_port(DextUsbHost *h, unsigned port, DextUsbDevice **out)
+{
+    DextUsbDevice *d = g_new0(DextUsbDevice, 1);
+    uint8_t buf[18], cfg9[9];
+    uint32_t got = 0;
+    unsigned mps0;
+    int ret;
+
+    d->ref = 1;
+    d->h = h;
+    d->port = port;
+    g_mutex_init(&d->lock);
+    d->old_pipes = g_ptr_array_new_with_free_func(g_free);
+    if ((ret = dext_xhci_port_reset(h->x, port, &d->speed)) < 0 ||
+        (ret = dext_usb_buffer_alloc(h, 4096, &d->ep0buf)) < 0 ||
+        (ret = dext_xhci_slot_create(h->x, port, d->speed, &d->slot)) < 0) {
+        goto fail;
+    }
+    d->attached = true;
+    g_mutex_lock(&d->lock);
+    ret = control_locked(d, 0x80, 6, USB_DT_DEVICE << 8, 0, buf, 8, &got, 0);
+    if (ret == 0 && got == 8) {
+        mps0 = d->speed == DEXT_USB_SPEED_SUPER ? 1u << MIN(buf[7], 10)
+                                                : buf[7];
+        if (mps0 != (d->speed == DEXT_USB_SPEED_SUPER ? 512u :
+                     d->speed == DEXT_USB_SPEED_HIGH ? 64u : 8u)) {
+            ret = dext_xhci_slot_set_ep0_mps(d->slot, mps0);
+        }
+    } else if (ret == 0) {
+        ret = -EIO;
+    }
+    if (ret == 0) {
+        ret = control_locked(d, 0x80, 6, USB_DT_DEVICE << 8, 0, buf, 18, &got,
+                             0);
+    }
+    if (ret == 0) {
+        ret = dext_usb_parse_device(buf, got, &d->desc);
+    }
+    if (ret == 0) {
+        ret = control_locked(d, 0x80, 6, USB_DT_CONFIG << 8, 0, cfg9, 9, &got,
+                             0);
+    }
+    if (ret == 0) {
+        uint16_t total = got == 9 ? (cfg9[2] | cfg9[3] << 8) : 0;
+
+        if (total < 9 || total > 4096) {
+            ret = -EIO;
+        } else {
+            d->config_raw = g_malloc(total);
+            ret = control_locked(d, 0x80, 6, USB_DT_CONFIG << 8, 0,
+                                 d->config_raw, total, &got, 0);
+            d->config_len = got;
+            if (ret == 0) {
+                ret = dext_usb_parse_config(d->config_raw, got, &d->config);
+            }
+        }
+    }
+    g_mutex_unlock(&d->lock);
+    if (ret < 0) {
+        goto fail;
+    }
+    *out = d;
+    return 0;
+
+fail:
+    d->attached = false;
+    if (d->slot) {
+        dext_xhci_slot_destroy(d->slot, -ECANCELED);
+        d->slot = NULL;
+    }
+    dext_usb_device_unref(d);
+    return ret;
+}
+
+static void detach_port(DextUsbHost *h, unsigned port)
+{
+    DextUsbDevice *d;
+
+    g_mutex_lock(&h->lock);
+    d = h->devices[port];
+    h->devices[port] = NULL;
+    g_mutex_unlock(&h->lock);
+    if (!d) {
+        return;
+    }
+    /* in-flight IO completes -ECANCELED before anyone hears of it */
+    dext_xhci_slot_gone(d->slot);
+    g_mutex_lock(&d->lock);
+    d->attached = false;
+    g_mutex_unlock(&d->lock);
+    if (h->cfg.device_fn) {
+        h->cfg.device_fn(h->cfg.device_opaque, d, false);
+    }
+    g_mutex_lock(&d->lock);
+    dext_xhci_slot_destroy(d->slot, -ECANCELED);
+    d->slot = NULL;
+    g_mutex_unlock(&d->lock);
+    dext_usb_device_unref(d);
+}
+
+static void handle_port(DextUsbHost *h, unsigned port)
+{
+    uint32_t sc = 0;
+    bool present, changed;
+    DextUsbDevice *d = NULL;
+    int ret;
+
+    if (dext_xhci_portsc(h->x, port, &sc) < 0) {
+        return;
+    }
+    present = sc & 1;
+    changed = sc & (1u << 17);          /* CSC */
+    dext_xhci_port_ack(h->x, port);
+    g_mutex_lock(&h->lock);
+    d = h->devices[port];
+    g_mutex_unlock(&h->lock);
+    if (d && (!present || changed)) {
+        detach_port(h, port);
+        d = NULL;
+    }
+    if (present && !d) {
+        ret = enumerate_port(h, port, &d);
+        if (ret < 0) {
+            g_warning("usb: port %u: enumeration failed: %s", port,
+                      g_strerror(-ret));
+            return;
+        }
+        g_mutex_lock(&h->lock);
+        h->devices[port] = d;
+        g_mutex_unlock(&h->lock);
+        if (h->cfg.device_fn) {
+            h->cfg.device_fn(h->cfg.device_opaque, d, true);
+        }
+    }
+}
+
+static gpointer hub_thread(gpointer opaque)
+{
+    DextUsbHost *h = opaque;
+
+    for (;;) {
+        unsigned v = GPOINTER_TO_UINT(g_async_queue_pop(h->notes));
+
+        if (v == 0) {
+            break;
+        }
+        handle_port(h, v - 1);
+        g_mutex_lock(&h->lock);
+        h->busy--;
+        g_cond_broadcast(&h->cond);
+        g_mutex_unlock(&h->lock);
+    }
+    return NULL;
+}
+
+/* count every note as work so wait_devices sees enumeration in progress */
+static void port_note_counted(void *opaque, unsigned port, uint32_t portsc)
+{
+    DextUsbHost *h = opaque;
+
+    g_mutex_lock(&h->lock);
+    h->busy++;
+    g_mutex_unlock(&h->lock);
+    port_note(opaque, port, portsc);
+}
+
+int dext_usb_host_create(DextPlatform *p, DextPciAddr addr,
+                         const DextUsbHostConfig *cfg, DextUsbHost **out)
+{
+    DextUsbHost *h = g_new0(DextUsbHost, 1);
+    DextXhciConfig xc;
+    int ret;
+
+    h->p = p;
+    if (cfg) {
+        h->cfg = *cfg;
+    }
+    g_mutex_init(&h->lock);
+    g_cond_init(&h->cond);
+    h->notes = g_async_queue_new();
+    xc = h->cfg.xhci;
+    xc.port_fn = port_note_counted;
+    xc.port_opaque = h;
+    ret = dext_xhci_create(p, addr, &xc, &h->x);
+    if (ret < 0) {
+        g_async_queue_unref(h->notes);
+        g_mutex_clear(&h->lock);
+        g_cond_clear(&h->cond);
+        g_free(h);
+        return ret;
+    }
+    h->hub = g_thread_new("dext-usb-hub", hub_thread, h);
+    /* devices already connected raise no event: look at every port */
+    for (unsigned port = 1; port <= dext_xhci_num_ports(h->x); port++) {
+        port_note_counted(h, port, 0);
+    }
+    *out = h;
+    return 0;
+}
+
+void dext_usb_host_destroy(DextUsbHost *h)
+{
+    if (!h) {
+        return;
+    }
+    g_async_queue_push(h->notes, GUINT_TO_POINTER(0));
+    g_thread_join(h->hub);
+    for (unsigned port = 1; port < G_N_ELEMENTS(h->devices); port++) {
+        detach_port(h, port);
+    }
+    dext_xhci_destroy(h->x);
+    g_async_queue_unref(h->notes);
+    g_mutex_clear(&h->lock);
+    g_cond_clear(&h->cond);
+    g_free(h);
+}
+
+DextXhci *dext_usb_host_xhci(DextUsbHost *h)
+{
+    return h->x;
+}
+
+size_t dext_usb_host_devices(DextUsbHost *h, DextUsbDevice ***out)
+{
+    GPtrArray *a = g_ptr_array_new();
+
+    g_mutex_lock(&h->lock);
+    for (unsigned port = 1; port < G_N_ELEMENTS(h->devices); port++) {
+        if (h->devices[port]) {
+            g_ptr_array_add(a, dext_usb_device_ref(h->devices[port]));
+        }
+    }
+    g_mutex_unlock(&h->lock);
+    {
+        size_t n = a->len;
+
+        *out = (DextUsbDevice **)g_ptr_array_free(a, FALSE);
+        return n;
+    }
+}
+
+int dext_usb_host_wait_devices(DextUsbHost *h, unsigned count,
+                               unsigned timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    int ret = 0;
+
+    g_mutex_lock(&h->lock);
+    for (;;) {
+        unsigned n = 0;
+
+        for (unsigned port = 1; port < G_N_ELEMENTS(h->devices); port++) {
+            n += h->devices[port] != NULL;
+        }
+        if (n == count && h->busy == 0) {
+            break;
+        }
+        if (!g_cond_wait_until(&h->cond, &h->lock, deadline)) {
+            ret = -ETIMEDOUT;
+            break;
+        }
+    }
+    g_mutex_unlock(&h->lock);
+    return ret;
+}

@@ -1,0 +1,190 @@
+/*
+ * dextlab user-space xHCI host controller driver (harness/usb).
+ *
+ * Drives an xHCI function (qemu-xhci on q35) through the platform API:
+ * BAR0 registers with posted writes, every ring and context in DMA memory
+ * from dext_platform_dma_alloc() accessed through the shared guest-RAM
+ * mapping (zero-copy), interrupter 0 on MSI-X vector 0 bound to an eventfd
+ * (or polling when the platform cannot deliver MSI-X).
+ *
+ * Layering: this header is the controller level (rings, commands, slots,
+ * endpoints, TDs, ports).  USB client code uses the family API in usb.h,
+ * which is built on it.
+ *
+ * Conventions: 0 / non-negative on success, negative errno on failure;
+ * every wait is bounded (timeout_ms of the config, default 5000).  Every
+ * value read back from the controller (TRBs, contexts, registers) is
+ * untrusted: it is range-checked and a bad one is logged and dropped (or
+ * fails the operation with -EIO), never dereferenced blindly.
+ *
+ * Threading: one event thread per controller consumes the event ring.
+ * Commands are serialised by an internal lock and may be issued from any
+ * thread except the event thread (-EDEADLK).  Transfer submission is
+ * thread-safe.  Completion callbacks and the port callback run on the
+ * event thread: keep them short, they may submit transfers but must not
+ * wait (commands, synchronous transfers give -EDEADLK there).
+ *
+ * Ownership: DextXhci owns its DMA memory and eventfd; destroy() frees
+ * them after stopping the controller.  The platform must outlive it.
+ */
+#ifndef DEXT_USB_XHCI_H
+#define DEXT_USB_XHCI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <glib.h>
+#include "platform.h"
+
+G_BEGIN_DECLS
+
+typedef struct DextXhci DextXhci;
+
+/* USB speeds as reported by PORTSC (xHCI protocol speed ids of qemu-xhci) */
+enum {
+    DEXT_USB_SPEED_UNKNOWN = 0,
+    DEXT_USB_SPEED_FULL = 1,
+    DEXT_USB_SPEED_LOW = 2,
+    DEXT_USB_SPEED_HIGH = 3,
+    DEXT_USB_SPEED_SUPER = 4,
+};
+
+/* Port status change callback (event thread). */
+typedef void (*DextXhciPortFn)(void *opaque, unsigned port, uint32_t portsc);
+
+/* Advance the device-side clock by @ns (see DextXhciConfig.clock_step). */
+typedef int (*DextXhciClockFn)(void *opaque, uint64_t ns);
+
+typedef struct DextXhciConfig {
+    unsigned timeout_ms;           /* bound of every wait; 0: 5000 */
+    bool force_poll;               /* do not use MSI-X even if possible */
+    /* Under -accel qtest QEMU's virtual clock only moves when told to, and
+     * qemu-xhci schedules interrupt endpoints on it.  When set, the event
+     * thread calls this (about every 100 us of real time) while interrupt
+     * transfers are pending, asking for @clock_step_ns (0: 1 ms) each. */
+    DextXhciClockFn clock_step;
+    void *clock_opaque;
+    uint64_t clock_step_ns;
+    DextXhciPortFn port_fn;
+    void *port_opaque;
+} DextXhciConfig;
+
+/* Take the xHCI function @addr: enable memory + bus master, halt and reset
+ * the controller, set up DCBAA, scratchpad, command ring, event ring,
+ * interrupter 0, run it, power the ports. */
+int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
+                     const DextXhciConfig *cfg, DextXhci **out);
+/* Halt the controller, stop the event thread, free everything. */
+void dext_xhci_destroy(DextXhci *x);
+
+DextPlatform *dext_xhci_platform(DextXhci *x);
+unsigned dext_xhci_num_ports(DextXhci *x);
+unsigned dext_xhci_timeout_ms(DextXhci *x);
+/* Protocol of a root port: 2 (USB 2) or 3 (USB 3), from the supported
+ * protocol capabilities; 0 if unknown. */
+unsigned dext_xhci_port_protocol(DextXhci *x, unsigned port);
+/* Per-port index within its protocol (1-based), 0 if unknown. */
+unsigned dext_xhci_port_proto_index(DextXhci *x, unsigned port);
+
+int dext_xhci_portsc(DextXhci *x, unsigned port, uint32_t *portsc);
+/* Reset a connected port and wait for it to be enabled; *speed gets its
+ * DEXT_USB_SPEED_*.  -ENODEV nothing connected, -ETIMEDOUT. */
+int dext_xhci_port_reset(DextXhci *x, unsigned port, unsigned *speed);
+/* Acknowledge (write-1-to-clear) the port's change bits. */
+int dext_xhci_port_ack(DextXhci *x, unsigned port);
+
+/* ---------------------------------------------------------- commands */
+
+/* Raw command: returns the completion code (>= 0) or a negative errno;
+ * *slot_out (optional) receives the slot id of the completion event. */
+int dext_xhci_command(DextXhci *x, uint64_t param, uint32_t status,
+                      uint32_t control, unsigned *slot_out);
+
+/* xHCI completion codes used here */
+enum {
+    DEXT_XHCI_CC_SUCCESS = 1,
+    DEXT_XHCI_CC_DATA_BUFFER = 2,
+    DEXT_XHCI_CC_BABBLE = 3,
+    DEXT_XHCI_CC_TRB_ERROR = 5,
+    DEXT_XHCI_CC_STALL = 6,
+    DEXT_XHCI_CC_SHORT_PACKET = 13,
+    DEXT_XHCI_CC_STOPPED = 26,
+    DEXT_XHCI_CC_STOPPED_LENGTH = 27,
+};
+
+/* ------------------------------------------------------- slots/endpoints */
+
+typedef struct DextXhciSlot DextXhciSlot;
+
+/* Enable Slot + Address Device for the device on root @port at @speed
+ * (after dext_xhci_port_reset).  EP0 max packet starts at the speed's
+ * default.  */
+int dext_xhci_slot_create(DextXhci *x, unsigned port, unsigned speed,
+                          DextXhciSlot **out);
+/* Fail every pending transfer with @status, Disable Slot (unless the
+ * controller is gone), free rings and contexts. */
+void dext_xhci_slot_destroy(DextXhciSlot *s, int status);
+unsigned dext_xhci_slot_id(DextXhciSlot *s);
+/* Mark the slot's device gone: pending and future transfers fail with
+ * -ENODEV (pending ones complete with -ECANCELED). */
+void dext_xhci_slot_gone(DextXhciSlot *s);
+/* Evaluate Context for a new EP0 max packet size. */
+int dext_xhci_slot_set_ep0_mps(DextXhciSlot *s, unsigned mps);
+
+typedef struct DextXhciEpDesc {
+    uint8_t address;          /* bEndpointAddress */
+    uint8_t attributes;       /* bmAttributes (type in bits 1:0) */
+    uint16_t max_packet;      /* wMaxPacketSize (bits 10:0 + mult) */
+    uint8_t interval;         /* bInterval */
+    uint8_t max_burst;        /* SS companion bMaxBurst */
+    uint16_t bytes_per_interval;
+} DextXhciEpDesc;
+
+/* Configure Endpoint: drop the endpoints in @drop_addrs (their pending
+ * transfers fail with -ECANCELED first; unknown ones are ignored) and add
+ * @n endpoints (-EINVAL if one is already configured and not dropped,
+ * or isochronous).  Other endpoints keep running. */
+int dext_xhci_configure(DextXhciSlot *s, const uint8_t *drop_addrs,
+                        unsigned ndrop, const DextXhciEpDesc *eps,
+                        unsigned n);
+
+/* ---------------------------------------------------------- transfers */
+
+typedef struct DextXhciXfer DextXhciXfer;
+/* status: 0, or -EPIPE (stall), -ECANCELED (aborted / device gone),
+ * -EOVERFLOW (babble), -EIO (other completion code); actual: bytes moved;
+ * timestamp_ns: CLOCK_MONOTONIC when the event thread saw the completion */
+typedef void (*DextXhciXferFn)(void *opaque, int status, uint32_t actual,
+                               uint64_t timestamp_ns);
+
+/* Queue a TD on endpoint @ep_addr (0 for control) of @s.
+ *  - control: @setup is the 8-byte SETUP packet; data is @iova/@len
+ *    (direction from bmRequestType).
+ *  - bulk/interrupt: @setup NULL; @iova/@len in DMA memory.
+ * @cb runs on the event thread.  -ENOSPC ring full, -EPIPE endpoint halted
+ * (clear it first), -ENODEV device gone or endpoint not configured. */
+int dext_xhci_submit(DextXhciSlot *s, unsigned ep_addr, const uint8_t *setup,
+                     uint64_t iova, uint32_t len, DextXhciXferFn cb,
+                     void *opaque);
+/* Stop the endpoint and complete every pending TD with -ECANCELED
+ * (before returning). */
+int dext_xhci_abort(DextXhciSlot *s, unsigned ep_addr);
+/* Recover a halted endpoint: Reset Endpoint, drop pending TDs
+ * (-ECANCELED), Set TR Dequeue Pointer.  (The device's halt feature is the
+ * caller's business: CLEAR_FEATURE(ENDPOINT_HALT).) */
+int dext_xhci_reset_ep(DextXhciSlot *s, unsigned ep_addr);
+bool dext_xhci_ep_halted(DextXhciSlot *s, unsigned ep_addr);
+
+/* Counters for tests and benchmarks */
+typedef struct DextXhciStats {
+    uint64_t events;          /* event TRBs consumed */
+    uint64_t irqs;            /* eventfd wake-ups */
+    uint64_t bad_events;      /* events dropped as invalid */
+    uint64_t doorbells;
+    uint64_t clock_steps;
+    bool msix;                /* interrupts (true) or polling */
+} DextXhciStats;
+void dext_xhci_stats(DextXhci *x, DextXhciStats *out);
+
+G_END_DECLS
+
+#endif /* DEXT_USB_XHCI_H */

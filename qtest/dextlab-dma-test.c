@@ -694,14 +694,15 @@ static void test_dma_all_queues(const void *data)
 }
 
 /*
- * FENCE: a fenced CRC on queue 1 of the buffer that queue 0 is copying into
- * must see the whole copy.  Without the fence the engine would interleave
- * the two in 2 MiB slices and the CRC would cover a half-written buffer.
+ * FENCE: a fenced CRC on queue 1 of the tail of the buffer that queue 0 is
+ * copying into must see the finished copy.  Without the fence the engine
+ * interleaves the queues in 2 MiB slices, round robin from queue 0: the CRC
+ * would read the tail while the copy is still at its head.
  */
 static void test_fence(const void *data)
 {
     DxlDev *d = dxl_start(GPOINTER_TO_INT(data));
-    const uint32_t len = 12 * 1024 * 1024;
+    const uint32_t len = 12 * 1024 * 1024, tail = 2 * 1024 * 1024;
     uint64_t src = dxl_alloc(d, len, 4096);
     uint64_t dst = dxl_alloc(d, len, 4096);
     DxlRing r0, r1;
@@ -712,7 +713,8 @@ static void test_fence(const void *data)
     dxl_fill_random(dxl_ptr(d, src), len);
     memset(dxl_ptr(d, dst), 0, len);
     dxl_ring_post(&r0, DXL_OP_COPY, 0, len, src, dst, 1);
-    dxl_ring_post(&r1, DXL_OP_CRC32C, DXL_DESC_F_FENCE, len, dst, 0, 2);
+    dxl_ring_post(&r1, DXL_OP_CRC32C, DXL_DESC_F_FENCE, tail,
+                  dst + len - tail, 0, 2);
     /* Hold the engine so both doorbells land before it runs */
     dxl_wr(d, DXL_REG_CTRL, 0);
     dxl_ring_kick(&r0);
@@ -721,7 +723,7 @@ static void test_fence(const void *data)
     dxl_ring_wait(&r1, &c);
     g_assert_cmpuint(c.status, ==, DXL_ERR_OK);
     g_assert_cmphex(le32_to_cpu(c.result), ==,
-                    dxl_ref_crc32c(0, dxl_ptr(d, src), len));
+                    dxl_ref_crc32c(0, dxl_ptr(d, src + len - tail), tail));
     dxl_ring_wait(&r0, &c);
     g_assert_cmpuint(c.status, ==, DXL_ERR_OK);
     dxl_stop(d);

@@ -56,6 +56,8 @@ struct DextUsbDevice {
     GPtrArray *old_pipes;               /* closed pipes, freed with dev */
 };
 
+#define HUB_QUIT 0x10000u
+
 struct DextUsbHost {
     DextPlatform *p;
     DextXhci *x;
@@ -63,7 +65,7 @@ struct DextUsbHost {
     GMutex lock;                        /* devices[], busy */
     GCond cond;
     DextUsbDevice *devices[256];        /* by root port */
-    GAsyncQueue *notes;                 /* port numbers (+1), 0 = quit */
+    GAsyncQueue *notes;                 /* port numbers (+1), HUB_QUIT */
     GThread *hub;
     unsigned busy;
 };
@@ -963,7 +965,7 @@ static gpointer hub_thread(gpointer opaque)
     for (;;) {
         unsigned v = GPOINTER_TO_UINT(g_async_queue_pop(h->notes));
 
-        if (v == 0) {
+        if (v == HUB_QUIT) {
             break;
         }
         handle_port(h, v - 1);
@@ -1025,7 +1027,7 @@ void dext_usb_host_destroy(DextUsbHost *h)
     if (!h) {
         return;
     }
-    g_async_queue_push(h->notes, GUINT_TO_POINTER(0));
+    g_async_queue_push(h->notes, GUINT_TO_POINTER(HUB_QUIT));
     g_thread_join(h->hub);
     for (unsigned port = 1; port < G_N_ELEMENTS(h->devices); port++) {
         detach_port(h, port);

@@ -49,7 +49,7 @@
 OBJECT_DECLARE_SIMPLE_TYPE(DextlabDmaState, DEXTLAB_DMA)
 
 /* Work done per bottom-half run, and per queue per round-robin turn. */
-#define DXL_BH_BUDGET       (8 * MiB)
+#define DXL_BH_BUDGET       (4 * MiB)
 #define DXL_SLICE           (2 * MiB)
 /* Budget charged per descriptor, so that NOP storms stay bounded too. */
 #define DXL_DESC_COST       (4 * KiB)

@@ -335,11 +335,13 @@ static GPtrArray *qemu_argv(const DxlBootOpts *o, const char *qemu)
         ARG("-device");
         ARG("qemu-xhci,id=xhci0,bus=rp1");
         /*
-         * A stand-in USB function until dextlab's own USB device exists:
-         * gives lsusb -v a full descriptor tree to parse behind the xHCI.
+         * dextlab-usb twice: as a SuperSpeed device (on one of the xHCI's
+         * USB 3 ports) and as a USB 2.0 device (on a USB 2 port, high speed).
          */
         ARG("-device");
-        ARG("usb-tablet,id=usb0,bus=xhci0.0");
+        ARG("dextlab-usb,id=usb-ss,bus=xhci0.0,superspeed=on");
+        ARG("-device");
+        ARG("dextlab-usb,id=usb-hs,bus=xhci0.0,superspeed=off");
     }
     ARG("-kernel");
     ARG("%s", dxl_boot_kernel());

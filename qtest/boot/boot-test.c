@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "hw/dextlab/dextlab-dma-regs.h"
+#include "hw/dextlab/dextlab-usb-regs.h"
 #include "boot-lib.h"
 
 static DxlBoot *main_boot;
@@ -314,27 +315,22 @@ static void test_lspci_dma(void)
 
 /*
  * lsusb -v over the xHCI: Linux's two root hubs (USB 2.0 and 3.0 halves of
- * qemu-xhci) and the stand-in function (usb-tablet on the USB 2.0 bus), each
- * with its whole descriptor tree decoded and nothing lsusb could not read.
+ * qemu-xhci) and the two dextlab-usb functions, each with its whole
+ * descriptor tree decoded and nothing lsusb could not read.
  */
 static void test_lsusb(void)
 {
     const DxlBoot *b = boot();
-    unsigned i, hubs2 = 0, hubs3 = 0, devices = 0, others = 0;
-    unsigned cfg = 0, intf = 0, ep = 0;
+    unsigned i, hubs2 = 0, hubs3 = 0, devices = 0, cfg = 0, intf = 0, ep = 0;
 
     assert_result(b, "lsusb");
     for (i = 0; i < b->lsusb->len; i++) {
         const char *l = g_ptr_array_index(b->lsusb, i);
 
         if (g_str_has_prefix(l, "Bus ")) {
-            gboolean h2 = !!strstr(l, "ID 1d6b:0002");
-            gboolean h3 = !!strstr(l, "ID 1d6b:0003");
-
             devices++;
-            hubs2 += h2;
-            hubs3 += h3;
-            others += !h2 && !h3;
+            hubs2 += !!strstr(l, "ID 1d6b:0002");
+            hubs3 += !!strstr(l, "ID 1d6b:0003");
         }
         cfg += !!strstr(l, "Configuration Descriptor:");
         intf += !!strstr(l, "Interface Descriptor:");
@@ -349,11 +345,287 @@ static void test_lsusb(void)
                                       "lsusb"), "devices"), NULL, 10));
     g_assert_cmpuint(hubs2, ==, 1);
     g_assert_cmpuint(hubs3, ==, 1);
-    g_assert_cmpuint(others, ==, 1);
+    g_assert_cmpuint(devices, ==, 4);
     /* every device shows a configuration, interface and endpoint */
     g_assert_cmpuint(cfg, >=, devices);
     g_assert_cmpuint(intf, >=, devices);
     g_assert_cmpuint(ep, >=, devices);
+}
+
+/* --- dextlab-usb as lsusb decodes it, against its register map ------------- */
+
+typedef struct UsbEp {
+    unsigned addr, type, mps, interval, burst;
+} UsbEp;
+
+typedef struct UsbAlt {
+    unsigned alt, cls, sub, proto, nep;
+    char name[64];
+    UsbEp ep[4];
+} UsbAlt;
+
+typedef struct UsbView {
+    char bcd_usb[8], bcd_dev[8], mfr[64], prod[64], cfg_name[64];
+    unsigned mps0, vid, pid, nconf, cfg_attr, max_ma, nalt;
+    UsbAlt alt[4];
+    unsigned bos_caps, ss_speeds, ss_func, u1, u2;
+    gboolean ss_cap;
+} UsbView;
+
+/* "  key   value..." -> value, or NULL if the line is not @key's */
+static const char *field(const char *l, const char *key)
+{
+    size_t n = strlen(key);
+
+    while (*l == ' ') {
+        l++;
+    }
+    if (strncmp(l, key, n) || (l[n] != ' ' && l[n] != '\0')) {
+        return NULL;
+    }
+    l += n;
+    while (*l == ' ') {
+        l++;
+    }
+    return l;
+}
+
+/* "N text" (a string descriptor index and its text) -> text */
+static void str_field(const char *v, char *out, size_t len)
+{
+    while (g_ascii_isdigit(*v)) {
+        v++;
+    }
+    while (*v == ' ') {
+        v++;
+    }
+    g_strlcpy(out, v, len);
+    g_strchomp(out);
+}
+
+/* Decode the lsusb -v block of bus @bus device @dev. */
+static gboolean usb_view(const DxlBoot *b, unsigned bus, unsigned dev,
+                         UsbView *u)
+{
+    g_autofree char *head = g_strdup_printf("Bus %03u Device %03u: ", bus,
+                                            dev);
+    UsbAlt *a = NULL;
+    UsbEp *e = NULL;
+    gboolean in = FALSE, found = FALSE;
+    guint i;
+
+    memset(u, 0, sizeof(*u));
+    for (i = 0; i < b->lsusb->len; i++) {
+        const char *l = g_ptr_array_index(b->lsusb, i), *v;
+
+        if (g_str_has_prefix(l, "Bus ")) {
+            in = g_str_has_prefix(l, head);
+            found |= in;
+            continue;
+        }
+        if (!in) {
+            continue;
+        }
+        if ((v = field(l, "bcdUSB"))) {
+            g_strlcpy(u->bcd_usb, v, sizeof(u->bcd_usb));
+        } else if ((v = field(l, "bcdDevice"))) {
+            g_strlcpy(u->bcd_dev, v, sizeof(u->bcd_dev));
+        } else if ((v = field(l, "bMaxPacketSize0"))) {
+            u->mps0 = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "idVendor"))) {
+            u->vid = strtoul(v, NULL, 16);
+        } else if ((v = field(l, "idProduct"))) {
+            u->pid = strtoul(v, NULL, 16);
+        } else if ((v = field(l, "iManufacturer"))) {
+            str_field(v, u->mfr, sizeof(u->mfr));
+        } else if ((v = field(l, "iProduct"))) {
+            str_field(v, u->prod, sizeof(u->prod));
+        } else if ((v = field(l, "bNumConfigurations"))) {
+            u->nconf = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "iConfiguration"))) {
+            str_field(v, u->cfg_name, sizeof(u->cfg_name));
+        } else if ((v = field(l, "MaxPower"))) {
+            u->max_ma = strtoul(v, NULL, 10);
+        } else if ((v = field(l, "Interface Descriptor:"))) {
+            a = u->nalt < G_N_ELEMENTS(u->alt) ? &u->alt[u->nalt++] : NULL;
+            e = NULL;
+        } else if ((v = field(l, "Endpoint Descriptor:"))) {
+            e = a && a->nep < G_N_ELEMENTS(a->ep) ? &a->ep[a->nep++] : NULL;
+        } else if ((v = field(l, "Binary Object Store Descriptor:"))) {
+            a = NULL;
+            e = NULL;
+        } else if (e && (v = field(l, "bEndpointAddress"))) {
+            e->addr = strtoul(v, NULL, 16);
+        } else if (e && (v = field(l, "bmAttributes"))) {
+            e->type = strtoul(v, NULL, 0) & 3;
+        } else if (e && (v = field(l, "wMaxPacketSize"))) {
+            e->mps = strtoul(v, NULL, 16);
+        } else if (e && (v = field(l, "bInterval"))) {
+            e->interval = strtoul(v, NULL, 0);
+        } else if (e && (v = field(l, "bMaxBurst"))) {
+            e->burst = strtoul(v, NULL, 0);
+        } else if (a && !e && (v = field(l, "bAlternateSetting"))) {
+            a->alt = strtoul(v, NULL, 0);
+        } else if (a && !e && (v = field(l, "bInterfaceClass"))) {
+            a->cls = strtoul(v, NULL, 0);
+        } else if (a && !e && (v = field(l, "bInterfaceSubClass"))) {
+            a->sub = strtoul(v, NULL, 0);
+        } else if (a && !e && (v = field(l, "bInterfaceProtocol"))) {
+            a->proto = strtoul(v, NULL, 0);
+        } else if (a && !e && (v = field(l, "iInterface"))) {
+            str_field(v, a->name, sizeof(a->name));
+        } else if (!a && (v = field(l, "bmAttributes")) && !u->cfg_attr) {
+            u->cfg_attr = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "bNumDeviceCaps"))) {
+            u->bos_caps = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "SuperSpeed USB Device Capability:"))) {
+            u->ss_cap = TRUE;
+        } else if ((v = field(l, "wSpeedsSupported"))) {
+            u->ss_speeds = strtoul(v, NULL, 16);
+        } else if ((v = field(l, "bFunctionalitySupport"))) {
+            u->ss_func = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "bU1DevExitLat"))) {
+            u->u1 = strtoul(v, NULL, 0);
+        } else if ((v = field(l, "bU2DevExitLat"))) {
+            u->u2 = strtoul(v, NULL, 0);
+        }
+    }
+    return found;
+}
+
+static char *bcd_str(unsigned bcd)
+{
+    return g_strdup_printf("%x.%02x", bcd >> 8, bcd & 0xff);
+}
+
+/* The usbdev-* result of the dextlab-usb function at @speed Mb/s. */
+static const DxlResult *usb_dev_at(const DxlBoot *b, const char *speed)
+{
+    g_autofree char *vid = g_strdup_printf("%04x", DEXTLAB_USB_VID);
+    g_autofree char *pid = g_strdup_printf("%04x", DEXTLAB_USB_PID);
+    guint i;
+
+    for (i = 0; i < b->results->len; i++) {
+        const DxlResult *r = g_ptr_array_index(b->results, i);
+
+        if (g_str_has_prefix(r->name, "usbdev-") &&
+            !g_strcmp0(dxl_result_get(r, "vid"), vid) &&
+            !g_strcmp0(dxl_result_get(r, "pid"), pid) &&
+            !g_strcmp0(dxl_result_get(r, "speed"), speed)) {
+            return r;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * dextlab-usb at @speed ("480" = superspeed=off on a USB 2 port, "5000" =
+ * the SuperSpeed one): lsusb -v must show exactly the register map's
+ * descriptors for that speed.
+ */
+static void test_usb_descriptors(gconstpointer data)
+{
+    const char *speed = data;
+    gboolean ss = !strcmp(speed, "5000");
+    const DxlBoot *b = boot();
+    const DxlResult *r = usb_dev_at(b, speed);
+    g_autofree char *bcd_usb = NULL, *bcd_dev = NULL;
+    UsbView u;
+    unsigned i, j;
+
+    boot_assert(b, r != NULL, "no dextlab-usb function enumerated at %s Mb/s",
+                speed);
+    boot_assert(b, usb_view(b, atoi(dxl_result_get(r, "busnum")),
+                            atoi(dxl_result_get(r, "devnum")), &u),
+                "lsusb shows no block for %s", r->name);
+    bcd_usb = bcd_str(ss ? DEXTLAB_USB_BCD_USB_SS : DEXTLAB_USB_BCD_USB_HS);
+    bcd_dev = bcd_str(DEXTLAB_USB_BCD_DEVICE);
+    g_assert_cmphex(u.vid, ==, DEXTLAB_USB_VID);
+    g_assert_cmphex(u.pid, ==, DEXTLAB_USB_PID);
+    g_assert_cmpstr(u.bcd_usb, ==, bcd_usb);
+    g_assert_cmpstr(u.bcd_dev, ==, bcd_dev);
+    g_assert_cmpstr(dxl_result_get(r, "bcd_usb"), ==, bcd_usb);
+    g_assert_cmpuint(u.mps0, ==, ss ? DEXTLAB_USB_EP0_MPS_SS_EXP :
+                     DEXTLAB_USB_EP0_MPS_HS);
+    g_assert_cmpstr(u.mfr, ==, DEXTLAB_USB_MANUFACTURER);
+    g_assert_cmpstr(u.prod, ==, DEXTLAB_USB_PRODUCT);
+    g_assert_cmpuint(u.nconf, ==, 1);
+    g_assert_cmpstr(u.cfg_name, ==, DEXTLAB_USB_CONFIG_NAME);
+    g_assert_cmphex(u.cfg_attr, ==, DEXTLAB_USB_CONFIG_ATTR);
+    g_assert_cmpuint(u.max_ma, ==, DEXTLAB_USB_CONFIG_MAXPOWER * (ss ? 8 : 2));
+
+    g_assert_cmpuint(u.nalt, ==, DEXTLAB_USB_NUM_ALTS);
+    for (i = 0; i < u.nalt; i++) {
+        const UsbAlt *a = &u.alt[i];
+
+        g_assert_cmpuint(a->alt, ==, i);
+        g_assert_cmphex(a->cls, ==, DEXTLAB_USB_IFACE_CLASS);
+        g_assert_cmphex(a->sub, ==, DEXTLAB_USB_IFACE_SUBCLASS);
+        g_assert_cmphex(a->proto, ==, DEXTLAB_USB_IFACE_PROTOCOL);
+        g_assert_cmpstr(a->name, ==, i ? DEXTLAB_USB_IFACE_ALT1_NAME :
+                        DEXTLAB_USB_IFACE_ALT0_NAME);
+        g_assert_cmpuint(a->nep, ==, DEXTLAB_USB_NUM_EPS);
+        for (j = 0; j < a->nep; j++) {
+            const UsbEp *e = &a->ep[j];
+
+            if (e->addr == DEXTLAB_USB_EP_INTR_IN) {
+                g_assert_cmpuint(e->type, ==, 3);
+                g_assert_cmpuint(e->mps, ==, DEXTLAB_USB_INTR_MPS(i));
+                g_assert_cmpuint(e->interval, ==, ss ?
+                                 DEXTLAB_USB_INTR_INTERVAL_SS :
+                                 DEXTLAB_USB_INTR_INTERVAL_HS);
+                continue;
+            }
+            g_assert_true(e->addr == DEXTLAB_USB_EP_BULK_OUT ||
+                          e->addr == DEXTLAB_USB_EP_BULK_IN);
+            g_assert_cmpuint(e->type, ==, 2);
+            g_assert_cmpuint(e->mps, ==, ss ? DEXTLAB_USB_BULK_MPS_SS(i) :
+                             DEXTLAB_USB_BULK_MPS_HS(i));
+            if (ss) {
+                g_assert_cmpuint(e->burst, ==, DEXTLAB_USB_BULK_BURST_SS(i));
+            }
+        }
+    }
+    if (ss) {
+        g_assert_cmpuint(u.bos_caps, ==, DEXTLAB_USB_BOS_NUM_CAPS);
+        g_assert_true(u.ss_cap);
+        g_assert_cmphex(u.ss_speeds, ==, DEXTLAB_USB_SS_SPEEDS);
+        g_assert_cmpuint(u.ss_func, ==, DEXTLAB_USB_SS_FUNC_SUPPORT);
+        g_assert_cmpuint(u.u1, ==, DEXTLAB_USB_SS_U1_EXIT_LAT);
+        g_assert_cmpuint(u.u2, ==, DEXTLAB_USB_SS_U2_EXIT_LAT);
+    } else {
+        /* bcdUSB 2.10 promises a BOS: at least the USB 2.0 extension */
+        g_assert_cmpuint(u.bos_caps, >=, 1);
+    }
+}
+
+/*
+ * The guest kernel accepts dextlab-usb's descriptors as they are: no
+ * complaint ("invalid maxpacket", "Invalid ep0 maxpacket", config errors)
+ * about any of its functions.
+ */
+static void test_usb_kernel_accepts(void)
+{
+    const DxlBoot *b = boot();
+    const char *speeds[] = { "480", "5000" };
+    unsigned i, k;
+
+    for (k = 0; k < G_N_ELEMENTS(speeds); k++) {
+        const DxlResult *r = usb_dev_at(b, speeds[k]);
+        g_autofree char *who = NULL;
+
+        boot_assert(b, r != NULL, "no dextlab-usb function at %s Mb/s",
+                    speeds[k]);
+        who = g_strdup_printf("usb %s: ", r->name + strlen("usbdev-"));
+        for (i = 0; i < b->dmesg->len; i++) {
+            const char *l = g_ptr_array_index(b->dmesg, i);
+
+            boot_assert(b, !(strstr(l, who) &&
+                             (strstr(l, "invalid") || strstr(l, "Invalid") ||
+                              strstr(l, "error") || strstr(l, "config "))),
+                        "guest kernel: %s", l);
+        }
+    }
 }
 
 /* --- the in-guest self-test (images/selftest) -------------------------------- */
@@ -491,6 +763,14 @@ int main(int argc, char **argv)
         "msix-vectors", "iommu-unmapped-write", "iommu-gpa-read",
         "iommu-recover", "flr",
     };
+    /* usbfs self-test, per speed (hs: superspeed=off, ss: superspeed=on) */
+    static const char *const usbtests[] = {
+        "usb-hs-claim", "usb-hs-regs", "usb-hs-echo", "usb-hs-bulk",
+        "usb-hs-events", "usb-hs-altsetting", "usb-hs-bulk-alt1",
+        "usb-ss-claim", "usb-ss-regs", "usb-ss-echo", "usb-ss-bulk",
+        "usb-ss-events", "usb-ss-altsetting", "usb-ss-bulk-alt1",
+        "usb-all-devices",
+    };
     unsigned i;
     int ret;
 
@@ -506,6 +786,17 @@ int main(int argc, char **argv)
     g_test_add_func("/boot/dextlab-dma/vfio-bind", test_vfio_bind);
     g_test_add_func("/boot/dextlab-dma/lspci", test_lspci_dma);
     g_test_add_func("/boot/xhci/lsusb", test_lsusb);
+    g_test_add_data_func("/boot/dextlab-usb/lsusb/high-speed", "480",
+                         test_usb_descriptors);
+    g_test_add_data_func("/boot/dextlab-usb/lsusb/superspeed", "5000",
+                         test_usb_descriptors);
+    g_test_add_func("/boot/dextlab-usb/kernel-accepts-descriptors",
+                    test_usb_kernel_accepts);
+    for (i = 0; i < G_N_ELEMENTS(usbtests); i++) {
+        g_autofree char *path = g_strdup_printf("/boot/dextlab-usb/selftest/%s",
+                                                usbtests[i]);
+        g_test_add_data_func(path, usbtests[i], test_selftest);
+    }
     for (i = 0; i < G_N_ELEMENTS(selftests); i++) {
         g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/selftest/%s",
                                                 selftests[i]);

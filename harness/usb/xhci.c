@@ -557,9 +557,10 @@ static void process_events(DextXhci *x)
     if (any) {
         uint64_t erdp = x->ev_iova + (uint64_t)x->ev_deq * sizeof(XhciTrb);
 
-        /* high half first: qemu-xhci evaluates "more pending" on the low
-         * write, which also clears EHB and may re-raise the interrupt */
-        wr32(x, x->rtsoff + RT_ERDP(0) + 4, (uint32_t)(erdp >> 32));
+        /* the ring never moves, so the high half (written at start-up)
+         * stays; qemu-xhci evaluates "more pending" on the low write, which
+         * also clears EHB and re-raises the interrupt if events slipped in
+         * meanwhile: one posted write per batch */
         wr32(x, x->rtsoff + RT_ERDP(0), (uint32_t)erdp | ERDP_EHB);
     }
     g_mutex_unlock(&x->lock);
@@ -583,21 +584,33 @@ static void process_events(DextXhci *x)
 static gpointer event_thread(gpointer opaque)
 {
     DextXhci *x = opaque;
+    uint64_t last_step = 0;
 
     x->self_check = g_thread_self();
     while (!g_atomic_int_get(&x->stop)) {
         struct pollfd pfd = { .fd = x->efd, .events = POLLIN };
+        /* interrupts wake us at once; without MSI-X the shared-memory
+         * event ring is polled every 50 us (it costs no qtest traffic) */
+        struct timespec tmo = { 0, x->msix ? 50000000 : 50000 };
         bool clock = x->cfg.clock_step && x->intr_pending;
-        int timeout = clock ? 0 : (x->msix ? 50 : 1);
 
         process_events(x);
         if (clock) {
-            g_usleep(100);
-            x->cfg.clock_step(x->cfg.clock_opaque, x->cfg.clock_step_ns ?
-                              x->cfg.clock_step_ns : 1000000);
-            x->stats.clock_steps++;
+            uint64_t now = now_ns();
+
+            /* interrupt endpoints are scheduled on QEMU's virtual clock:
+             * advance it at most every 100 us of real time, still waking
+             * at once for events */
+            if (now - last_step >= 100000) {
+                x->cfg.clock_step(x->cfg.clock_opaque, x->cfg.clock_step_ns ?
+                                  x->cfg.clock_step_ns : 1000000);
+                x->stats.clock_steps++;
+                last_step = now;
+                continue;
+            }
+            tmo.tv_nsec = MIN(tmo.tv_nsec, (long)(100000 - (now - last_step)));
         }
-        if (poll(&pfd, 1, timeout) > 0) {
+        if (ppoll(&pfd, 1, &tmo, NULL) > 0) {
             uint64_t v;
 
             if (read(x->efd, &v, sizeof(v)) == sizeof(v)) {

@@ -181,14 +181,14 @@ static const char *dxl_err_name(uint8_t code)
 
 static bool dxl_intx_mode(DextlabDmaState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
 
     return !msix_enabled(pdev) && !msi_enabled(pdev);
 }
 
 static void dxl_update_intx(DextlabDmaState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
     int level = dxl_intx_mode(s) && (s->int_status & ~s->int_mask);
 
     if (level && !pci_irq_disabled(pdev) && !(pdev->irq_state & 1)) {
@@ -213,7 +213,7 @@ static unsigned dxl_cause_vector(uint32_t cause)
 /* Send the message for one unmasked cause (MSI-X or MSI mode only). */
 static void dxl_signal(DextlabDmaState *s, uint32_t cause)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
     unsigned vector = dxl_cause_vector(cause);
 
     if (msix_enabled(pdev)) {
@@ -286,7 +286,7 @@ static void dxl_reg_error(DextlabDmaState *s, hwaddr addr, uint64_t val,
 
 static bool dxl_can_run(DextlabDmaState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
     uint16_t pmcsr = pci_get_word(pdev->config + DXL_DMA_CAP_PM_OFFSET +
                                   PCI_PM_CTRL);
 
@@ -306,7 +306,7 @@ static bool dxl_can_run(DextlabDmaState *s)
 static uint8_t dxl_dma_classify(DextlabDmaState *s, uint64_t addr,
                                 uint64_t *plen, bool is_write)
 {
-    AddressSpace *as = pci_get_address_space(PCI_DEVICE(s));
+    AddressSpace *as = pci_get_address_space(&s->parent_obj);
     MemoryRegion *mr;
     hwaddr xlat, len = *plen;
 
@@ -369,12 +369,12 @@ static void *dxl_map(DextlabDmaState *s, uint64_t addr, uint64_t *plen,
         return NULL;
     }
     mlen = *plen;
-    p = pci_dma_map(PCI_DEVICE(s), addr, &mlen,
+    p = pci_dma_map(&s->parent_obj, addr, &mlen,
                     is_write ? DMA_DIRECTION_FROM_DEVICE :
                                DMA_DIRECTION_TO_DEVICE);
     if (!p || !mlen) {
         if (p) {
-            pci_dma_unmap(PCI_DEVICE(s), p, mlen,
+            pci_dma_unmap(&s->parent_obj, p, mlen,
                           is_write ? DMA_DIRECTION_FROM_DEVICE :
                                      DMA_DIRECTION_TO_DEVICE, 0);
         }
@@ -389,7 +389,7 @@ static void dxl_unmap(DextlabDmaState *s, void *p, uint64_t len,
                       bool is_write, uint64_t access_len)
 {
     if (p) {
-        pci_dma_unmap(PCI_DEVICE(s), p, len,
+        pci_dma_unmap(&s->parent_obj, p, len,
                       is_write ? DMA_DIRECTION_FROM_DEVICE :
                                  DMA_DIRECTION_TO_DEVICE, access_len);
     }
@@ -404,7 +404,7 @@ static uint8_t dxl_move(DextlabDmaState *s, bool src_dev, uint64_t src,
                         bool dst_dev, uint64_t dst, uint64_t len,
                         uint32_t *done, uint64_t *bad)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
 
     while (len) {
         uint64_t ls = len, ld = len, n;
@@ -502,7 +502,7 @@ static void dxl_fill_mem(DextlabDmaState *s, uint8_t *p, uint64_t n,
 static uint8_t dxl_fill(DextlabDmaState *s, uint64_t dst, uint64_t len,
                         uint32_t *done, uint64_t *bad)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
 
     while (len) {
         uint64_t l = len;
@@ -537,7 +537,7 @@ static uint8_t dxl_fill(DextlabDmaState *s, uint64_t dst, uint64_t len,
 static uint8_t dxl_crc(DextlabDmaState *s, uint64_t src, uint64_t len,
                        uint32_t *crc, uint32_t *done, uint64_t *bad)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
 
     while (len) {
         uint64_t l = len;
@@ -702,7 +702,7 @@ static void dxl_post(DextlabDmaState *s, DxlQueue *q)
     q->data_done = false;
 
     err = dxl_dma_check_range(s, addr, l, true, &bad);
-    if (err || pci_dma_write(PCI_DEVICE(s), addr, &cpl, l) != MEMTX_OK) {
+    if (err || pci_dma_write(&s->parent_obj, addr, &cpl, l) != MEMTX_OK) {
         dxl_queue_halt(q, DXL_ERR_CQ_WRITE, addr);
         return;
     }
@@ -902,7 +902,7 @@ static bool dxl_fetch(DextlabDmaState *s, DxlQueue *q)
     uint8_t err;
 
     err = dxl_dma_check_range(s, addr, sizeof(d), false, &bad);
-    if (err || pci_dma_read(PCI_DEVICE(s), addr, &d, sizeof(d)) != MEMTX_OK) {
+    if (err || pci_dma_read(&s->parent_obj, addr, &d, sizeof(d)) != MEMTX_OK) {
         dxl_queue_halt(q, DXL_ERR_SQ_FETCH, addr);
         return false;
     }
@@ -1068,7 +1068,7 @@ static void dxl_regs_reset(DextlabDmaState *s)
 
 static uint32_t dxl_status(DextlabDmaState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIDevice *pdev = &s->parent_obj;
     uint32_t v = 0;
     unsigned i;
 

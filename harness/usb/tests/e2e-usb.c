@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "usb-testbed.h"
+#include "usb-match.h"
 #include "hw/dextlab/dextlab-usb-regs.h"
 
 static UsbTestbed *tb;
@@ -680,6 +681,145 @@ static void test_hotplug(void)
     dext_usb_buffer_free(ob);
 }
 
+/* ------------------------------------------------ matching (core) */
+
+static const char personalities[] =
+    "[Personality dev-vid]\n"
+    "IOProviderClass=IOUSBHostDevice\nIOUserClass=V\nIOUserServerName=s\n"
+    "idVendor=0x1209\n"
+    "[Personality dev-vidpid]\n"
+    "IOProviderClass=IOUSBHostDevice\nIOUserClass=VP\nIOUserServerName=s\n"
+    "idVendor=0x1209\nidProduct=0x0001\n"
+    "[Personality loopback-ifc]\n"
+    "IOProviderClass=IOUSBHostInterface\nIOUserClass=L\nIOUserServerName=s\n"
+    "idVendor=0x1209\nbInterfaceClass=0xff\nbInterfaceSubClass=0x44\n"
+    "bInterfaceProtocol=1\nbInterfaceNumber=0\n"
+    "[Personality hid-ifc]\n"
+    "IOProviderClass=IOUSBHostInterface\nIOUserClass=H\nIOUserServerName=s\n"
+    "bInterfaceClass=3\n"
+    "[Entitlements]\ntransport.usb=0x1209\n";
+
+static const char unentitled[] =
+    "[Personality greedy]\n"
+    "IOProviderClass=IOUSBHostDevice\nIOUserClass=G\nIOUserServerName=g\n"
+    "IOProbeScore=5000\nidVendor=0x1209\n"
+    "[Entitlements]\ntransport.usb=0x46f4\n";
+
+static const char *winner(GPtrArray *ps, const DextUsbMatchKeys *k)
+{
+    DextDeviceInfo info;
+    GArray *w;
+    const char *name = NULL;
+
+    dext_usb_match_info(k, &info);
+    w = dext_match_select(ps, &info, NULL);
+    if (w->len == 1) {
+        name = g_array_index(w, DextMatchResult, 0).p->name;
+    }
+    g_array_free(w, TRUE);
+    return name;
+}
+
+/* the keys a real enumeration yields drive the core matcher: the most
+ * specific device personality wins, interface personalities match the
+ * interface only, a bundle without the USB entitlement is refused */
+static void test_matching(void)
+{
+    GError *err = NULL;
+    DextBundle *b = dext_bundle_parse("usb.personality", personalities,
+                                      sizeof(personalities) - 1, &err);
+    DextBundle *g = dext_bundle_parse("greedy.personality", unentitled,
+                                      sizeof(unentitled) - 1, &err);
+    GPtrArray *ps = g_ptr_array_new();
+    DextUsbMatchKeys k;
+    Fixture f;
+
+    g_assert_no_error(err);
+    g_assert_nonnull(b);
+    g_assert_nonnull(g);
+    for (guint i = 0; i < b->personalities->len; i++) {
+        g_ptr_array_add(ps, b->personalities->pdata[i]);
+    }
+    for (guint i = 0; i < g->personalities->len; i++) {
+        g_ptr_array_add(ps, g->personalities->pdata[i]);
+    }
+    fixture_open(&f, DEXT_USB_SPEED_SUPER);
+    dext_usb_device_match_keys(f.dev, &k);
+    g_assert_cmpstr(winner(ps, &k), ==, "dev-vidpid");
+    dext_usb_interface_match_keys(f.iface, &k);
+    g_assert_true(k.is_interface);
+    g_assert_cmpuint(k.bInterfaceNumber, ==, DEXTLAB_USB_IFACE_NUM);
+    g_assert_cmpuint(k.bInterfaceClass, ==, DEXTLAB_USB_IFACE_CLASS);
+    g_assert_cmpstr(winner(ps, &k), ==, "loopback-ifc");
+    fixture_close(&f);
+    g_ptr_array_free(ps, TRUE);
+    dext_bundle_free(b);
+    dext_bundle_free(g);
+}
+
+/* ------------------------------------------------ hostile host */
+
+/* Random control requests (every recipient, type, wValue/wIndex/wLength,
+ * random OUT data) must neither abort nor hang QEMU nor wedge the device:
+ * afterwards it still answers and loops data.  Only the requests that
+ * legitimately re-address or re-configure the device are left out (they
+ * are the host's state, not the device's robustness). */
+static void test_hostile_requests(void)
+{
+    DextUsbHost *h = usb_testbed_host(tb);
+    GRand *r = g_rand_new_with_seed(0xd3c7);
+    uint8_t data[4096];
+    DextUsbBuffer *ob, *ib;
+    unsigned stalls = 0, ok = 0;
+    Fixture f;
+
+    fixture_open(&f, DEXT_USB_SPEED_SUPER);
+    for (unsigned i = 0; i < 3000; i++) {
+        uint8_t rt = g_rand_int(r), req = g_rand_int_range(r, 0, 0x20);
+        uint16_t val = g_rand_int(r), idx = g_rand_int(r);
+        uint16_t len = g_rand_boolean(r) ? g_rand_int_range(r, 0, 16)
+                                         : g_rand_int_range(r, 0, 4097);
+        int ret;
+
+        if (g_rand_boolean(r)) {
+            idx = g_rand_int_range(r, 0, 0x100);   /* plausible indexes */
+        }
+        if ((rt & 0x60) == 0 && (req == 5 || req == 9 || req == 11)) {
+            continue;          /* SET_ADDRESS/CONFIGURATION/INTERFACE */
+        }
+        if ((rt & 0x60) == 0x40 && req == DEXTLAB_USB_REQ_SET_EVENT_RATE) {
+            val %= 2000;       /* keep the tick load sane */
+        }
+        for (unsigned k = 0; k < len; k++) {
+            data[k] = g_rand_int(r);
+        }
+        ret = dext_usb_device_control(f.dev, rt, req, val, idx, data, len,
+                                      NULL, 5000);
+        g_assert_true(ret == 0 || ret == -EPIPE);
+        stalls += ret == -EPIPE;
+        ok += ret == 0;
+    }
+    g_assert_cmpuint(stalls, >, 0);
+    g_assert_cmpuint(ok, >, 0);
+    g_assert_true(dext_platform_alive(usb_testbed_platform(tb)));
+    g_assert_cmphex(read_reg(f.dev, DEXTLAB_USB_REG_ID), ==,
+                    DEXTLAB_USB_ID_VALUE);
+    g_assert_cmpint(vendor_out(f.dev, DEXTLAB_USB_REQ_SET_EVENT_RATE, 0, 0,
+                               NULL, 0), ==, 0);
+    /* whatever got halted on the device: clear it and loop data */
+    g_assert_cmpint(dext_usb_pipe_clear_stall(f.out), ==, 0);
+    g_assert_cmpint(dext_usb_pipe_clear_stall(f.in), ==, 0);
+    g_assert_cmpint(vendor_out(f.dev, DEXTLAB_USB_REQ_RESET_FIFO, 0, 0, NULL,
+                               0), ==, 0);
+    g_assert_cmpint(dext_usb_buffer_alloc(h, 65536, &ob), ==, 0);
+    g_assert_cmpint(dext_usb_buffer_alloc(h, 65536, &ib), ==, 0);
+    loop_once(&f, ob, ib, 40000, 11);
+    dext_usb_buffer_free(ob);
+    dext_usb_buffer_free(ib);
+    g_rand_free(r);
+    fixture_close(&f);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -705,6 +845,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-usb/e2e/alt-setting", test_alt_setting);
     g_test_add_func("/dextlab-usb/e2e/two-devices", test_two_devices);
     g_test_add_func("/dextlab-usb/e2e/hotplug", test_hotplug);
+    g_test_add_func("/dextlab-usb/e2e/matching", test_matching);
+    g_test_add_func("/dextlab-usb/e2e/hostile-requests", test_hostile_requests);
     ret = g_test_run();
     usb_testbed_stop(tb);
     return ret;

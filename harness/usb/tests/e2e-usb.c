@@ -820,6 +820,46 @@ static void test_hostile_requests(void)
     fixture_close(&f);
 }
 
+/* ------------------------------------------------ no MSI-X */
+
+/* the driver's polling fallback (no interrupt binding): same results */
+static void test_poll_mode(void)
+{
+    static const char *const devs[] = {
+        "qemu-xhci,id=xhci",
+        "dextlab-usb,id=p,bus=xhci.0",
+        NULL,
+    };
+    DextUsbHostConfig cfg = { .xhci = { .force_poll = true } };
+    UsbTestbed *saved = tb;
+    DextUsbBuffer *ob, *ib;
+    DextXhciStats st;
+    Fixture f;
+
+    tb = usb_testbed_start(devs, &cfg);
+    g_assert_nonnull(tb);
+    g_assert_cmpint(dext_usb_host_wait_devices(usb_testbed_host(tb), 1,
+                                               20000), ==, 0);
+    fixture_open(&f, DEXT_USB_SPEED_SUPER);
+    g_assert_cmpint(dext_usb_buffer_alloc(usb_testbed_host(tb), 1 << 20,
+                                          &ob), ==, 0);
+    g_assert_cmpint(dext_usb_buffer_alloc(usb_testbed_host(tb), 1 << 20,
+                                          &ib), ==, 0);
+    loop_once(&f, ob, ib, 60000, 1);
+    g_assert_cmpint(vendor_out(f.dev, DEXTLAB_USB_REQ_TRIGGER_EVENTS, 1, 0,
+                               NULL, 0), ==, 0);
+    g_assert_cmpint(dext_usb_pipe_io(f.intr, ib, 0, 64, NULL, 5000), ==, 0);
+    dext_xhci_stats(dext_usb_host_xhci(usb_testbed_host(tb)), &st);
+    g_assert_false(st.msix);
+    g_assert_cmpuint(st.irqs, ==, 0);
+    g_assert_cmpuint(st.events, >, 0);
+    dext_usb_buffer_free(ob);
+    dext_usb_buffer_free(ib);
+    fixture_close(&f);
+    usb_testbed_stop(tb);
+    tb = saved;
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -846,6 +886,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-usb/e2e/two-devices", test_two_devices);
     g_test_add_func("/dextlab-usb/e2e/hotplug", test_hotplug);
     g_test_add_func("/dextlab-usb/e2e/matching", test_matching);
+    g_test_add_func("/dextlab-usb/e2e/poll-mode", test_poll_mode);
     g_test_add_func("/dextlab-usb/e2e/hostile-requests", test_hostile_requests);
     ret = g_test_run();
     usb_testbed_stop(tb);

@@ -435,6 +435,15 @@ static void release_device(Dextd *d, Device *dev, bool reset)
     }
 }
 
+/* DMA memory a server holds, on each of its services' registry entries. */
+static void server_publish_dma(Server *srv)
+{
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        dext_reg_entry_set(s->entry, "server-dma-allocations", g_variant_new_uint32(srv->dma->len));
+    }
+}
+
 static void release_server(Server *srv, bool reset)
 {
     Dextd *d = srv->d;
@@ -451,6 +460,7 @@ static void release_server(Server *srv, bool reset)
         LOGI("%s: freed %u DMA allocations", srv->name, srv->dma->len);
     }
     g_array_set_size(srv->dma, 0);
+    server_publish_dma(srv);
 }
 
 /* ---- server processes ------------------------------------------------------ */
@@ -985,6 +995,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
             PLAT_FAIL(rc);
         }
         g_array_append_val(srv->dma, r.iova);
+        server_publish_dma(srv);
         dext_msg_init_reply(rep, m, g_variant_new("(ttt)", (guint64)r.iova, (guint64)r.size,
                                                   (guint64)r.fd_offset));
         return 0;
@@ -995,6 +1006,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         for (guint i = 0; i < srv->dma->len; i++) {
             if (g_array_index(srv->dma, uint64_t, i) == iova) {
                 g_array_remove_index_fast(srv->dma, i);
+                server_publish_dma(srv);
                 if ((rc = dext_platform_dma_free(pl, iova)) < 0) {
                     PLAT_FAIL(rc);
                 }

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -96,6 +97,11 @@ static bool wait_state(const char *cls, const char *state, unsigned ms)
     return false;
 }
 
+static void die_with_parent(gpointer data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+}
+
 static void start_dextd(void)
 {
     const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
@@ -107,11 +113,14 @@ static void start_dextd(void)
     dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
     dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
     char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
-                                "--socket '%s' --verbose 2>'%s'", dextd, machine, drivers, dd.sock,
-                                dd.log);
+                                "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
+                                drivers, dd.sock, dd.log);
     char *argv[] = { "/bin/sh", "-c", cmd, NULL };
     GError *e = NULL;
-    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &dd.pid, &e));
+    /* A failed assertion aborts this process: dextd (and through it QEMU
+     * and the drivers) must not outlive it. */
+    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
+                                &dd.pid, &e));
     g_free(cmd);
     gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
     while (!g_file_test(dd.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
@@ -506,6 +515,113 @@ static void test_crash_relaunch(void)
     g_assert_true(wait_state("DextTestDriver", "running", 1000));
 }
 
+static unsigned count_fds(pid_t pid)
+{
+    char *path = g_strdup_printf("/proc/%d/fd", (int)pid);
+    GDir *d = g_dir_open(path, 0, NULL);
+    unsigned n = 0;
+    g_free(path);
+    if (d) {
+        while (g_dir_read_name(d)) {
+            n++;
+        }
+        g_dir_close(d);
+    }
+    return n;
+}
+
+static JsonObject *registry_entry(JsonParser *p, const char *name)
+{
+    char *j = NULL;
+    g_assert_cmpint(dext_daemon_registry(dd.sock, 1, &j), ==, 0);
+    g_assert_true(json_parser_load_from_data(p, j, -1, NULL));
+    g_free(j);
+    return find_entry(json_node_get_object(json_parser_get_root(p)), name);
+}
+
+/* Guards: Stop and Start on request (dextd-control apps only) leave nothing
+ * behind: after each stop the device is closed with bus mastering off, the
+ * server's DMA memory is back, dextd's own fd count is unchanged; after each
+ * start the driver's self-test passes again and it holds the same DMA
+ * allocations as the first time. */
+static void test_stop_start_cycles(void)
+{
+    char *ids = NULL;
+    g_assert_true(service_field("DextTestDriver", 0, &ids));
+    guint64 id = g_ascii_strtoull(ids, NULL, 10);
+    char *idarg = g_strdup_printf("%" G_GUINT64_FORMAT, id);
+    /* refused for an app without dextd-control */
+    char *path = g_build_filename(g_getenv("DEXT_PROBES"), "uc-probe-intruder", NULL);
+    char *argv[] = { path, dd.sock, "ctl", idarg, "stop", NULL };
+    int status = -1;
+    g_assert_true(g_spawn_sync(NULL, argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL,
+                               &status, NULL));
+    g_assert_cmpint(WEXITSTATUS(status), ==, EACCES);
+    g_assert_true(wait_state("DextTestDriver", "running", 1000));
+
+    JsonParser *p = json_parser_new();
+    JsonObject *drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
+    gint64 dma_running = json_object_get_int_member(drv, "server-dma-allocations");
+    g_assert_cmpint(dma_running, >, 0);
+    unsigned fds0 = 0;
+    for (int cycle = 0; cycle < 3; cycle++) {
+        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "stop"), ==, 0);
+        g_assert_true(wait_state("DextTestDriver", "stopped", 10000));
+        /* the process exits once it hosts nothing; wait for its pid to go */
+        gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        char *pid = NULL;
+        while (service_field("DextTestDriver", 4, &pid) && strcmp(pid, "0") &&
+               g_get_monotonic_time() < end) {
+            g_free(pid);
+            pid = NULL;
+            g_usleep(20000);
+        }
+        g_assert_cmpstr(pid, ==, "0");
+        g_free(pid);
+        JsonObject *dev = json_object_get_object_member(registry_entry(p, "0000:01:00.0"),
+                                                        "properties");
+        g_assert_false(json_object_has_member(dev, "opened-by"));
+        g_assert_cmpint(json_object_get_int_member(dev, "pci-command") & 0x6, ==, 0);
+        drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
+        g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, 0);
+        /* App connections of the queries above close asynchronously: give
+         * dextd a moment to see their hang-ups before counting. */
+        unsigned fds = count_fds(dd.pid);
+        if (cycle == 0) {
+            g_usleep(200000);
+            fds0 = count_fds(dd.pid);
+        } else {
+            end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+            while ((fds = count_fds(dd.pid)) > fds0 && g_get_monotonic_time() < end) {
+                g_usleep(20000);
+            }
+            g_assert_cmpuint(fds, <=, fds0);
+        }
+        /* double stop is refused */
+        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "stop"), ==, -EINVAL);
+
+        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "start"), ==, 0);
+        g_assert_true(wait_state("DextTestDriver", "running", 20000));
+        drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
+        g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, dma_running);
+        DextConnection *c = open_test();
+        uint64_t st[6];
+        uint32_t n = 6;
+        g_assert_cmpint(dext_client_call(c, 2, NULL, 0, NULL, 0, st, &n, NULL, NULL), ==, 0);
+        g_assert_cmphex(st[0], ==, st[1]);
+        dext_client_close(c);
+    }
+    char *l = service_line("DextTestDriver");
+    char **f = g_strsplit(l, " ", -1);
+    g_assert_cmpstr(f[6], ==, "4");   /* four successful starts */
+    g_strfreev(f);
+    g_free(l);
+    g_object_unref(p);
+    g_free(path);
+    g_free(idarg);
+    g_free(ids);
+}
+
 /* Guards: dextd answers garbage on its app socket with errors or by closing
  * that connection, and keeps serving. */
 static void test_daemon_garbage(void)
@@ -574,6 +690,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/e2e/entitlement/apps", test_app_entitlements);
     g_test_add_func("/dextd/e2e/lifecycle/fail-start", test_fail_start);
     g_test_add_func("/dextd/e2e/lifecycle/crash-relaunch-give-up", test_crash_relaunch);
+    g_test_add_func("/dextd/e2e/lifecycle/stop-start-cycles", test_stop_start_cycles);
     g_test_add_func("/dextd/e2e/ipc/daemon-garbage", test_daemon_garbage);
     g_test_add_func("/dextd/e2e/shutdown/orderly-stop", test_shutdown);
     int rc = g_test_run();

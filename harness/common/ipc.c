@@ -314,9 +314,11 @@ int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,
     if (timeout_ms < 0) {
         timeout_ms = DEXT_IPC_TIMEOUT_MS;
     }
-    for (;;) {
+    for (bool first = true;; first = false) {
         struct pollfd p = { .fd = sock, .events = POLLIN };
-        int r = poll(&p, 1, timeout_ms);
+        /* timeout 0 (draining a readable socket): try the read first and
+         * save a poll() per message on the posted-write path. */
+        int r = timeout_ms == 0 && first ? 1 : poll(&p, 1, timeout_ms);
         if (r < 0 && errno == EINTR) {
             continue;
         }
@@ -332,6 +334,9 @@ int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,
             .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b),
         };
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN && timeout_ms == 0) {
+            return -ETIMEDOUT;
+        }
         if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
             continue;
         }

@@ -331,6 +331,9 @@ int dext_usb_device_control(DextUsbDevice *d, uint8_t rt, uint8_t req,
     if (wlen && !data) {
         return -EINVAL;
     }
+    if (dext_xhci_on_event_thread(d->h->x)) {
+        return -EDEADLK;
+    }
     g_mutex_lock(&d->lock);
     ret = control_locked(d, rt, req, val, idx, data, wlen, actual, tmo);
     g_mutex_unlock(&d->lock);
@@ -738,6 +741,9 @@ int dext_usb_pipe_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
 
     if (p->closed) {
         return -EBADF;
+    }
+    if (dext_xhci_on_event_thread(p->iface->dev->h->x)) {
+        return -EDEADLK;       /* would wait for ourselves */
     }
     g_mutex_init(&s.lock);
     g_cond_init(&s.cond);

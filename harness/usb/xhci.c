@@ -237,6 +237,11 @@ static bool on_event_thread(DextXhci *x)
     return x->thread && g_thread_self() == x->self_check;
 }
 
+bool dext_xhci_on_event_thread(DextXhci *x)
+{
+    return on_event_thread(x);
+}
+
 /* wait (x->lock held) until *flag or the deadline; -ETIMEDOUT */
 static int wait_flag(DextXhci *x, const bool *flag, gint64 deadline)
 {

@@ -77,6 +77,8 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
 void dext_xhci_destroy(DextXhci *x);
 
 DextPlatform *dext_xhci_platform(DextXhci *x);
+/* True when called from the controller's event thread (completions). */
+bool dext_xhci_on_event_thread(DextXhci *x);
 unsigned dext_xhci_num_ports(DextXhci *x);
 unsigned dext_xhci_timeout_ms(DextXhci *x);
 /* Protocol of a root port: 2 (USB 2) or 3 (USB 3), from the supported

@@ -860,6 +860,55 @@ static void test_poll_mode(void)
     tb = saved;
 }
 
+/* ------------------------------------------------ completion context */
+
+typedef struct Reentry {
+    Fixture *f;
+    DextUsbBuffer *b;
+    int sync_ret, ctl_ret;
+    Done done;
+} Reentry;
+
+static void reentry_cb(void *opaque, int status, uint32_t actual,
+                       uint64_t ts)
+{
+    Reentry *r = opaque;
+    uint8_t v[4];
+
+    /* completions run on the event thread: waiting there would deadlock */
+    r->sync_ret = dext_usb_pipe_io(r->f->out, r->b, 0, 1, NULL, 1000);
+    r->ctl_ret = dext_usb_device_control(r->f->dev, 0xc0,
+                                         DEXTLAB_USB_REQ_READ_REG, 0, 0, v, 4,
+                                         NULL, 1000);
+    done_cb(&r->done, status, actual, ts);
+}
+
+static void test_sync_in_completion(void)
+{
+    DextUsbBuffer *ob, *ib;
+    Reentry r = { 0 };
+    uint32_t got;
+    Fixture f;
+
+    fixture_open(&f, DEXT_USB_SPEED_SUPER);
+    g_assert_cmpint(dext_usb_buffer_alloc(usb_testbed_host(tb), 4096, &ob),
+                    ==, 0);
+    g_assert_cmpint(dext_usb_buffer_alloc(usb_testbed_host(tb), 4096, &ib),
+                    ==, 0);
+    r.f = &f;
+    r.b = ob;
+    g_assert_cmpint(dext_usb_pipe_async_io(f.in, ib, 0, 64, reentry_cb, &r),
+                    ==, 0);
+    g_assert_cmpint(dext_usb_pipe_io(f.out, ob, 0, 10, &got, 5000), ==, 0);
+    g_assert_true(done_wait(&r.done, 1, 5000));
+    g_assert_cmpint(r.done.status, ==, 0);
+    g_assert_cmpint(r.sync_ret, ==, -EDEADLK);
+    g_assert_cmpint(r.ctl_ret, ==, -EDEADLK);
+    dext_usb_buffer_free(ob);
+    dext_usb_buffer_free(ib);
+    fixture_close(&f);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -887,6 +936,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-usb/e2e/hotplug", test_hotplug);
     g_test_add_func("/dextlab-usb/e2e/matching", test_matching);
     g_test_add_func("/dextlab-usb/e2e/poll-mode", test_poll_mode);
+    g_test_add_func("/dextlab-usb/e2e/sync-in-completion",
+                    test_sync_in_completion);
     g_test_add_func("/dextlab-usb/e2e/hostile-requests", test_hostile_requests);
     ret = g_test_run();
     usb_testbed_stop(tb);

@@ -28,6 +28,9 @@
 #define STOP_TIMEOUT_MS    5000
 #define POLICY_WINDOW_US   (60 * G_USEC_PER_SEC)
 #define MAX_RPC_BATCH      256
+#define MAX_APP_CONNS      128    /* bounds what local clients can pin */
+#define MAX_DMA_ALLOCS     4096   /* per server: one driver cannot exhaust
+                                   * the DMA pool entry table for others */
 
 typedef struct Server Server;
 typedef struct Service Service;
@@ -973,6 +976,11 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         guint64 size, align;
         DextDmaRange r;
         g_variant_get(m->body, "(tt)", &size, &align);
+        if (srv->dma->len >= MAX_DMA_ALLOCS) {
+            *why = g_strdup_printf("%s holds %u DMA allocations already", srv->name,
+                                   srv->dma->len);
+            return -ENOMEM;
+        }
         if ((rc = dext_platform_dma_alloc(pl, size, align, &r)) < 0) {
             PLAT_FAIL(rc);
         }
@@ -1533,6 +1541,11 @@ static gboolean on_listen(gint fd, GIOCondition cond, gpointer data)
     Dextd *d = data;
     int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (c < 0) {
+        return G_SOURCE_CONTINUE;
+    }
+    if (g_hash_table_size(d->apps) >= MAX_APP_CONNS) {
+        LOGW("too many app connections (%d): refusing one", MAX_APP_CONNS);
+        close(c);
         return G_SOURCE_CONTINUE;
     }
     struct ucred cr;

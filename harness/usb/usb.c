@@ -16,8 +16,7 @@
 
 struct DextUsbBuffer {
     DextUsbHost *h;
-    DextDmaRange dma;
-    void *data;
+    DextXhciDma dma;
     size_t size;
 };
 
@@ -183,22 +182,19 @@ bad:
 int dext_usb_buffer_alloc(DextUsbHost *h, size_t size, DextUsbBuffer **out)
 {
     DextUsbBuffer *b;
-    uint64_t ram_size;
-    uint8_t *ram = dext_platform_memory_map(h->p, &ram_size);
     int ret;
 
-    if (!size || !ram) {
-        return size ? -ENOTSUP : -EINVAL;
+    if (!size) {
+        return -EINVAL;
     }
     b = g_new0(DextUsbBuffer, 1);
-    ret = dext_platform_dma_alloc(h->p, size, 4096, &b->dma);
+    ret = dext_xhci_dma_alloc(h->x, size, &b->dma);
     if (ret < 0) {
         g_free(b);
         return ret;
     }
     b->h = h;
     b->size = size;
-    b->data = ram + b->dma.fd_offset;
     *out = b;
     return 0;
 }
@@ -206,14 +202,14 @@ int dext_usb_buffer_alloc(DextUsbHost *h, size_t size, DextUsbBuffer **out)
 void dext_usb_buffer_free(DextUsbBuffer *b)
 {
     if (b) {
-        dext_platform_dma_free(b->h->p, b->dma.iova);
+        dext_xhci_dma_free(b->h->x, &b->dma);
         g_free(b);
     }
 }
 
 void *dext_usb_buffer_data(DextUsbBuffer *b)
 {
-    return b->data;
+    return b->dma.ptr;
 }
 
 size_t dext_usb_buffer_size(DextUsbBuffer *b)

@@ -90,7 +90,7 @@ typedef struct XhciTrb {
 
 /* producer ring (command or transfer); the last slot holds the link TRB */
 typedef struct XRing {
-    DextDmaRange dma;
+    DextXhciDma dma;
     volatile XhciTrb *trb;
     uint32_t n;
     uint32_t enq;
@@ -125,34 +125,33 @@ struct DextXhciSlot {
     unsigned id;
     unsigned port;
     unsigned speed;
-    DextDmaRange out_ctx;
-    DextDmaRange in_ctx;
+    DextXhciDma out_ctx;
+    DextXhciDma in_ctx;
     XEp ep[32];                /* by DCI */
     bool gone;
 };
 
 struct DextXhci {
-    DextPlatform *p;
-    DextPciAddr addr;
+    const DextXhciHwOps *ops;
+    void *hw;
+    uint64_t bar0_size;
     DextXhciConfig cfg;
     unsigned timeout_ms;
-    uint8_t *ram;
-    uint64_t ram_size;
 
     uint32_t caplen, dboff, rtsoff;
     unsigned max_slots, max_ports, ctx_size;
     uint8_t port_proto[256];
     uint8_t port_pidx[256];
 
-    DextDmaRange base;         /* DCBAA | ERST | event ring */
+    DextXhciDma base;          /* DCBAA | ERST | event ring */
     volatile uint64_t *dcbaa;
     volatile XhciTrb *ev;
     uint64_t ev_iova;
     uint32_t ev_deq;
     uint32_t ev_ccs;
     XRing cmd;
-    DextDmaRange scratch_arr;
-    GArray *scratch_pages;     /* DextDmaRange */
+    DextXhciDma scratch_arr;
+    GArray *scratch_pages;     /* DextXhciDma */
 
     GMutex lock;               /* rings, slots, pending lists, below */
     GCond cond;
@@ -183,45 +182,64 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
 }
 
-static void *xh_ptr(DextXhci *x, const DextDmaRange *r)
+static void *xh_ptr(DextXhci *x, const DextXhciDma *r)
 {
-    return x->ram + r->fd_offset;
+    return r->ptr;
 }
 
-static int xh_dma_alloc(DextXhci *x, uint64_t size, DextDmaRange *r)
+static int xh_dma_alloc(DextXhci *x, uint64_t size, DextXhciDma *r)
 {
-    int ret = dext_platform_dma_alloc(x->p, size, 4096, r);
+    int ret;
 
+    memset(r, 0, sizeof(*r));
+    ret = x->ops->dma_alloc(x->hw, size, r);
     if (ret < 0) {
         return ret;
     }
-    if (r->fd_offset + r->size > x->ram_size) {
-        dext_platform_dma_free(x->p, r->iova);
-        return -ERANGE;
+    if (!r->ptr || r->size < size || (r->iova & 4095) ||
+        !x->ops->dma_ok(x->hw, r->iova, r->size)) {
+        x->ops->dma_free(x->hw, r);
+        memset(r, 0, sizeof(*r));
+        return -EIO;           /* a backend bug: never hand it to hardware */
     }
+    memset(r->ptr, 0, r->size);
     return 0;
 }
 
-static void xh_dma_free(DextXhci *x, DextDmaRange *r)
+static void xh_dma_free(DextXhci *x, DextXhciDma *r)
 {
     if (r->size) {
-        dext_platform_dma_free(x->p, r->iova);
+        x->ops->dma_free(x->hw, r);
         memset(r, 0, sizeof(*r));
     }
 }
 
+int dext_xhci_dma_alloc(DextXhci *x, uint64_t size, DextXhciDma *out)
+{
+    if (size == 0) {
+        return -EINVAL;
+    }
+    return xh_dma_alloc(x, size, out);
+}
+
+void dext_xhci_dma_free(DextXhci *x, DextXhciDma *d)
+{
+    xh_dma_free(x, d);
+}
+
 static int rd32(DextXhci *x, uint64_t off, uint32_t *v)
 {
-    uint64_t val;
-    int ret = dext_platform_bar_read(x->p, x->addr, 0, off, 4, &val);
+    int ret = x->ops->read32(x->hw, off, v);
 
-    *v = ret < 0 ? 0 : (uint32_t)val;
+    if (ret < 0) {
+        *v = 0;
+    }
     return ret;
 }
 
 static int wr32(DextXhci *x, uint64_t off, uint32_t v)
 {
-    return dext_platform_bar_write(x->p, x->addr, 0, off, 4, v);
+    return x->ops->write32(x->hw, off, v);
 }
 
 /* 64-bit registers: low then high (qemu-xhci acts on the high write) */
@@ -660,19 +678,19 @@ static void parse_protocols(DextXhci *x, uint32_t hcc1)
     }
 }
 
-int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
-                     const DextXhciConfig *cfg, DextXhci **out)
+int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
+                        uint64_t bar0_size, const DextXhciConfig *cfg,
+                        DextXhci **out)
 {
     DextXhci *x = g_new0(DextXhci, 1);
-    DextPciFunction fn;
     uint32_t hcs1, hcs2, hcc1, v, pagesize;
     unsigned nscratch;
-    DextIrqKind used;
     volatile uint64_t *erst;
     int ret;
 
-    x->p = p;
-    x->addr = addr;
+    x->ops = ops;
+    x->hw = hw;
+    x->bar0_size = bar0_size;
     if (cfg) {
         x->cfg = *cfg;
     }
@@ -681,25 +699,9 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
     g_mutex_init(&x->lock);
     g_mutex_init(&x->cmd_lock);
     g_cond_init(&x->cond);
-    x->scratch_pages = g_array_new(FALSE, TRUE, sizeof(DextDmaRange));
-
-    ret = dext_platform_pci_get(p, addr, &fn);
-    if (ret < 0) {
-        goto fail;
-    }
-    if (fn.class_base != 0x0c || fn.class_sub != 0x03 ||
-        fn.class_prog_if != 0x30 || fn.bars[0].size < 0x1000) {
+    x->scratch_pages = g_array_new(FALSE, TRUE, sizeof(DextXhciDma));
+    if (bar0_size < 0x1000) {
         ret = -ENODEV;
-        goto fail;
-    }
-    x->ram = dext_platform_memory_map(p, &x->ram_size);
-    if (!x->ram) {
-        ret = -ENOTSUP;
-        goto fail;
-    }
-    ret = dext_platform_pci_set_enables(p, addr, DEXT_PCI_ENABLE_MEM |
-                                        DEXT_PCI_ENABLE_BUSMASTER, true);
-    if (ret < 0) {
         goto fail;
     }
 
@@ -719,9 +721,9 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
     x->dboff &= ~3u;
     x->rtsoff &= ~0x1fu;
     if (x->caplen < 0x20 || x->max_slots == 0 || x->max_ports == 0 ||
-        x->caplen + OP_PORTSC(x->max_ports) + 16 > fn.bars[0].size ||
-        x->dboff + 4 * 256 > fn.bars[0].size ||
-        x->rtsoff + RT_ERDP(0) + 8 > fn.bars[0].size) {
+        x->caplen + OP_PORTSC(x->max_ports) + 16 > bar0_size ||
+        x->dboff + 4 * 256 > bar0_size ||
+        x->rtsoff + RT_ERDP(0) + 8 > bar0_size) {
         ret = -EIO;
         goto fail;
     }
@@ -768,7 +770,7 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
         }
         arr = xh_ptr(x, &x->scratch_arr);
         for (unsigned i = 0; i < nscratch; i++) {
-            DextDmaRange pg;
+            DextXhciDma pg;
 
             if ((ret = xh_dma_alloc(x, 4096, &pg)) < 0) {
                 goto fail;
@@ -807,9 +809,8 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
         ret = -errno;
         goto fail;
     }
-    if (!x->cfg.force_poll && fn.msix_cap &&
-        dext_platform_irq_bind(p, addr, DEXT_IRQ_MSIX, 0, x->efd,
-                               &used) == 0) {
+    if (!x->cfg.force_poll && ops->irq_bind &&
+        ops->irq_bind(hw, x->efd) == 0) {
         x->msix = true;
     }
     x->stats.msix = x->msix;
@@ -837,7 +838,7 @@ void dext_xhci_destroy(DextXhci *x)
     if (!x) {
         return;
     }
-    if (x->max_ports && dext_platform_alive(x->p)) {
+    if (x->max_ports && x->ops->alive(x->hw)) {
         wr32(x, x->caplen + OP_USBCMD, 0);
         poll_reg(x, x->caplen + OP_USBSTS, STS_HCH, STS_HCH, NULL);
     }
@@ -856,28 +857,26 @@ void dext_xhci_destroy(DextXhci *x)
         }
         g_thread_join(x->thread);
     }
-    if (x->msix) {
-        dext_platform_irq_unbind(x->p, x->addr, 0);
+    if (x->msix && x->ops->irq_unbind) {
+        x->ops->irq_unbind(x->hw);
     }
     if (x->efd >= 0) {
         close(x->efd);
     }
     ring_fini(x, &x->cmd);
     for (guint i = 0; i < x->scratch_pages->len; i++) {
-        xh_dma_free(x, &g_array_index(x->scratch_pages, DextDmaRange, i));
+        xh_dma_free(x, &g_array_index(x->scratch_pages, DextXhciDma, i));
     }
     g_array_free(x->scratch_pages, TRUE);
     xh_dma_free(x, &x->scratch_arr);
     xh_dma_free(x, &x->base);
+    if (x->ops->destroy) {
+        x->ops->destroy(x->hw);
+    }
     g_mutex_clear(&x->lock);
     g_mutex_clear(&x->cmd_lock);
     g_cond_clear(&x->cond);
     g_free(x);
-}
-
-DextPlatform *dext_xhci_platform(DextXhci *x)
-{
-    return x->p;
 }
 
 unsigned dext_xhci_num_ports(DextXhci *x)
@@ -1132,7 +1131,7 @@ void dext_xhci_slot_destroy(DextXhciSlot *s, int status)
             ep_flush(x, &s->ep[dci], status);
         }
     }
-    if (s->out_ctx.size && dext_platform_alive(x->p)) {
+    if (s->out_ctx.size && x->ops->alive(x->hw)) {
         /* also after a detach: the slot must be given back */
         dext_xhci_command(x, 0, 0, TRB_TYPE(CMD_DISABLE_SLOT) | (s->id << 24),
                           NULL);
@@ -1295,7 +1294,7 @@ int dext_xhci_submit(DextXhciSlot *s, unsigned ep_addr, const uint8_t *setup,
     if ((ep_addr & 0x7f) > 15 || (dci == 1) != (setup != NULL)) {
         return -EINVAL;
     }
-    if (len && (iova < 4096 || iova + len > x->ram_size || iova + len < iova)) {
+    if (len && (iova + len < iova || !x->ops->dma_ok(x->hw, iova, len))) {
         return -EFAULT;
     }
     /* TRBs needed: chunks not crossing 64 KiB, + event data (+ setup,

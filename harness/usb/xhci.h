@@ -1,11 +1,11 @@
 /*
  * dextlab user-space xHCI host controller driver (harness/usb).
  *
- * Drives an xHCI function (qemu-xhci on q35) through the platform API:
- * BAR0 registers with posted writes, every ring and context in DMA memory
- * from dext_platform_dma_alloc() accessed through the shared guest-RAM
- * mapping (zero-copy), interrupter 0 on MSI-X vector 0 bound to an eventfd
- * (or polling when the platform cannot deliver MSI-X).
+ * Drives an xHCI controller (qemu-xhci on q35) through a hardware backend
+ * (DextXhciHwOps; the qtest platform's is xhci-platform.c): BAR0 registers
+ * with posted writes, every ring and context in DMA memory the driver
+ * reaches through a host mapping shared with the device (zero-copy),
+ * interrupter 0 on an eventfd (MSI-X) or polled.
  *
  * Layering: this header is the controller level (rings, commands, slots,
  * endpoints, TDs, ports).  USB client code uses the family API in usb.h,
@@ -24,8 +24,8 @@
  * event thread: keep them short, they may submit transfers but must not
  * wait (commands, synchronous transfers give -EDEADLK there).
  *
- * Ownership: DextXhci owns its DMA memory and eventfd; destroy() frees
- * them after stopping the controller.  The platform must outlive it.
+ * Ownership: DextXhci owns its DMA memory, eventfd and backend state;
+ * destroy() frees them after stopping the controller.
  */
 #ifndef DEXT_USB_XHCI_H
 #define DEXT_USB_XHCI_H
@@ -68,15 +68,62 @@ typedef struct DextXhciConfig {
     void *port_opaque;
 } DextXhciConfig;
 
-/* Take the xHCI function @addr: enable memory + bus master, halt and reset
- * the controller, set up DCBAA, scratchpad, command ring, event ring,
- * interrupter 0, run it, power the ports. */
+/* ------------------------------------------------- hardware backends */
+
+/* DMA memory as the driver sees it: a host mapping and a device address */
+typedef struct DextXhciDma {
+    void *ptr;                /* host mapping (zero-copy with the device) */
+    uint64_t iova;            /* address to program into the controller */
+    uint64_t size;            /* bytes, >= the size asked for */
+    uint64_t handle;          /* backend's own */
+} DextXhciDma;
+
+/*
+ * How the driver reaches the controller: a const vtable per backend (the
+ * qtest platform today, xhci-platform.c; a dext driver process's PCI API
+ * later).  Return 0 / negative errno.  Called from any driver thread,
+ * concurrently: backends must be thread-safe.
+ */
+typedef struct DextXhciHwOps {
+    const char *name;
+    /* BAR0 (the xHCI register space) 32-bit access; writes may be posted
+     * but stay ordered with later reads from the same thread */
+    int (*read32)(void *hw, uint64_t off, uint32_t *val);
+    int (*write32)(void *hw, uint64_t off, uint32_t val);
+    /* 4 KiB-aligned DMA memory of at least @size bytes */
+    int (*dma_alloc)(void *hw, uint64_t size, DextXhciDma *out);
+    void (*dma_free)(void *hw, DextXhciDma *d);
+    /* may [iova, iova + len) be handed to the controller? */
+    bool (*dma_ok)(void *hw, uint64_t iova, uint64_t len);
+    /* interrupter 0's message adds 1 to @eventfd (dup it); NULL or an
+     * error: the driver polls the event ring */
+    int (*irq_bind)(void *hw, int eventfd);
+    void (*irq_unbind)(void *hw);
+    bool (*alive)(void *hw);
+    void (*destroy)(void *hw);   /* free the backend state (may be NULL) */
+} DextXhciHwOps;
+
+/* Take the controller behind @ops/@hw (BAR0 of @bar0_size bytes, memory
+ * decode and bus mastering already on): halt and reset it, set up DCBAA,
+ * scratchpad, command ring, event ring, interrupter 0, run it.  Takes
+ * ownership of @hw (ops->destroy) also on failure. */
+int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
+                        uint64_t bar0_size, const DextXhciConfig *cfg,
+                        DextXhci **out);
+
+/* Platform backend (xhci-platform.c): the xHCI function @addr of the
+ * qtest platform (class 0c0330, else -ENODEV); enables memory decode and
+ * bus mastering; interrupter 0 on MSI-X vector 0 when the platform can
+ * deliver it.  The platform must outlive the driver. */
 int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
                      const DextXhciConfig *cfg, DextXhci **out);
 /* Halt the controller, stop the event thread, free everything. */
 void dext_xhci_destroy(DextXhci *x);
 
-DextPlatform *dext_xhci_platform(DextXhci *x);
+/* DMA memory for transfers (zeroed), from the controller's backend. */
+int dext_xhci_dma_alloc(DextXhci *x, uint64_t size, DextXhciDma *out);
+void dext_xhci_dma_free(DextXhci *x, DextXhciDma *d);
+
 /* True when called from the controller's event thread (completions). */
 bool dext_xhci_on_event_thread(DextXhci *x);
 unsigned dext_xhci_num_ports(DextXhci *x);

@@ -1,0 +1,153 @@
+/*
+ * xHCI hardware backend on the qtest platform (platform.h): BAR0 through
+ * dext_platform_bar_read/write (posted writes), DMA memory from the
+ * platform's allocator reached through its shared guest-RAM mapping,
+ * interrupter 0 on MSI-X vector 0 bound to the driver's eventfd.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "xhci.h"
+
+typedef struct PlatHw {
+    DextPlatform *p;
+    DextPciAddr addr;
+    uint8_t *ram;
+    uint64_t ram_size;
+    bool msix;
+    bool bound;
+} PlatHw;
+
+static int plat_read32(void *hw, uint64_t off, uint32_t *val)
+{
+    PlatHw *h = hw;
+    uint64_t v = 0;
+    int ret = dext_platform_bar_read(h->p, h->addr, 0, off, 4, &v);
+
+    *val = (uint32_t)v;
+    return ret;
+}
+
+static int plat_write32(void *hw, uint64_t off, uint32_t val)
+{
+    PlatHw *h = hw;
+
+    return dext_platform_bar_write(h->p, h->addr, 0, off, 4, val);
+}
+
+static int plat_dma_alloc(void *hw, uint64_t size, DextXhciDma *out)
+{
+    PlatHw *h = hw;
+    DextDmaRange r;
+    int ret = dext_platform_dma_alloc(h->p, size, 4096, &r);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (r.fd_offset + r.size > h->ram_size || r.fd_offset + r.size < r.size) {
+        dext_platform_dma_free(h->p, r.iova);
+        return -ERANGE;
+    }
+    out->ptr = h->ram + r.fd_offset;
+    out->iova = r.iova;
+    out->size = r.size;
+    out->handle = r.iova;
+    return 0;
+}
+
+static void plat_dma_free(void *hw, DextXhciDma *d)
+{
+    PlatHw *h = hw;
+
+    dext_platform_dma_free(h->p, d->handle);
+}
+
+static bool plat_dma_ok(void *hw, uint64_t iova, uint64_t len)
+{
+    PlatHw *h = hw;
+
+    /* guest-physical == offset in guest RAM (the platform keeps RAM below
+     * 4 GiB); page 0 is never handed out */
+    return iova >= 4096 && iova + len >= iova && iova + len <= h->ram_size;
+}
+
+static int plat_irq_bind(void *hw, int eventfd)
+{
+    PlatHw *h = hw;
+    DextIrqKind used;
+    int ret;
+
+    if (!h->msix) {
+        return -ENOTSUP;
+    }
+    ret = dext_platform_irq_bind(h->p, h->addr, DEXT_IRQ_MSIX, 0, eventfd,
+                                 &used);
+    h->bound = ret == 0;
+    return ret;
+}
+
+static void plat_irq_unbind(void *hw)
+{
+    PlatHw *h = hw;
+
+    if (h->bound) {
+        dext_platform_irq_unbind(h->p, h->addr, 0);
+        h->bound = false;
+    }
+}
+
+static bool plat_alive(void *hw)
+{
+    return dext_platform_alive(((PlatHw *)hw)->p);
+}
+
+static void plat_destroy(void *hw)
+{
+    g_free(hw);
+}
+
+static const DextXhciHwOps plat_ops = {
+    .name = "qtest-platform",
+    .read32 = plat_read32,
+    .write32 = plat_write32,
+    .dma_alloc = plat_dma_alloc,
+    .dma_free = plat_dma_free,
+    .dma_ok = plat_dma_ok,
+    .irq_bind = plat_irq_bind,
+    .irq_unbind = plat_irq_unbind,
+    .alive = plat_alive,
+    .destroy = plat_destroy,
+};
+
+int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
+                     const DextXhciConfig *cfg, DextXhci **out)
+{
+    DextPciFunction fn;
+    PlatHw *h;
+    int ret = dext_platform_pci_get(p, addr, &fn);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (fn.class_base != 0x0c || fn.class_sub != 0x03 ||
+        fn.class_prog_if != 0x30 || fn.bars[0].kind == DEXT_BAR_NONE ||
+        fn.bars[0].kind == DEXT_BAR_IO) {
+        return -ENODEV;
+    }
+    h = g_new0(PlatHw, 1);
+    h->p = p;
+    h->addr = addr;
+    h->msix = fn.msix_cap != 0;
+    h->ram = dext_platform_memory_map(p, &h->ram_size);
+    if (!h->ram) {
+        g_free(h);
+        return -ENOTSUP;
+    }
+    ret = dext_platform_pci_set_enables(p, addr, DEXT_PCI_ENABLE_MEM |
+                                        DEXT_PCI_ENABLE_BUSMASTER, true);
+    if (ret < 0) {
+        g_free(h);
+        return ret;
+    }
+    return dext_xhci_create_hw(&plat_ops, h, fn.bars[0].size, cfg, out);
+}

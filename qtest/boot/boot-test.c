@@ -832,8 +832,6 @@ int main(int argc, char **argv)
                          test_usb_descriptors);
     g_test_add_data_func("/boot/dextlab-usb/lsusb/superspeed", "5000",
                          test_usb_descriptors);
-    g_test_add_func("/boot/dextlab-usb/kernel-accepts-descriptors",
-                    test_usb_kernel_accepts);
     for (i = 0; i < G_N_ELEMENTS(usbtests); i++) {
         g_autofree char *path = g_strdup_printf("/boot/dextlab-usb/selftest/%s",
                                                 usbtests[i]);
@@ -848,6 +846,15 @@ int main(int argc, char **argv)
                     test_iommu_fault_logged);
     g_test_add_func("/boot/harness/detects-panic", test_detects_panic);
     g_test_add_func("/boot/harness/detects-hang", test_detects_hang);
+    /*
+     * Last (its own suite, created last): glib stops at the first failed
+     * assertion, and this one fails
+     * while the register map gives alternate setting 1 a high-speed bulk
+     * wMaxPacketSize other than 512 (USB 2.0 5.8.3); every other check
+     * still runs and reports first.
+     */
+    g_test_add_func("/boot/usb-compliance/dextlab-usb-descriptors",
+                    test_usb_kernel_accepts);
     ret = g_test_run();
     dxl_boot_free(main_boot);
     return ret;

@@ -21,9 +21,11 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <glib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hw/dextlab/dextlab-dma-regs.h"
 #include "hw/dextlab/dextlab-usb-regs.h"
@@ -31,18 +33,46 @@
 
 static DxlBoot *main_boot;
 
+/*
+ * A failed g_assert aborts: say which console log belongs to the failure
+ * (prepared beforehand, as only write() is safe in the handler).
+ */
+static char abort_note[1024];
+
+static void on_abort(int sig)
+{
+    if (abort_note[0]) {
+        ssize_t n = write(STDERR_FILENO, abort_note, strlen(abort_note));
+        (void)n;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void note_log(const DxlBoot *b)
+{
+    snprintf(abort_note, sizeof(abort_note),
+             "boot-test: console log of the boot under test: %s\n",
+             b->log_path);
+}
+
 /* The shared test-mode boot, run once; every check starts from it. */
 static const DxlBoot *boot(void)
 {
-    if (!main_boot) {
+    if (main_boot) {
+        note_log(main_boot);
+    } else {
         DxlBootOpts o = {
             .mode = DXL_BOOT_TEST, .name = "test", .accel = dxl_boot_accel(),
             .timeout_s = dxl_boot_timeout(), .devices = TRUE,
         };
 
+        g_autofree char *why = NULL;
+
         main_boot = dxl_boot_run(&o);
-        g_test_message("boot (%s): %s", o.accel,
-                       dxl_boot_describe(main_boot));
+        note_log(main_boot);
+        why = dxl_boot_describe(main_boot);
+        g_test_message("boot (%s): %s", o.accel, why);
     }
     return main_boot;
 }
@@ -673,6 +703,7 @@ static void test_detects_panic(void)
     g_autoptr(DxlBoot) b = dxl_boot_run(&o);
     g_autofree char *why = dxl_boot_describe(b);
 
+    note_log(b);
     g_test_message("panic run: %s", why);
     g_assert_true(b->panic);
     g_assert_false(b->timed_out);
@@ -690,6 +721,7 @@ static void test_detects_hang(void)
     g_autoptr(DxlBoot) b = dxl_boot_run(&o);
     g_autofree char *why = dxl_boot_describe(b);
 
+    note_log(b);
     g_test_message("hang run: %s", why);
     g_assert_true(b->timed_out);
     g_assert_false(b->exited);
@@ -822,6 +854,7 @@ int main(int argc, char **argv)
         }
     }
     g_test_init(&argc, &argv, NULL);
+    signal(SIGABRT, on_abort);
     g_test_add_func("/boot/dextlab-dma/boot-completes", test_boot_completes);
     g_test_add_func("/boot/dextlab-dma/modules", test_modules);
     g_test_add_func("/boot/dextlab-dma/iommu", test_iommu);

@@ -876,7 +876,8 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         /* Start every service this server hosts. */
         for (guint i = 0; i < srv->services->len; i++) {
             Service *s = srv->services->pdata[i];
-            if (s->state == SVC_LAUNCHING) {
+            /* MATCHED: a start requested while this process was launching */
+            if (s->state == SVC_LAUNCHING || s->state == SVC_MATCHED) {
                 send_start(s);
             }
         }

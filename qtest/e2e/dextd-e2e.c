@@ -421,6 +421,49 @@ static void test_dma_round_trip(void)
     dext_client_close(c);
 }
 
+/* Guards: one process per IOUserServerName: two matched devices give two
+ * services (two driver instances) in the same dext-test process, each with
+ * its own provider, both usable by id. */
+static void test_two_instances(void)
+{
+    char *out = NULL;
+    g_assert_cmpint(dext_daemon_services(dd.sock, &out), ==, 0);
+    char **lines = g_strsplit(out, "\n", -1);
+    char *pid = NULL;
+    unsigned n = 0;
+    for (char **l = lines; *l; l++) {
+        char **f = g_strsplit(*l, " ", -1);
+        if (g_strv_length(f) == 7 && !strcmp(f[1], "DextTestDriver")) {
+            g_assert_cmpstr(f[3], ==, "running");
+            if (pid) {
+                g_assert_cmpstr(f[4], ==, pid);   /* same process */
+            } else {
+                pid = g_strdup(f[4]);
+            }
+            DextConnection *c = NULL;
+            g_assert_cmpint(dext_client_open(dd.sock, "id", f[0], &c), ==, 0);
+            g_assert_cmpuint(dext_client_service_id(c), ==, g_ascii_strtoull(f[0], NULL, 10));
+            uint64_t st[6];
+            uint32_t k = 6;
+            g_assert_cmpint(dext_client_call(c, 2, NULL, 0, NULL, 0, st, &k, NULL, NULL), ==, 0);
+            g_assert_cmphex(st[0], ==, st[1]);
+            uint64_t in[2] = { 4096, n }, r;
+            k = 1;
+            g_assert_cmpint(dext_client_call(c, 4, in, 2, NULL, 0, &r, &k, NULL, NULL), ==, 0);
+            dext_client_close(c);
+            n++;
+        }
+        g_strfreev(f);
+    }
+    g_assert_cmpuint(n, ==, 2);
+    g_strfreev(lines);
+    g_free(out);
+    g_free(pid);
+    char *log = read_log();
+    g_assert_cmpuint(count_substr(log, "launched org.dextlab.dext-test"), ==, 1);
+    g_free(log);
+}
+
 /* --- entitlements for apps ------------------------------------------------- */
 
 static int run_probe(const char *name)
@@ -539,11 +582,12 @@ static JsonObject *registry_entry(JsonParser *p, const char *name)
     return find_entry(json_node_get_object(json_parser_get_root(p)), name);
 }
 
-/* Guards: Stop and Start on request (dextd-control apps only) leave nothing
- * behind: after each stop the device is closed with bus mastering off, the
- * server's DMA memory is back, dextd's own fd count is unchanged; after each
- * start the driver's self-test passes again and it holds the same DMA
- * allocations as the first time. */
+/* Guards: Stop and Start of one service on request (dextd-control apps
+ * only) leave nothing behind: after each stop the device is closed with bus
+ * mastering off, the service's DMA memory is back (the process stays: it
+ * hosts the other dextlab-dma's service), dextd's own fd count is
+ * unchanged; after each start the self-test passes again and the process
+ * holds the same DMA allocations as the first time. */
 static void test_stop_start_cycles(void)
 {
     char *ids = NULL;
@@ -567,23 +611,17 @@ static void test_stop_start_cycles(void)
     for (int cycle = 0; cycle < 3; cycle++) {
         g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "stop"), ==, 0);
         g_assert_true(wait_state("DextTestDriver", "stopped", 10000));
-        /* the process exits once it hosts nothing; wait for its pid to go */
-        gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-        char *pid = NULL;
-        while (service_field("DextTestDriver", 4, &pid) && strcmp(pid, "0") &&
-               g_get_monotonic_time() < end) {
-            g_free(pid);
-            pid = NULL;
-            g_usleep(20000);
-        }
-        g_assert_cmpstr(pid, ==, "0");
-        g_free(pid);
+        /* The process keeps running: it hosts the second device's service. */
+        gint64 end;
         JsonObject *dev = json_object_get_object_member(registry_entry(p, "0000:01:00.0"),
                                                         "properties");
         g_assert_false(json_object_has_member(dev, "opened-by"));
         g_assert_cmpint(json_object_get_int_member(dev, "pci-command") & 0x6, ==, 0);
+        /* Stop freed this service's buffers, the other service keeps its
+         * own (both run the same self-test: half each). */
         drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
-        g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, 0);
+        g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==,
+                        dma_running / 2);
         /* App connections of the queries above close asynchronously: give
          * dextd a moment to see their hang-ups before counting. */
         unsigned fds = count_fds(dd.pid);
@@ -616,6 +654,55 @@ static void test_stop_start_cycles(void)
     g_assert_cmpstr(f[6], ==, "4");   /* four successful starts */
     g_strfreev(f);
     g_free(l);
+
+    /* Both services stopped: the process hosts nothing and exits, all its
+     * DMA memory is back; starting them relaunches it. */
+    char *out = NULL;
+    g_assert_cmpint(dext_daemon_services(dd.sock, &out), ==, 0);
+    char **lines = g_strsplit(out, "\n", -1);
+    GArray *both = g_array_new(FALSE, FALSE, sizeof(guint64));
+    for (char **x = lines; *x; x++) {
+        char **g = g_strsplit(*x, " ", -1);
+        if (g_strv_length(g) == 7 && !strcmp(g[1], "DextTestDriver")) {
+            guint64 v = g_ascii_strtoull(g[0], NULL, 10);
+            g_array_append_val(both, v);
+        }
+        g_strfreev(g);
+    }
+    g_strfreev(lines);
+    g_free(out);
+    g_assert_cmpuint(both->len, ==, 2);
+    for (guint i = 0; i < both->len; i++) {
+        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, g_array_index(both, guint64, i), "stop"),
+                        ==, 0);
+    }
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    char *pid = NULL;
+    while ((!service_field("DextTestDriver", 4, &pid) || strcmp(pid, "0")) &&
+           g_get_monotonic_time() < end) {
+        g_free(pid);
+        pid = NULL;
+        g_usleep(20000);
+    }
+    g_assert_cmpstr(pid, ==, "0");
+    g_free(pid);
+    drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
+    g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, 0);
+    for (guint i = 0; i < both->len; i++) {
+        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, g_array_index(both, guint64, i), "start"),
+                        ==, 0);
+    }
+    g_assert_true(wait_state("DextTestDriver", "running", 20000));
+    end = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (g_get_monotonic_time() < end) {
+        drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
+        if (json_object_get_int_member(drv, "server-dma-allocations") == dma_running) {
+            break;
+        }
+        g_usleep(50000);
+    }
+    g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, dma_running);
+    g_array_free(both, TRUE);
     g_object_unref(p);
     g_free(path);
     g_free(idarg);
@@ -687,6 +774,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/e2e/user-client/async-msix", test_uc_async_irq);
     g_test_add_func("/dextd/e2e/user-client/shared-memory", test_uc_shared_memory);
     g_test_add_func("/dextd/e2e/dma/round-trip", test_dma_round_trip);
+    g_test_add_func("/dextd/e2e/lifecycle/two-instances-one-process", test_two_instances);
     g_test_add_func("/dextd/e2e/entitlement/apps", test_app_entitlements);
     g_test_add_func("/dextd/e2e/lifecycle/fail-start", test_fail_start);
     g_test_add_func("/dextd/e2e/lifecycle/crash-relaunch-give-up", test_crash_relaunch);

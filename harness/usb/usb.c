@@ -990,8 +990,9 @@ static void port_note_counted(void *opaque, unsigned port, uint32_t portsc)
     port_note(opaque, port, portsc);
 }
 
-int dext_usb_host_create(DextPlatform *p, DextPciAddr addr,
-                         const DextUsbHostConfig *cfg, DextUsbHost **out)
+static int host_create(DextPlatform *p, DextPciAddr addr,
+                       const DextXhciHwOps *ops, void *hw, uint64_t bar0_size,
+                       const DextUsbHostConfig *cfg, DextUsbHost **out)
 {
     DextUsbHost *h = g_new0(DextUsbHost, 1);
     DextXhciConfig xc;
@@ -1007,7 +1008,8 @@ int dext_usb_host_create(DextPlatform *p, DextPciAddr addr,
     xc = h->cfg.xhci;
     xc.port_fn = port_note_counted;
     xc.port_opaque = h;
-    ret = dext_xhci_create(p, addr, &xc, &h->x);
+    ret = ops ? dext_xhci_create_hw(ops, hw, bar0_size, &xc, &h->x)
+              : dext_xhci_create(p, addr, &xc, &h->x);
     if (ret < 0) {
         g_async_queue_unref(h->notes);
         g_mutex_clear(&h->lock);
@@ -1022,6 +1024,21 @@ int dext_usb_host_create(DextPlatform *p, DextPciAddr addr,
     }
     *out = h;
     return 0;
+}
+
+int dext_usb_host_create(DextPlatform *p, DextPciAddr addr,
+                         const DextUsbHostConfig *cfg, DextUsbHost **out)
+{
+    return host_create(p, addr, NULL, NULL, 0, cfg, out);
+}
+
+int dext_usb_host_create_hw(const DextXhciHwOps *ops, void *hw,
+                            uint64_t bar0_size, const DextUsbHostConfig *cfg,
+                            DextUsbHost **out)
+{
+    DextPciAddr none = { 0 };
+
+    return host_create(NULL, none, ops, hw, bar0_size, cfg, out);
 }
 
 void dext_usb_host_destroy(DextUsbHost *h)

@@ -133,6 +133,10 @@ int dext_usb_find_xhci(DextPlatform *p, unsigned index, DextPciAddr *out);
 int dext_usb_host_create(DextPlatform *p, DextPciAddr xhci,
                          const DextUsbHostConfig *cfg, DextUsbHost **out);
 /* Detach every device (IO completes -ECANCELED), stop, free. */
+/* Same on any xHCI backend (dext_xhci_create_hw(); takes @hw). */
+int dext_usb_host_create_hw(const DextXhciHwOps *ops, void *hw,
+                            uint64_t bar0_size, const DextUsbHostConfig *cfg,
+                            DextUsbHost **out);
 void dext_usb_host_destroy(DextUsbHost *h);
 DextXhci *dext_usb_host_xhci(DextUsbHost *h);
 

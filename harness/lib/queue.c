@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <glib.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -355,6 +357,15 @@ static void deliver(void *data)
 static gpointer fd_source_thread(gpointer data)
 {
     DextFdSource *s = data;
+    /* DEXT_EVENT_PRIORITY=fifo: event threads (interrupts, timers) run
+     * SCHED_FIFO when the process may, so a loaded machine delays their
+     * wake-up less.  Opt-in: a handler spinning at that priority would
+     * starve the CPU it runs on. */
+    const char *prio = g_getenv("DEXT_EVENT_PRIORITY");
+    if (prio && !strcmp(prio, "fifo")) {
+        struct sched_param sp = { .sched_priority = 1 };
+        pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+    }
     struct pollfd p[2] = {
         { .fd = s->fd, .events = POLLIN },
         { .fd = s->stop_fd, .events = POLLIN },

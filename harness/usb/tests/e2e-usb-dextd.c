@@ -192,6 +192,30 @@ static void test_interrupts(void)
     g_assert_cmpuint(out[3], ==, 1);          /* MSI-X */
 }
 
+/* the command-line app, entitled on its own */
+static void test_tool(void)
+{
+    const char *tool = g_getenv("DEXT_USB_TOOL");
+    g_autofree char *out = NULL, *err = NULL;
+    int status = -1;
+    char *argv_list[] = { (char *)tool, "--socket", dd.sock, "list", NULL };
+    char *argv_loop[] = { (char *)tool, "--socket", dd.sock, "loop", "1",
+                          "4096", "8", NULL };
+
+    g_assert_nonnull(tool);
+    g_assert_true(g_spawn_sync(NULL, argv_list, NULL, 0, NULL, NULL, &out,
+                               &err, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+    g_assert_nonnull(strstr(out, "port 1: 1209:0001 bcdDevice 0100 super speed"));
+    g_assert_nonnull(strstr(out, "1209:0001 bcdDevice 0100 high speed"));
+    g_free(out);
+    g_free(err);
+    g_assert_true(g_spawn_sync(NULL, argv_loop, NULL, 0, NULL, NULL, &out,
+                               &err, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+    g_assert_nonnull(strstr(out, "32768 bytes looped and verified"));
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -204,6 +228,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-usb/dextd/enumerated", test_enumerated);
     g_test_add_func("/dextlab-usb/dextd/loopback", test_loopback);
     g_test_add_func("/dextlab-usb/dextd/interrupts", test_interrupts);
+    g_test_add_func("/dextlab-usb/dextd/tool", test_tool);
     ret = g_test_run();
     stop(ret != 0);
     return ret;

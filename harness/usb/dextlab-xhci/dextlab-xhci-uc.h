@@ -17,7 +17,8 @@ enum {
      * bytes looped and verified.  The device on @port must be a
      * dextlab-usb: OUT then IN through its FIFO, data compared. */
     DXHCI_UC_LOOPBACK = 1,
-    /* in: port, register; out: scalar[0] = value (READ_REG) */
+    /* in: port, register; out: scalar[0] = value (READ_REG).  A device
+     * STALL (unknown register) is -EPROTO. */
     DXHCI_UC_READ_REG = 2,
     /* out: events, interrupts, bad events, msix (0/1) */
     DXHCI_UC_STATS = 3,

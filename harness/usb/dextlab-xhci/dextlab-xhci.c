@@ -211,6 +211,14 @@ static int open_loop(Xhci *x, DextUsbDevice *d, LoopDev **out)
     return 0;
 }
 
+/* A STALL is -EPIPE inside the driver; over the user-client channel
+ * -EPIPE reads as a broken connection on the app side, so it crosses as
+ * -EPROTO (documented in dextlab-xhci-uc.h). */
+static int uc_status(int ret)
+{
+    return ret == -EPIPE ? -EPROTO : ret;
+}
+
 static int m_list(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 {
     Xhci *x = ctx;
@@ -273,7 +281,7 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
         ret = -EIO;
     }
     a->scalar_out[0] = ret == 0 ? len : 0;
-    return ret;
+    return uc_status(ret);
 }
 
 static int m_read_reg(DextUserClient *uc, void *ctx, DextMethodArgs *a)
@@ -300,7 +308,7 @@ static int m_read_reg(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     }
     a->scalar_out[0] = ret == 0 ? (b[0] | b[1] << 8 | b[2] << 16 |
                                    (uint32_t)b[3] << 24) : 0;
-    return ret;
+    return uc_status(ret);
 }
 
 static int m_stats(DextUserClient *uc, void *ctx, DextMethodArgs *a)

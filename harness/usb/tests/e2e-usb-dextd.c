@@ -152,6 +152,12 @@ static void test_loopback(void)
         g_assert_cmpint(dext_client_call(dd.c, DXHCI_UC_READ_REG, in, 2, NULL,
                                          0, out, &nout, NULL, NULL), ==, 0);
         g_assert_cmphex(out[0], ==, DEXTLAB_USB_ID_VALUE);
+        /* the device STALLs an unknown register: an error, nothing more */
+        in[1] = 999;
+        nout = 1;
+        g_assert_cmpint(dext_client_call(dd.c, DXHCI_UC_READ_REG, in, 2, NULL,
+                                         0, out, &nout, NULL, NULL), ==,
+                        -EPROTO);
         for (unsigned k = 0; k < G_N_ELEMENTS(sizes); k++) {
             in[1] = sizes[k];
             in[2] = k * 31 + i;

@@ -110,35 +110,49 @@ static gpointer interposer(gpointer opaque)
         }
         if (pf[0].revents) {
             ssize_t n = read(tb->plat_fd, buf, sizeof(buf));
+            size_t done = 0, lines = 0;
 
             if (n <= 0) {
                 break;
             }
             g_string_append_len(from_plat, buf, n);
-            while ((nl = memchr(from_plat->str, '\n', from_plat->len))) {
-                size_t l = nl - from_plat->str + 1;
-
+            for (char *p = from_plat->str;
+                 (nl = memchr(p, '\n', from_plat->len - (p - from_plat->str)));
+                 p = nl + 1) {
+                done = nl + 1 - from_plat->str;
+                lines++;
+            }
+            if (lines) {
+                /* whole lines only, in one write: an injected command can
+                 * only land between two of the platform's */
                 g_mutex_lock(&tb->lock);
-                g_queue_push_tail(&tb->pending, GINT_TO_POINTER(0));
-                if (!write_all(tb->qemu_fd, from_plat->str, l)) {
+                for (size_t k = 0; k < lines; k++) {
+                    g_queue_push_tail(&tb->pending, GINT_TO_POINTER(0));
+                }
+                if (!write_all(tb->qemu_fd, from_plat->str, done)) {
                     tb->dead = true;
                 }
                 g_mutex_unlock(&tb->lock);
-                g_string_erase(from_plat, 0, l);
+                g_string_erase(from_plat, 0, done);
             }
         }
         if (pf[1].revents) {
             ssize_t n = read(tb->qemu_fd, buf, sizeof(buf));
+            GString *fwd = g_string_new(NULL);
+            size_t done = 0;
 
             if (n <= 0) {
+                g_string_free(fwd, TRUE);
                 break;
             }
             g_string_append_len(from_qemu, buf, n);
-            while ((nl = memchr(from_qemu->str, '\n', from_qemu->len))) {
-                size_t l = nl - from_qemu->str + 1;
+            for (char *p = from_qemu->str;
+                 (nl = memchr(p, '\n', from_qemu->len - (p - from_qemu->str)));
+                 p = nl + 1) {
+                size_t l = nl + 1 - p;
                 bool ours = false;
 
-                if (strncmp(from_qemu->str, "IRQ", 3) != 0) {
+                if (strncmp(p, "IRQ", 3) != 0) {
                     g_mutex_lock(&tb->lock);
                     ours = GPOINTER_TO_INT(g_queue_pop_head(&tb->pending));
                     if (ours) {
@@ -147,11 +161,17 @@ static gpointer interposer(gpointer opaque)
                     }
                     g_mutex_unlock(&tb->lock);
                 }
-                if (!ours && !write_all(tb->plat_fd, from_qemu->str, l)) {
-                    goto out;
+                if (!ours) {
+                    g_string_append_len(fwd, p, l);
                 }
-                g_string_erase(from_qemu, 0, l);
+                done = nl + 1 - from_qemu->str;
             }
+            g_string_erase(from_qemu, 0, done);
+            if (fwd->len && !write_all(tb->plat_fd, fwd->str, fwd->len)) {
+                g_string_free(fwd, TRUE);
+                goto out;
+            }
+            g_string_free(fwd, TRUE);
         }
     }
 out:
@@ -206,6 +226,46 @@ int usb_testbed_clock_fn(void *opaque, uint64_t ns)
 static void child_setup(gpointer data)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+static UsbTestbed *start_direct(const char *const *devices,
+                                const DextUsbHostConfig *hcfg)
+{
+    UsbTestbed *tb = g_new0(UsbTestbed, 1);
+    DextMachineDesc md = { 0 };
+    DextPciAddr xaddr;
+    int ret;
+
+    g_mutex_init(&tb->lock);
+    g_cond_init(&tb->cond);
+    tb->qemu_fd = tb->listen_fd = tb->plat_fd = -1;
+    tb->stop_pipe[0] = tb->stop_pipe[1] = -1;
+    tb->dead = true;           /* no interposer: clock steps fail */
+    md.devices = devices;
+    md.ram_size = (uint64_t)RAM_MB << 20;
+    md.dma_size = (uint64_t)(RAM_MB / 2) << 20;
+    ret = dext_platform_qtest_create(&md, &tb->plat);
+    if (ret < 0) {
+        fprintf(stderr, "testbed: create: %s\n",
+                dext_platform_last_error(NULL));
+        goto fail;
+    }
+    if ((ret = dext_usb_find_xhci(tb->plat, 0, &xaddr)) < 0 ||
+        (ret = dext_usb_host_create(tb->plat, xaddr, hcfg, &tb->host)) < 0) {
+        fprintf(stderr, "testbed: host: %s\n", g_strerror(-ret));
+        goto fail;
+    }
+    return tb;
+
+fail:
+    usb_testbed_stop(tb);
+    return NULL;
+}
+
+UsbTestbed *usb_testbed_start_direct(const char *const *devices,
+                                     const DextUsbHostConfig *hcfg)
+{
+    return start_direct(devices, hcfg);
 }
 
 UsbTestbed *usb_testbed_start(const char *const *devices,

@@ -22,6 +22,11 @@ typedef struct UsbTestbed UsbTestbed;
  * the host takes.  Returns NULL (with a message on stderr) on failure. */
 UsbTestbed *usb_testbed_start(const char *const *devices,
                               const DextUsbHostConfig *hcfg);
+/* The same machine started by the platform itself (no interposer): the
+ * production path, for throughput figures; no clock, so interrupt
+ * endpoints do not complete. */
+UsbTestbed *usb_testbed_start_direct(const char *const *devices,
+                                     const DextUsbHostConfig *hcfg);
 void usb_testbed_stop(UsbTestbed *tb);
 DextPlatform *usb_testbed_platform(UsbTestbed *tb);
 DextUsbHost *usb_testbed_host(UsbTestbed *tb);

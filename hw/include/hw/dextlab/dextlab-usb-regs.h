@@ -55,9 +55,15 @@
 #define DEXTLAB_USB_EP_BULK_IN      0x81
 #define DEXTLAB_USB_EP_INTR_IN      0x82
 
-/* wMaxPacketSize per speed and alternate setting */
+/*
+ * wMaxPacketSize per speed and alternate setting.  USB 2.0 (5.8.3) allows
+ * exactly 512 for high-speed bulk endpoints (Linux rejects anything else:
+ * "bulk endpoint has invalid maxpacket"), and USB 3 exactly 1024, so at
+ * those speeds the alternate setting changes the interrupt endpoint and the
+ * SuperSpeed burst; at full speed it changes the bulk packet size too.
+ */
 #define DEXTLAB_USB_BULK_MPS_FS(alt)    ((alt) ? 32 : 64)
-#define DEXTLAB_USB_BULK_MPS_HS(alt)    ((alt) ? 64 : 512)
+#define DEXTLAB_USB_BULK_MPS_HS(alt)    512
 #define DEXTLAB_USB_BULK_MPS_SS(alt)    1024
 #define DEXTLAB_USB_BULK_BURST_SS(alt)  ((alt) ? 0 : 15)   /* bMaxBurst */
 #define DEXTLAB_USB_INTR_MPS(alt)       ((alt) ? 64 : 16)  /* every speed */

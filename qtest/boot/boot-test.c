@@ -880,11 +880,11 @@ int main(int argc, char **argv)
     g_test_add_func("/boot/harness/detects-panic", test_detects_panic);
     g_test_add_func("/boot/harness/detects-hang", test_detects_hang);
     /*
-     * Last (its own suite, created last): glib stops at the first failed
-     * assertion, and this one fails
-     * while the register map gives alternate setting 1 a high-speed bulk
-     * wMaxPacketSize other than 512 (USB 2.0 5.8.3); every other check
-     * still runs and reports first.
+     * Last (its own suite, created last), as glib stops at the first failed
+     * assertion and every other check should report first.  Regression
+     * guard: it caught alternate setting 1's high-speed bulk wMaxPacketSize
+     * of 64 (USB 2.0 5.8.3 allows only 512), which Debian's kernel rejects
+     * with "invalid maxpacket".
      */
     g_test_add_func("/boot/usb-compliance/dextlab-usb-descriptors",
                     test_usb_kernel_accepts);

@@ -42,6 +42,7 @@ typedef struct {
     DextDeviceInfo info;
     Server *opened_by;
     GArray *irqs;            /* unsigned vectors bound on behalf of opened_by */
+    uint32_t cmd_at_enum;    /* PCI_COMMAND as enumeration left it */
 } Device;
 
 typedef enum {
@@ -218,6 +219,9 @@ static int publish_pci(Dextd *d, char **err)
         Device *dev = g_new0(Device, 1);
         dev->fn = *f;
         dev->irqs = g_array_new(FALSE, FALSE, sizeof(unsigned));
+        if (dext_platform_cfg_read(d->plat, f->addr, 0x04, 2, &dev->cmd_at_enum) < 0) {
+            dev->cmd_at_enum = 0;
+        }
         dev->entry = dext_registry_add(d->reg, parent, addr, "IOPCIDevice");
         dev->id = dext_reg_entry_id(dev->entry);
         uint32_t cls = (uint32_t)f->class_base << 16 | f->class_sub << 8 | f->class_prog_if;
@@ -396,7 +400,15 @@ static void release_device(Dextd *d, Device *dev, bool reset)
         dext_platform_irq_unbind(d->plat, dev->fn.addr, g_array_index(dev->irqs, unsigned, i));
     }
     g_array_set_size(dev->irqs, 0);
-    if (dext_platform_alive(d->plat)) {
+    if (dext_platform_alive(d->plat) && dev->fn.is_bridge) {
+        /* A bridge's decode and bus mastering carry everything behind it:
+         * put back what enumeration set, never switch them off. */
+        int rc = dext_platform_cfg_write(d->plat, dev->fn.addr, 0x04, 2, dev->cmd_at_enum);
+        if (rc < 0) {
+            LOGW("%s: cannot restore the bridge's command register: %s", addr,
+                 dext_platform_last_error(d->plat));
+        }
+    } else if (dext_platform_alive(d->plat)) {
         /* Stop DMA first, then decode: the device must not touch memory
          * that is about to be freed. */
         int rc = dext_platform_pci_set_enables(d->plat, dev->fn.addr,
@@ -796,7 +808,8 @@ static bool server_owns(Server *srv, Device *dev)
 }
 
 /* Config registers the runtime owns: BARs, expansion ROM, MSI/MSI-X
- * control (interrupt routing goes through IRQ_BIND). */
+ * control (interrupt routing goes through IRQ_BIND), and on bridges the
+ * command register, bus numbers and windows. */
 static bool cfg_protected(const Device *dev, unsigned off, unsigned w)
 {
     unsigned end = off + w;
@@ -804,8 +817,9 @@ static bool cfg_protected(const Device *dev, unsigned off, unsigned w)
     bool overlap_rom = dev->fn.is_bridge ? (off < 0x3c && end > 0x38) : (off < 0x34 && end > 0x30);
     bool msix = dev->fn.msix_cap && off < dev->fn.msix_cap + 12u && end > dev->fn.msix_cap + 2u;
     bool msi = dev->fn.msi_cap && off < dev->fn.msi_cap + 24u && end > dev->fn.msi_cap + 2u;
-    if (dev->fn.is_bridge && off < 0x30 && end > 0x18) {
-        return true; /* bus numbers and windows */
+    if (dev->fn.is_bridge && ((off < 0x30 && end > 0x18) || (off < 0x06 && end > 0x04))) {
+        return true; /* bus numbers, windows, and the decode that carries
+                      * every device behind the bridge */
     }
     return overlap_bars || overlap_rom || msix || msi;
 }

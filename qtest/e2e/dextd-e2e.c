@@ -3,8 +3,8 @@
  * machine harness/machines/e2e.machine (dextlab-dma, virtio-net, xHCI) with
  * the bundles in build/drivers, and this program is the app.
  *
- * Environment (set by meson): DEXTD (daemon binary), DEXT_DRIVERS (bundle
- * folder), DEXT_MACHINE (machine file), DEXT_PROBES (folder of the
+ * Environment (set by meson): DEXTD (daemon binary), DEXT_DRIVERS (':'-
+ * separated bundle folders), DEXT_MACHINE (machine file), DEXT_PROBES (folder of the
  * uc-probe-* helpers).  Each test path names the behaviour it guards.
  */
 #include "dext/client.h"
@@ -112,9 +112,20 @@ static void start_dextd(void)
     dd.dir = g_dir_make_tmp("dextd-e2e-XXXXXX", NULL);
     dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
     dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
+    /* DEXT_DRIVERS: ':'-separated bundle folders (only this test's
+     * bundles: other suites' drivers in build/drivers must not compete). */
+    GString *dargs = g_string_new(NULL);
+    char **dl = g_strsplit(drivers, ":", -1);
+    for (char **x = dl; *x; x++) {
+        if (**x) {
+            g_string_append_printf(dargs, " --drivers '%s'", *x);
+        }
+    }
+    g_strfreev(dl);
+    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s'%s "
                                 "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
-                                drivers, dd.sock, dd.log);
+                                dargs->str, dd.sock, dd.log);
+    g_string_free(dargs, TRUE);
     char *argv[] = { "/bin/sh", "-c", cmd, NULL };
     GError *e = NULL;
     /* A failed assertion aborts this process: dextd (and through it QEMU
@@ -709,6 +720,27 @@ static void test_stop_start_cycles(void)
     g_free(ids);
 }
 
+/* Guards: a driver writing raw bytes on its device-access channel gets an
+ * error for each well-framed bad request (unknown type, wrong body, foreign
+ * device, protected register) and normal service afterwards; unframeable
+ * bytes close that channel only: the driver's process and every other
+ * driver keep running, dextd keeps serving. */
+static void test_raw_rpc_driver(void)
+{
+    g_assert_true(wait_state("RawRpcDriver", "running", 20000));
+    char *log = read_log();
+    g_assert_nonnull(strstr(log, "rawrpc: unknown type -> -95"));
+    g_assert_nonnull(strstr(log, "rawrpc: wrong body -> -74"));
+    g_assert_nonnull(strstr(log, "rawrpc: foreign device -> -19"));
+    g_assert_nonnull(strstr(log, "rawrpc: BAR write -> -1"));
+    g_assert_nonnull(strstr(log, "rawrpc: bridge decode off -> -1"));
+    g_assert_nonnull(strstr(log, "rawrpc checks passed"));
+    g_assert_nonnull(strstr(log, "org.dextlab.dext-rawrpc: malformed request"));
+    g_assert_null(strstr(log, "org.dextlab.dext-rawrpc (pid"));   /* never ended */
+    g_free(log);
+    g_assert_true(wait_state("DextTestDriver", "running", 1000));
+}
+
 /* Guards: dextd answers garbage on its app socket with errors or by closing
  * that connection, and keeps serving. */
 static void test_daemon_garbage(void)
@@ -779,6 +811,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/e2e/lifecycle/fail-start", test_fail_start);
     g_test_add_func("/dextd/e2e/lifecycle/crash-relaunch-give-up", test_crash_relaunch);
     g_test_add_func("/dextd/e2e/lifecycle/stop-start-cycles", test_stop_start_cycles);
+    g_test_add_func("/dextd/e2e/ipc/raw-rpc-driver", test_raw_rpc_driver);
     g_test_add_func("/dextd/e2e/ipc/daemon-garbage", test_daemon_garbage);
     g_test_add_func("/dextd/e2e/shutdown/orderly-stop", test_shutdown);
     int rc = g_test_run();

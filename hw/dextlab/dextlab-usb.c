@@ -77,9 +77,11 @@ struct DextlabUsbState {
     uint8_t echo[DEXTLAB_USB_ECHO_MAX];
     uint32_t echo_len;
 
-    /* endpoints that NAKed and must be kicked when state changes; the
+    /*
+     * endpoints that NAKed and must be kicked when state changes; the
      * kick runs from a bottom half so the host controller is never
-     * re-entered from inside one of its own packet callbacks */
+     * re-entered from inside one of its own packet callbacks
+     */
     uint32_t wake_pending;
     QEMUBH *wake_bh;
 };
@@ -219,8 +221,10 @@ static const USBDesc desc_dextlab_ss = {
     .str   = desc_strings,
 };
 
-/* superspeed=off: a USB 2.0 device, attaches at high speed even on a
- * port that could do SuperSpeed */
+/*
+ * superspeed=off: a USB 2.0 device, attaches at high speed even on a
+ * port that could do SuperSpeed
+ */
 static const USBDesc desc_dextlab_hs = {
     .id    = DEXTLAB_DESC_ID,
     .full  = &desc_device_full,
@@ -248,7 +252,8 @@ static USBEndpoint *dextlab_usb_ep(DextlabUsbState *s, int epi)
 {
     switch (epi) {
     case EPI_BULK_OUT:
-        return usb_ep_get(&s->dev, USB_TOKEN_OUT, DEXTLAB_USB_EP_BULK_OUT & 0xf);
+        return usb_ep_get(&s->dev, USB_TOKEN_OUT,
+                          DEXTLAB_USB_EP_BULK_OUT & 0xf);
     case EPI_BULK_IN:
         return usb_ep_get(&s->dev, USB_TOKEN_IN, DEXTLAB_USB_EP_BULK_IN & 0xf);
     default:
@@ -359,8 +364,10 @@ static void dextlab_usb_tick(void *opaque)
         return;
     }
     period = NANOSECONDS_PER_SECOND / s->event_rate;
-    /* one event per elapsed period; a big clock jump is bounded by the
-     * queue (what does not fit is counted as lost anyway) */
+    /*
+     * one event per elapsed period; a big clock jump is bounded by the
+     * queue (what does not fit is counted as lost anyway)
+     */
     while (s->tick_next_ns <= now && n < 2 * DEXTLAB_USB_EVENT_QUEUE) {
         dextlab_usb_event_push(s, DEXTLAB_USB_EVT_TICK, s->tick_count++);
         s->tick_next_ns += period;
@@ -493,8 +500,10 @@ static void dextlab_usb_handle_control(USBDevice *dev, USBPacket *p,
         return;
     }
 
-    /* the core bounds the data stage by sizeof(dev->data_buf); every
-     * request below also checks wLength against its own limit */
+    /*
+     * the core bounds the data stage by sizeof(dev->data_buf); every
+     * request below also checks wLength against its own limit
+     */
     switch (request) {
     case EndpointOutRequest | USB_REQ_CLEAR_FEATURE:
     case EndpointOutRequest | USB_REQ_SET_FEATURE:
@@ -756,8 +765,10 @@ static void dextlab_usb_set_interface(USBDevice *dev, int interface,
 {
     DextlabUsbState *s = DEXTLAB_USB(dev);
 
-    /* new max packet sizes: what the FIFO held was framed for the old
-     * ones, and SET_INTERFACE resets endpoint state */
+    /*
+     * new max packet sizes: what the FIFO held was framed for the old
+     * ones, and SET_INTERFACE resets endpoint state
+     */
     trace_dextlab_usb_set_interface(interface, alt_old, alt_new);
     dextlab_usb_fifo_reset(s);
     memset(s->halted, 0, sizeof(s->halted));

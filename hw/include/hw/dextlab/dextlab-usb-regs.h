@@ -93,18 +93,26 @@ enum DextlabUsbRequest {
     DEXTLAB_USB_REQ_WRITE_REG      = 0x11,
     /* OUT, no data: drop FIFO content (and pending message boundaries) */
     DEXTLAB_USB_REQ_RESET_FIFO     = 0x12,
-    /* OUT, no data, wIndex = endpoint address (0x01, 0x81, 0x82): halt it
+    /*
+     * OUT, no data, wIndex = endpoint address (0x01, 0x81, 0x82): halt it
      * (every transfer STALLs until CLEAR_FEATURE(ENDPOINT_HALT)); wIndex 0
-     * stalls this very request (protocol stall) */
+     * stalls this very request (protocol stall)
+     */
     DEXTLAB_USB_REQ_FORCE_STALL    = 0x13,
-    /* OUT, no data, wValue = event rate in Hz (0 off, at most
-     * DEXTLAB_USB_EVENT_RATE_MAX) of TICK events on the virtual clock */
+    /*
+     * OUT, no data, wValue = event rate in Hz (0 off, at most
+     * DEXTLAB_USB_EVENT_RATE_MAX) of TICK events on the virtual clock
+     */
     DEXTLAB_USB_REQ_SET_EVENT_RATE = 0x14,
-    /* OUT, no data, wValue = count (1..DEXTLAB_USB_TRIGGER_MAX),
-     * wIndex = value tag: queue that many SOFT events now */
+    /*
+     * OUT, no data, wValue = count (1..DEXTLAB_USB_TRIGGER_MAX),
+     * wIndex = value tag: queue that many SOFT events now
+     */
     DEXTLAB_USB_REQ_TRIGGER_EVENTS = 0x15,
-    /* OUT with up to DEXTLAB_USB_ECHO_MAX bytes: store them;
-     * IN: return the stored bytes (at most wLength) */
+    /*
+     * OUT with up to DEXTLAB_USB_ECHO_MAX bytes: store them;
+     * IN: return the stored bytes (at most wLength)
+     */
     DEXTLAB_USB_REQ_ECHO           = 0x16,
 };
 
@@ -114,8 +122,10 @@ enum DextlabUsbRequest {
 
 /* ---------------------------------------------------- device registers */
 
-/* u32 registers addressed by number through READ_REG/WRITE_REG.
- * Writing a read-only or unknown register STALLs. */
+/*
+ * u32 registers addressed by number through READ_REG/WRITE_REG.
+ * Writing a read-only or unknown register STALLs.
+ */
 enum DextlabUsbReg {
     DEXTLAB_USB_REG_ID           = 0,   /* RO DEXTLAB_USB_ID_VALUE */
     DEXTLAB_USB_REG_VERSION      = 1,   /* RO DEXTLAB_USB_VERSION_VALUE */
@@ -162,15 +172,17 @@ enum {
 
 /* ------------------------------------------------------ interrupt events */
 
-/* Event record, DEXTLAB_USB_EVENT_SIZE bytes, one per interrupt IN
- * transfer (short if the host asks for more). */
+/*
+ * Event record, DEXTLAB_USB_EVENT_SIZE bytes, one per interrupt IN
+ * transfer (short if the host asks for more).
+ */
 #define DEXTLAB_USB_EVENT_SIZE      16
 #define DEXTLAB_USB_EVENT_QUEUE     64     /* events held for the host */
 
 enum DextlabUsbEventType {
     DEXTLAB_USB_EVT_TICK = 1,   /* rate timer; value = tick number */
-    DEXTLAB_USB_EVT_SOFT = 2,   /* TRIGGER_EVENTS; value = wIndex tag << 16
-                                 * | index within the request */
+    /* TRIGGER_EVENTS; value = wIndex tag << 16 | index within the request */
+    DEXTLAB_USB_EVT_SOFT = 2,
 };
 
 typedef struct DextlabUsbEvent {

@@ -79,8 +79,20 @@ enum {
     DXL_UC_SEL_RESET = 5,
     /* out: struct dxl_uc_errlog, the latest device error-log entries. */
     DXL_UC_SEL_ERRLOG = 6,
+    /* async.  struct in: 1..DXL_UC_BATCH_MAX struct dxl_uc_req; out[1]: the
+     * count.  All or nothing: one invalid entry fails the call and submits
+     * none.  Each request completes on its own, with the call's async
+     * reference and its tag (data[DXL_UC_CPL_TAG]).  One call and one
+     * doorbell per queue for many requests: the fast path for small ones. */
+    DXL_UC_SEL_SUBMIT_BATCH = 7,
     DXL_UC_SEL_COUNT
 };
+
+struct dxl_uc_req {
+    uint64_t queue, op, src, dst, len, arg, tag;
+};
+
+#define DXL_UC_BATCH_MAX 64     /* 64 * 56 bytes fits one structure input */
 
 /* Completion data indices. */
 enum {

@@ -99,6 +99,7 @@ typedef struct {
     struct dxl_dma_cpl *cq;
     /* ring state (queue thread only) */
     uint32_t sq_tail, sq_head, sq_inflight, cq_head;
+    uint32_t cq_unacked;        /* reaped, CQ_HEAD not yet written */
     uint8_t phase;
     uint32_t gen;               /* bumps on every re-init: stale cookies */
     GQueue pending;             /* Req*, FIFO, not yet fully submitted */
@@ -267,11 +268,33 @@ static void req_finish(HwQueue *q, Req *r)
 
 /* ---- hardware queue: submission and completion (queue thread) ------------- */
 
+static void q_ack_cq(HwQueue *q)
+{
+    wr32(q->d, DXL_REG_Q(q->idx, DXL_Q_CQ_HEAD), q->cq_head);
+    q->cq_unacked = 0;
+}
+
 static void q_kick(HwQueue *q)
 {
     unsigned n = 0;
 
-    while (!g_queue_is_empty(&q->pending) && q->sq_inflight < RING - 1) {
+    for (;;) {
+        if (g_queue_is_empty(&q->pending)) {
+            break;
+        }
+        /*
+         * CQ occupancy is at most the completions reaped but not yet
+         * acknowledged plus the descriptors in flight; keeping the sum
+         * below the ring size means the device never stalls on a full CQ,
+         * so CQ_HEAD need not be written on every reap.
+         */
+        if (q->sq_inflight + q->cq_unacked >= RING - 1) {
+            if (!q->cq_unacked) {
+                break; /* ring full: completions will make room */
+            }
+            q_ack_cq(q);
+            continue;
+        }
         Req *r = g_queue_peek_head(&q->pending);
         if (r->op == DXL_UC_OP_CRC32C && r->chunks_out) {
             break; /* CRC chunks chain: each starts from the previous result */
@@ -403,7 +426,10 @@ static void q_reap(HwQueue *q, uint64_t t_irq)
         n++;
     }
     if (n) {
-        wr32(q->d, DXL_REG_Q(q->idx, DXL_Q_CQ_HEAD), q->cq_head);
+        q->cq_unacked += n;
+        if (q->cq_unacked >= RING / 4) {
+            q_ack_cq(q);
+        }
         STAT_ADD(q, completions, n);
     }
     q_kick(q);
@@ -450,7 +476,7 @@ static void q_abort_all(HwQueue *q, int status, uint8_t dev_status)
 
 static void q_reset_state(HwQueue *q)
 {
-    q->sq_tail = q->sq_head = q->sq_inflight = q->cq_head = 0;
+    q->sq_tail = q->sq_head = q->sq_inflight = q->cq_head = q->cq_unacked = 0;
     q->phase = 1;
     q->gen++;
     memset(q->cq, 0, RING * sizeof(*q->cq));
@@ -516,6 +542,24 @@ static void q_enqueue_block(void *data)
     g_queue_push_tail(&q->pending, r);
     r->queued = true;
     q_kick(q);
+}
+
+typedef struct {
+    HwQueue *q;
+    GPtrArray *reqs;
+} BatchCtx;
+
+static void q_enqueue_batch_block(void *data)
+{
+    BatchCtx *b = data;
+    for (guint i = 0; i < b->reqs->len; i++) {
+        Req *r = b->reqs->pdata[i];
+        g_queue_push_tail(&b->q->pending, r);
+        r->queued = true;
+    }
+    q_kick(b->q); /* one doorbell for the lot */
+    g_ptr_array_free(b->reqs, TRUE);
+    g_free(b);
 }
 
 static void q_abort_block(void *data)
@@ -805,8 +849,8 @@ static bool range_ok(uint64_t off, uint64_t len, uint64_t size)
     return off <= size && len <= size - off;
 }
 
-/* Validate a request from the app and hand it to its hardware queue. */
-static int submit(Client *cl, const uint64_t *in, uint64_t ref, Waiter *w)
+/* Validate a request from the app; on success *len_out is its length. */
+static int req_check(Client *cl, const uint64_t *in, uint64_t *len_out)
 {
     Drv *d = cl->d;
     uint64_t qi = in[0], op = in[1], src = in[2], dst = in[3], len = in[4], arg = in[5];
@@ -836,44 +880,113 @@ static int submit(Client *cl, const uint64_t *in, uint64_t ref, Waiter *w)
         break;
     case DXL_UC_OP_DIAG_BAD_OPCODE:
     case DXL_UC_OP_DIAG_UNMAPPED:
-        src = dst = arg = 0;
         len = DXL_UC_WINDOW_MIN; /* within any window */
         break;
     default:
         return -EINVAL;
     }
-    if (g_atomic_int_add(&cl->inflight, 1) >= DXL_UC_MAX_INFLIGHT) {
-        g_atomic_int_dec_and_test(&cl->inflight);
-        return -EAGAIN;
-    }
+    *len_out = len;
+    return 0;
+}
+
+/* A validated request, accounted to its client (in flight, reference). */
+static Req *req_new(Client *cl, const uint64_t *in, uint64_t len, uint64_t ref, Waiter *w)
+{
     Req *r = g_new0(Req, 1);
+    bool diag = in[1] >= DXL_UC_OP_DIAG_BAD_OPCODE;
     r->cl = cl;
     r->win_iova = cl->win->iova;
-    r->op = (uint32_t)op;
-    r->qi = (uint32_t)qi;
-    r->src = src;
-    r->dst = dst;
+    r->op = (uint32_t)in[1];
+    r->qi = (uint32_t)in[0];
+    r->src = diag ? 0 : in[2];
+    r->dst = diag ? 0 : in[3];
     r->len = len;
-    r->arg = arg;
-    r->crc = (uint32_t)arg;
+    r->arg = diag ? 0 : in[5];
+    r->crc = (uint32_t)r->arg;
     r->tag = in[6];
     r->ref = ref;
     r->w = w;
     r->t_submit = dext_time_ns();
-    STAT_ADD(&d->q[qi], requests, 1);
+    STAT_ADD(&cl->d->q[r->qi], requests, 1);
+    g_atomic_int_inc(&cl->inflight);
     g_atomic_int_inc(&cl->ref);
     if (w) {
         g_atomic_int_inc(&w->ref);
     }
-    int rc = dext_queue_dispatch_async(d->q[qi].dq, q_enqueue_block, r);
-    if (rc < 0) {
-        if (w) {
-            waiter_unref(w);
-        }
-        g_atomic_int_dec_and_test(&cl->inflight);
-        client_unref(cl);
-        g_free(r);
+    return r;
+}
+
+/* Undo req_new for a request that never reached its queue. */
+static void req_drop(Req *r)
+{
+    if (r->w) {
+        waiter_unref(r->w);
     }
+    g_atomic_int_dec_and_test(&r->cl->inflight);
+    client_unref(r->cl);
+    g_free(r);
+}
+
+static int submit(Client *cl, const uint64_t *in, uint64_t ref, Waiter *w)
+{
+    uint64_t len;
+    int rc = req_check(cl, in, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (g_atomic_int_get(&cl->inflight) >= DXL_UC_MAX_INFLIGHT) {
+        return -EAGAIN;
+    }
+    Req *r = req_new(cl, in, len, ref, w);
+    rc = dext_queue_dispatch_async(cl->d->q[r->qi].dq, q_enqueue_block, r);
+    if (rc < 0) {
+        req_drop(r);
+    }
+    return rc;
+}
+
+static int m_submit_batch(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    Client *cl = ctx;
+    Drv *d = cl->d;
+    const struct dxl_uc_req *in = a->struct_in;
+    size_t n = a->struct_in_size / sizeof(*in);
+    uint64_t lens[DXL_UC_BATCH_MAX];
+    int rc;
+    if (!in || n == 0 || n > DXL_UC_BATCH_MAX || a->struct_in_size % sizeof(*in)) {
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = req_check(cl, (const uint64_t *)&in[i], &lens[i])) < 0) {
+            return rc;
+        }
+    }
+    if (g_atomic_int_get(&cl->inflight) + (int)n > DXL_UC_MAX_INFLIGHT) {
+        return -EAGAIN;
+    }
+    BatchCtx *b[DXL_DMA_NUM_QUEUES] = { NULL };
+    for (size_t i = 0; i < n; i++) {
+        Req *r = req_new(cl, (const uint64_t *)&in[i], lens[i], a->async_ref, NULL);
+        if (!b[r->qi]) {
+            b[r->qi] = g_new0(BatchCtx, 1);
+            b[r->qi]->q = &d->q[r->qi];
+            b[r->qi]->reqs = g_ptr_array_new();
+        }
+        g_ptr_array_add(b[r->qi]->reqs, r);
+    }
+    rc = 0;
+    for (unsigned qi = 0; qi < DXL_DMA_NUM_QUEUES; qi++) {
+        if (b[qi] && dext_queue_dispatch_async(d->q[qi].dq, q_enqueue_batch_block, b[qi]) < 0) {
+            /* only while stopping: these never reach the device */
+            for (guint i = 0; i < b[qi]->reqs->len; i++) {
+                req_drop(b[qi]->reqs->pdata[i]);
+            }
+            g_ptr_array_free(b[qi]->reqs, TRUE);
+            g_free(b[qi]);
+            rc = -ESHUTDOWN;
+        }
+    }
+    a->scalar_out[0] = n;
     return rc;
 }
 
@@ -1012,6 +1125,7 @@ static const DextMethod methods[DXL_UC_SEL_COUNT] = {
     [DXL_UC_SEL_STATS] = { m_stats, 0, 0, 0, sizeof(struct dxl_uc_stats), false },
     [DXL_UC_SEL_RESET] = { m_reset, 0, 0, 1, 0, false },
     [DXL_UC_SEL_ERRLOG] = { m_errlog, 0, 0, 0, sizeof(struct dxl_uc_errlog), false },
+    [DXL_UC_SEL_SUBMIT_BATCH] = { m_submit_batch, 0, DEXT_UC_VARIABLE, 1, 0, true },
 };
 
 static int uc_memory(DextUserClient *uc, void *ctx, uint32_t type, DextBuffer **out, bool *ro)

@@ -276,8 +276,8 @@ int main(int argc, char **argv)
         }
     } else if (!strcmp(cmd, "info")) {
         printf("interface v%" PRIu64 ", %" PRIu64 " queues, device version %" PRIu64 ".%" PRIu64
-               ", max request %" PRIu64 " bytes, %" PRIu64 " in flight per client, chunk %" PRIu64
-               " bytes, staging %" PRIu64 " bytes per queue\n", a.info[0], a.info[1],
+               ", max request %" PRIu64 " bytes, %" PRIu64 " in flight per client, %" PRIu64
+               " bytes per descriptor, %" PRIu64 " ring entries\n", a.info[0], a.info[1],
                a.info[7] >> 16, a.info[7] & 0xffff, a.info[3], a.info[4], a.info[5], a.info[6]);
     } else if (!strcmp(cmd, "diag")) {
         int st = 0;

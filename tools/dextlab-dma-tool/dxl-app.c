@@ -70,6 +70,14 @@ int dxl_app_submit(DxlApp *a, unsigned q, unsigned op, uint64_t src, uint64_t ds
                                   NULL, NULL);
 }
 
+int dxl_app_submit_batch(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n, uint64_t ref)
+{
+    uint64_t count;
+    uint32_t nout = 1;
+    return dext_client_call_async(a->c, DXL_UC_SEL_SUBMIT_BATCH, ref, NULL, 0, reqs,
+                                  n * sizeof(*reqs), &count, &nout, NULL, NULL);
+}
+
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data)
 {
     uint32_t n = DXL_UC_CPL_COUNT;
@@ -287,6 +295,24 @@ static bool verify_one(DxlApp *a, const DxlJob *j, const JobSlot *s, const uint3
     return true;
 }
 
+static bool flush_batch(DxlApp *a, const struct dxl_uc_req *batch, unsigned nb, JobSlot *slots,
+                        unsigned *busy, uint64_t *submitted, DxlResult *res)
+{
+    int rc = dxl_app_submit_batch(a, batch, nb, 1);
+    if (rc < 0) {
+        if (!res->first_status) {
+            res->first_status = rc;
+        }
+        for (unsigned k = 0; k < nb; k++) {
+            slots[batch[k].tag - 1].busy = false;
+        }
+        *busy -= nb;
+        *submitted -= nb;
+        return false;
+    }
+    return true;
+}
+
 int dxl_app_job(DxlApp *a, const DxlJob *j, DxlResult *res)
 {
     memset(res, 0, sizeof(*res));
@@ -328,7 +354,10 @@ int dxl_app_job(DxlApp *a, const DxlJob *j, DxlResult *res)
     for (;;) {
         uint64_t now = dxl_now_ns();
         bool more = !stop && (submitted < j->count || (j->min_ns && now - t0 < j->min_ns));
-        /* fill every idle slot */
+        /* every idle slot, in batches of up to DXL_UC_BATCH_MAX: one call
+         * (and one doorbell per queue) for many requests */
+        struct dxl_uc_req batch[DXL_UC_BATCH_MAX];
+        unsigned nb = 0;
         for (unsigned i = 0; more && i < nslots; i++) {
             JobSlot *s = &slots[i];
             if (s->busy) {
@@ -338,68 +367,87 @@ int dxl_app_job(DxlApp *a, const DxlJob *j, DxlResult *res)
                 memset(a->win + s->dst, 0, j->size);
             }
             s->pattern = j->pattern ^ (submitted * 0x0101010101010101ull);
-            uint64_t arg = j->op == DXL_UC_OP_FILL ? s->pattern : 0;
-            rc = dxl_app_submit(a, j->qs[i % j->nq], j->op, s->src, s->dst, j->size, arg,
-                                submitted, i + 1);
-            if (rc < 0) {
-                stop = true;
-                if (!res->first_status) {
-                    res->first_status = rc;
-                }
-                break;
-            }
+            batch[nb++] = (struct dxl_uc_req){
+                .queue = j->qs[i % j->nq], .op = j->op, .src = s->src, .dst = s->dst,
+                .len = j->size, .arg = j->op == DXL_UC_OP_FILL ? s->pattern : 0, .tag = i + 1,
+            };
             s->busy = true;
             busy++;
             submitted++;
             more = submitted < j->count || (j->min_ns && dxl_now_ns() - t0 < j->min_ns);
+            if (nb == DXL_UC_BATCH_MAX || !more || i == nslots - 1) {
+                if (!flush_batch(a, batch, nb, slots, &busy, &submitted, res)) {
+                    stop = true;
+                    nb = 0;
+                    break;
+                }
+                nb = 0;
+            }
+        }
+        if (nb && !flush_batch(a, batch, nb, slots, &busy, &submitted, res)) {
+            stop = true;
         }
         if (!busy) {
             break;
         }
-        uint64_t ref = 0, data[DXL_UC_CPL_COUNT];
-        int status = 0;
-        rc = dxl_app_wait(a, 30000, &ref, &status, data);
-        uint64_t t_rx = dxl_now_ns();
-        if (rc < 0) {
-            res->first_status = res->first_status ? res->first_status : rc;
-            break; /* lost completions: the job cannot go on */
+        /* one blocking wait, then whatever else has arrived, before the
+         * idle slots are refilled in one batch */
+        bool fatal = false;
+        for (int first = 1; busy; first = 0) {
+            uint64_t ref = 0, data[DXL_UC_CPL_COUNT];
+            int status = 0;
+            rc = dxl_app_wait(a, first ? 30000 : 0, &ref, &status, data);
+            uint64_t t_rx = dxl_now_ns();
+            if (!first && rc == -ETIMEDOUT) {
+                break;
+            }
+            if (rc < 0) {
+                res->first_status = res->first_status ? res->first_status : rc;
+                fatal = true; /* lost completions: the job cannot go on */
+                break;
+            }
+            uint64_t tag = data[DXL_UC_CPL_TAG];
+            if (ref != 1 || tag < 1 || tag > nslots || !slots[tag - 1].busy) {
+                res->first_status = res->first_status ? res->first_status : -EPROTO;
+                fatal = true;
+                break;
+            }
+            JobSlot *s = &slots[tag - 1];
+            s->busy = false;
+            busy--;
+            completed++;
+            if (status == 0) {
+                res->ok++;
+                res->bytes += data[DXL_UC_CPL_BYTES];
+                if (j->verify && !verify_one(a, j, s, crcs, data)) {
+                    res->verify_failed++;
+                    stop = stop || !j->keep_going;
+                }
+            } else {
+                res->failed++;
+                if (!res->first_status) {
+                    res->first_status = status;
+                    res->first_dev = (unsigned)data[DXL_UC_CPL_DEV_STATUS];
+                    res->first_queue = j->qs[(tag - 1) % j->nq];
+                }
+                stop = stop || !j->keep_going;
+            }
+            if (data[DXL_UC_CPL_T_IRQ] && res->nlat < cap && t_rx > data[DXL_UC_CPL_T_IRQ]) {
+                res->lat[res->nlat++] = t_rx - data[DXL_UC_CPL_T_IRQ];
+            }
+            if (j->progress && t_rx - last_print > 250000000ull) {
+                double sec = (double)(t_rx - t0) / 1e9;
+                double frac = j->min_ns ? MIN(1.0, (double)(t_rx - t0) / (double)j->min_ns)
+                                        : (double)completed / (double)j->count;
+                int bar = (int)(frac * 30);
+                fprintf(stderr, "\r[%.*s%*s] %5.1f%% %10.1f MiB/s %8" G_GUINT64_FORMAT
+                        " requests", bar, "##############################", 30 - bar, "",
+                        frac * 100, (double)res->bytes / (1 << 20) / sec, completed);
+                last_print = t_rx;
+            }
         }
-        if (ref < 1 || ref > nslots || !slots[ref - 1].busy) {
-            res->first_status = res->first_status ? res->first_status : -EPROTO;
+        if (fatal) {
             break;
-        }
-        JobSlot *s = &slots[ref - 1];
-        s->busy = false;
-        busy--;
-        completed++;
-        if (status == 0) {
-            res->ok++;
-            res->bytes += data[DXL_UC_CPL_BYTES];
-            if (j->verify && !verify_one(a, j, s, crcs, data)) {
-                res->verify_failed++;
-                stop = !j->keep_going;
-            }
-        } else {
-            res->failed++;
-            if (!res->first_status) {
-                res->first_status = status;
-                res->first_dev = (unsigned)data[DXL_UC_CPL_DEV_STATUS];
-                res->first_queue = j->qs[(ref - 1) % j->nq];
-            }
-            stop = !j->keep_going;
-        }
-        if (data[DXL_UC_CPL_T_IRQ] && res->nlat < cap && t_rx > data[DXL_UC_CPL_T_IRQ]) {
-            res->lat[res->nlat++] = t_rx - data[DXL_UC_CPL_T_IRQ];
-        }
-        if (j->progress && t_rx - last_print > 250000000ull) {
-            double sec = (double)(t_rx - t0) / 1e9;
-            double frac = j->min_ns ? MIN(1.0, (double)(t_rx - t0) / (double)j->min_ns)
-                                    : (double)completed / (double)j->count;
-            int bar = (int)(frac * 30);
-            fprintf(stderr, "\r[%.*s%*s] %5.1f%% %10.1f MiB/s %8" G_GUINT64_FORMAT " requests",
-                    bar, "##############################", 30 - bar, "", frac * 100,
-                    (double)res->bytes / (1 << 20) / sec, completed);
-            last_print = t_rx;
         }
     }
     res->ns = dxl_now_ns() - t0;

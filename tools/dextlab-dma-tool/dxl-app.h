@@ -31,6 +31,9 @@ unsigned dxl_app_queues(const DxlApp *a);
 /* Async submit; the completion comes from dxl_app_wait with @ref. */
 int dxl_app_submit(DxlApp *a, unsigned q, unsigned op, uint64_t src, uint64_t dst,
                    uint64_t len, uint64_t arg, uint64_t tag, uint64_t ref);
+/* Async batch (DXL_UC_SEL_SUBMIT_BATCH): n <= DXL_UC_BATCH_MAX requests,
+ * each completing with @ref and its own tag. */
+int dxl_app_submit_batch(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n, uint64_t ref);
 /* Next completion: *status 0 or -errno; data[DXL_UC_CPL_COUNT]. */
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data);
 /* Synchronous request (DXL_UC_SEL_SUBMIT_WAIT). */

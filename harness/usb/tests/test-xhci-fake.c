@@ -396,6 +396,89 @@ static void test_port_reset(void)
     fake_free(f);
 }
 
+typedef struct Count {
+    int n;
+    int cancelled;
+    int other;
+} Count;
+
+static void count_cb(void *opaque, int status, uint32_t actual, uint64_t ts)
+{
+    Count *c = opaque;
+
+    c->n++;
+    if (status == -ECANCELED) {
+        c->cancelled++;
+    } else {
+        c->other++;
+    }
+}
+
+/* slot, Evaluate Context, Configure Endpoint argument checks, transfer
+ * ring accounting (-ENOSPC when full, space back after abort), abort
+ * completing every TD with -ECANCELED, bad buffers refused */
+static void test_slot_and_ring(void)
+{
+    Fake *f = fake_new();
+    DextXhci *x = create_ok(f);
+    DextXhciSlot *s = NULL;
+    DextXhciDma buf;
+    DextXhciEpDesc bulk = { .address = 0x81, .attributes = 2,
+                            .max_packet = 512 };
+    DextXhciEpDesc iso = { .address = 0x02, .attributes = 1,
+                           .max_packet = 512 };
+    DextXhciEpDesc dup2[2] = { bulk, bulk };
+    Count c = { 0 };
+    int queued = 0, ret;
+
+    g_assert_cmpint(dext_xhci_slot_create(x, 1, DEXT_USB_SPEED_HIGH, &s), ==,
+                    0);
+    g_assert_cmpuint(dext_xhci_slot_id(s), ==, 1);
+    g_assert_cmpint(dext_xhci_slot_set_ep0_mps(s, 64), ==, 0);
+    g_assert_cmpint(dext_xhci_slot_set_ep0_mps(s, 0), ==, -EINVAL);
+    g_assert_cmpint(dext_xhci_slot_set_ep0_mps(s, 4096), ==, -EINVAL);
+    g_assert_cmpint(dext_xhci_configure(s, NULL, 0, &iso, 1), ==, -EINVAL);
+    g_assert_cmpint(dext_xhci_configure(s, NULL, 0, dup2, 2), ==, -EINVAL);
+    g_assert_cmpint(dext_xhci_configure(s, NULL, 0, &bulk, 1), ==, 0);
+    /* already configured and not dropped */
+    g_assert_cmpint(dext_xhci_configure(s, NULL, 0, &bulk, 1), ==, -EINVAL);
+
+    g_assert_cmpint(dext_xhci_dma_alloc(x, 4096, &buf), ==, 0);
+    g_assert_cmpint(dext_xhci_submit(s, 0x81, NULL, 0, 16, count_cb, &c), ==,
+                    -EFAULT);
+    g_assert_cmpint(dext_xhci_submit(s, 0x02, NULL, buf.iova, 16, count_cb,
+                                     &c), ==, -ENODEV);
+    g_assert_cmpint(dext_xhci_submit(s, 0x81, (const uint8_t *)"12345678",
+                                     buf.iova, 16, count_cb, &c), ==, -EINVAL);
+    /* the fake never runs transfer rings: fill ours up */
+    while ((ret = dext_xhci_submit(s, 0x81, NULL, buf.iova, 512, count_cb,
+                                   &c)) == 0) {
+        queued++;
+        g_assert_cmpint(queued, <, 1000);
+    }
+    g_assert_cmpint(ret, ==, -ENOSPC);
+    g_assert_cmpint(queued, >, 100);
+    g_assert_cmpint(c.n, ==, 0);
+    g_assert_cmpint(dext_xhci_abort(s, 0x81), ==, 0);
+    g_assert_cmpint(c.n, ==, queued);
+    g_assert_cmpint(c.cancelled, ==, queued);
+    /* the space is back */
+    g_assert_cmpint(dext_xhci_submit(s, 0x81, NULL, buf.iova, 512, count_cb,
+                                     &c), ==, 0);
+    /* dropping the endpoint cancels what is queued on it */
+    {
+        uint8_t drop = 0x81;
+
+        g_assert_cmpint(dext_xhci_configure(s, &drop, 1, NULL, 0), ==, 0);
+    }
+    g_assert_cmpint(c.cancelled, ==, queued + 1);
+    g_assert_cmpint(c.other, ==, 0);
+    dext_xhci_dma_free(x, &buf);
+    dext_xhci_slot_destroy(s, -ECANCELED);
+    dext_xhci_destroy(x);
+    fake_free(f);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -405,5 +488,6 @@ int main(int argc, char **argv)
     g_test_add_func("/usb/xhci-fake/forged-events", test_forged_events);
     g_test_add_func("/usb/xhci-fake/bad-slot-id", test_bad_slot_id);
     g_test_add_func("/usb/xhci-fake/port-reset", test_port_reset);
+    g_test_add_func("/usb/xhci-fake/slot-and-ring", test_slot_and_ring);
     return g_test_run();
 }

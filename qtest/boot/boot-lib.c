@@ -348,8 +348,15 @@ static GPtrArray *qemu_argv(const DxlBootOpts *o, const char *qemu)
     ARG("-initrd");
     ARG("%s", dxl_boot_initrd());
     ARG("-append");
-    /* panic=-1 + -no-reboot: a panic ends QEMU at once instead of hanging */
-    ARG("console=ttyS0 intel_iommu=on panic=-1 dextlab.mode=%s%s%s", mode,
+    /*
+     * panic=-1 + -no-reboot: a panic ends QEMU at once instead of hanging.
+     * no_timer_check: the kernel's early check that the timer interrupt
+     * ticks through the (interrupt-remapped) IO-APIC counts wall-clock
+     * time; a TCG guest on a loaded host can miss it and panic with "timer
+     * doesn't work through Interrupt-remapped IO-APIC".
+     */
+    ARG("console=ttyS0 intel_iommu=on no_timer_check panic=-1 "
+        "dextlab.mode=%s%s%s", mode,
         o->extra_append ? " " : "", o->extra_append ? o->extra_append : "");
 #undef ARG
     g_ptr_array_add(a, NULL);

@@ -44,6 +44,7 @@ struct DextUsbDevice {
     bool attached;
     bool open;
     GMutex lock;                        /* ep0, configuration changes */
+    GRWLock slot_rw;                    /* slot lifetime vs. async IO */
     DextUsbBuffer *ep0buf;
     DextUsbDeviceDesc desc;
     uint8_t *config_raw;
@@ -327,6 +328,9 @@ int dext_usb_device_control(DextUsbDevice *d, uint8_t rt, uint8_t req,
     if (wlen && !data) {
         return -EINVAL;
     }
+    if (!d->attached) {
+        return -ENODEV;        /* also: the host may be gone */
+    }
     if (dext_xhci_on_event_thread(d->h->x)) {
         return -EDEADLK;
     }
@@ -406,6 +410,7 @@ void dext_usb_device_unref(DextUsbDevice *d)
     dext_usb_config_desc_free(&d->config);
     g_free(d->config_raw);
     g_mutex_clear(&d->lock);
+    g_rw_lock_clear(&d->slot_rw);
     g_free(d);
 }
 
@@ -509,11 +514,13 @@ static void iface_close_pipes(DextUsbInterface *i, bool unconfigure)
 
     for (unsigned k = 0; k < i->n_pipes; k++) {
         addrs[k] = i->pipes[k]->desc.bEndpointAddress;
-        dext_xhci_abort(d->slot, addrs[k]);
+        if (d->slot) {
+            dext_xhci_abort(d->slot, addrs[k]);
+        }
         i->pipes[k]->closed = true;
         g_ptr_array_add(d->old_pipes, i->pipes[k]);
     }
-    if (unconfigure && i->n_pipes && d->attached) {
+    if (unconfigure && i->n_pipes && d->attached && d->slot) {
         dext_xhci_configure(d->slot, addrs, i->n_pipes, NULL, 0);
     }
     i->n_pipes = 0;
@@ -548,6 +555,10 @@ int dext_usb_device_set_configuration(DextUsbDevice *d, uint8_t value)
     int ret;
 
     g_mutex_lock(&d->lock);
+    if (!d->attached) {
+        ret = -ENODEV;
+        goto out;
+    }
     if (!d->open) {
         ret = -EBUSY;
         goto out;
@@ -645,7 +656,7 @@ int dext_usb_interface_open(DextUsbInterface *i)
 void dext_usb_interface_close(DextUsbInterface *i)
 {
     g_mutex_lock(&i->dev->lock);
-    for (unsigned k = 0; k < i->n_pipes; k++) {
+    for (unsigned k = 0; k < i->n_pipes && i->dev->slot; k++) {
         dext_xhci_abort(i->dev->slot, i->pipes[k]->desc.bEndpointAddress);
     }
     i->open = false;
@@ -714,6 +725,7 @@ int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
                            uint32_t len, DextUsbIoFn cb, void *opaque)
 {
     DextUsbDevice *d;
+    int ret;
 
     if (p->closed) {
         return -EBADF;
@@ -725,8 +737,12 @@ int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
     if (!buf || offset > buf->size || len > buf->size - offset) {
         return -EINVAL;
     }
-    return dext_xhci_submit(d->slot, p->desc.bEndpointAddress, NULL,
-                            buf->dma.iova + offset, len, cb, opaque);
+    g_rw_lock_reader_lock(&d->slot_rw);
+    ret = d->slot ? dext_xhci_submit(d->slot, p->desc.bEndpointAddress, NULL,
+                                     buf->dma.iova + offset, len, cb, opaque)
+                  : -ENODEV;
+    g_rw_lock_reader_unlock(&d->slot_rw);
+    return ret;
 }
 
 int dext_usb_pipe_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
@@ -737,6 +753,9 @@ int dext_usb_pipe_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
 
     if (p->closed) {
         return -EBADF;
+    }
+    if (!p->iface->dev->attached) {
+        return -ENODEV;
     }
     if (dext_xhci_on_event_thread(p->iface->dev->h->x)) {
         return -EDEADLK;       /* would wait for ourselves */
@@ -766,10 +785,17 @@ int dext_usb_pipe_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
 
 int dext_usb_pipe_abort(DextUsbPipe *p)
 {
+    DextUsbDevice *d = p->iface->dev;
+    int ret;
+
     if (p->closed) {
         return -EBADF;
     }
-    return dext_xhci_abort(p->iface->dev->slot, p->desc.bEndpointAddress);
+    g_mutex_lock(&d->lock);
+    ret = d->slot ? dext_xhci_abort(d->slot, p->desc.bEndpointAddress)
+                  : -ENODEV;
+    g_mutex_unlock(&d->lock);
+    return ret;
 }
 
 int dext_usb_pipe_clear_stall(DextUsbPipe *p)
@@ -781,11 +807,13 @@ int dext_usb_pipe_clear_stall(DextUsbPipe *p)
         return -EBADF;
     }
     d = p->iface->dev;
-    ret = dext_xhci_reset_ep(d->slot, p->desc.bEndpointAddress);
+    g_mutex_lock(&d->lock);
+    ret = d->slot ? dext_xhci_reset_ep(d->slot, p->desc.bEndpointAddress)
+                  : -ENODEV;
     if (ret < 0) {
+        g_mutex_unlock(&d->lock);
         return ret;
     }
-    g_mutex_lock(&d->lock);
     /* CLEAR_FEATURE(ENDPOINT_HALT) resets the device side (9.4.1) */
     ret = control_locked(d, 0x02, 1, 0, p->desc.bEndpointAddress, NULL, 0,
                          NULL, 0);
@@ -836,6 +864,7 @@ static int enumerate_port(DextUsbHost *h, unsigned port, DextUsbDevice **out)
     d->h = h;
     d->port = port;
     g_mutex_init(&d->lock);
+    g_rw_lock_init(&d->slot_rw);
     d->old_pipes = g_ptr_array_new_with_free_func(g_free);
     if ((ret = dext_xhci_port_reset(h->x, port, &d->speed)) < 0 ||
         (ret = dext_usb_buffer_alloc(h, 4096, &d->ep0buf)) < 0 ||
@@ -918,8 +947,15 @@ static void detach_port(DextUsbHost *h, unsigned port)
         h->cfg.device_fn(h->cfg.device_opaque, d, false);
     }
     g_mutex_lock(&d->lock);
+    /* async IO may be submitting right now (it does not take d->lock) */
+    g_rw_lock_writer_lock(&d->slot_rw);
     dext_xhci_slot_destroy(d->slot, -ECANCELED);
     d->slot = NULL;
+    g_rw_lock_writer_unlock(&d->slot_rw);
+    /* DMA memory belongs to the controller: give it back now, so a
+     * reference held past dext_usb_host_destroy() touches nothing of it */
+    dext_usb_buffer_free(d->ep0buf);
+    d->ep0buf = NULL;
     g_mutex_unlock(&d->lock);
     dext_usb_device_unref(d);
 }

@@ -29,9 +29,12 @@
  *
  * Ownership: the host owns devices; a device owns its interfaces; an
  * interface owns its pipes.  dext_usb_device_ref() keeps a device (and its
- * interfaces and pipes) allocated after unplug: then every call returns
- * -ENODEV.  Descriptor pointers stay valid while the object is.
- * Buffers belong to whoever allocated them and must outlive their IO.
+ * interfaces and pipes) allocated after unplug and after
+ * dext_usb_host_destroy(): then every call returns -ENODEV (or -EBADF on
+ * a pipe).  Descriptor pointers stay valid while the object is.
+ * Buffers belong to whoever allocated them, must outlive their IO and be
+ * freed before dext_usb_host_destroy() (they are the controller's DMA
+ * memory).
  */
 #ifndef DEXT_USB_H
 #define DEXT_USB_H

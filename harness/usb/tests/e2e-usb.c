@@ -639,6 +639,29 @@ static void test_two_devices(void)
     g_thread_join(tb2);
 }
 
+/* every call on a device that is gone answers -ENODEV, touches nothing */
+static void check_gone(Fixture *f, DextUsbBuffer *b)
+{
+    uint8_t v[4];
+    Done d = { 0 };
+
+    g_assert_false(dext_usb_device_attached(f->dev));
+    g_assert_cmpint(dext_usb_pipe_async_io(f->out, b, 0, 8, done_cb, &d), ==,
+                    -ENODEV);
+    g_assert_cmpint(dext_usb_pipe_io(f->intr, b, 0, 16, NULL, 100), ==,
+                    -ENODEV);
+    g_assert_cmpint(dext_usb_pipe_abort(f->in), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_pipe_clear_stall(f->in), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_interface_select_alt(f->iface, 1), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_device_set_configuration(f->dev, 1), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_device_control(f->dev, 0xc0,
+                    DEXTLAB_USB_REQ_READ_REG, 0, 0, v, 4, NULL, 100), ==,
+                    -ENODEV);
+    g_assert_cmpint(dext_usb_device_open(f->dev), ==, -ENODEV);
+    dext_usb_interface_close(f->iface);
+    g_assert_cmpint(d.n, ==, 0);
+}
+
 /* ------------------------------------------------------ hot-plug */
 
 static void test_hotplug(void)
@@ -666,6 +689,7 @@ static void test_hotplug(void)
     g_assert_false(dext_usb_device_attached(f.dev));
     g_assert_cmpint(dext_usb_pipe_io(f.in, ib, 0, 512, &got, 1000), ==,
                     -ENODEV);
+    check_gone(&f, ib);
     fixture_close(&f);
 
     /* replug: enumerated again, works */
@@ -855,8 +879,15 @@ static void test_poll_mode(void)
     g_assert_cmpuint(st.events, >, 0);
     dext_usb_buffer_free(ob);
     dext_usb_buffer_free(ib);
-    fixture_close(&f);
+    /* a device reference outlives the host: every call -ENODEV */
     usb_testbed_stop(tb);
+    g_assert_false(dext_usb_device_attached(f.dev));
+    g_assert_cmpint(dext_usb_pipe_abort(f.in), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_pipe_clear_stall(f.out), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_interface_select_alt(f.iface, 1), ==, -ENODEV);
+    g_assert_cmpint(dext_usb_device_set_configuration(f.dev, 1), ==, -ENODEV);
+    dext_usb_interface_close(f.iface);
+    dext_usb_device_unref(f.dev);
     tb = saved;
 }
 

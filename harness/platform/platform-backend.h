@@ -36,6 +36,14 @@ typedef struct DextPlatformOps {
     int (*port_write)(DextPlatform *p, uint16_t port, unsigned width,
                       uint32_t val);                       /* posted */
     int (*flush)(DextPlatform *p);
+    /* Per-BAR access, for backends whose BARs are not reachable at their
+     * bus address (VFIO: a region of the device fd).  When set, BAR
+     * accesses come here (bounds already checked against the enumerated
+     * size) instead of mmio_ and port_ ops.  Writes may be posted. */
+    int (*bar_read)(DextPlatform *p, int fn_idx, unsigned bar, uint64_t off,
+                    unsigned width, uint64_t *val);
+    int (*bar_write)(DextPlatform *p, int fn_idx, unsigned bar, uint64_t off,
+                     unsigned width, uint64_t val);
     /* Bulk guest memory access when there is no shared mapping. */
     int (*mem_read)(DextPlatform *p, uint64_t gpa, void *buf, size_t len);
     int (*mem_write)(DextPlatform *p, uint64_t gpa, const void *buf,
@@ -81,10 +89,14 @@ struct DextPlatform {
     bool enumerated;
     GMutex cfg_lock;             /* serialises config read-modify-write */
 
-    /* Guest RAM shared mapping and DMA allocator. */
+    /* Guest RAM shared mapping and DMA allocator.  The allocator works in
+     * device (bus/IO virtual) addresses; mem_iova is the device address of
+     * offset 0 of mem_fd (0 on qtest, where a guest-physical address is
+     * its file offset; the VFIO pool's IOMMU mapping base otherwise). */
     int mem_fd;
     void *mem_map;
     uint64_t ram_size;
+    uint64_t mem_iova;
     DextRangeAlloc *dma;
 };
 

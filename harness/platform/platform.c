@@ -246,7 +246,8 @@ int dext_platform_cfg_write(DextPlatform *p, DextPciAddr addr, unsigned off,
 
 /* Resolve (function, bar, offset, width) to a bus address after checks. */
 static int bar_target(DextPlatform *p, DextPciAddr addr, unsigned bar,
-                      uint64_t off, unsigned width, DextPciBar *out)
+                      uint64_t off, unsigned width, DextPciBar *out,
+                      int *fn_idx)
 {
     DextPciFunction f;
     int r;
@@ -267,6 +268,7 @@ static int bar_target(DextPlatform *p, DextPciAddr addr, unsigned bar,
     if (r < 0) {
         return r;
     }
+    *fn_idx = r;
     *out = f.bars[bar];
     if (out->kind == DEXT_BAR_NONE || out->size == 0) {
         return dext_platform_set_error(p, -ENODEV, "%s has no BAR %u",
@@ -290,10 +292,14 @@ int dext_platform_bar_read(DextPlatform *p, DextPciAddr addr, unsigned bar,
                            uint64_t off, unsigned width, uint64_t *val)
 {
     DextPciBar b;
-    int r = bar_target(p, addr, bar, off, width, &b);
+    int idx;
+    int r = bar_target(p, addr, bar, off, width, &b, &idx);
 
     if (r < 0) {
         return r;
+    }
+    if (p->ops->bar_read) {
+        return p->ops->bar_read(p, idx, bar, off, width, val);
     }
     if (b.kind == DEXT_BAR_IO) {
         uint32_t v = 0;
@@ -309,10 +315,14 @@ int dext_platform_bar_write(DextPlatform *p, DextPciAddr addr, unsigned bar,
                             uint64_t off, unsigned width, uint64_t val)
 {
     DextPciBar b;
-    int r = bar_target(p, addr, bar, off, width, &b);
+    int idx;
+    int r = bar_target(p, addr, bar, off, width, &b, &idx);
 
     if (r < 0) {
         return r;
+    }
+    if (p->ops->bar_write) {
+        return p->ops->bar_write(p, idx, bar, off, width, val);
     }
     if (b.kind == DEXT_BAR_IO) {
         return p->ops->port_write(p, b.addr + off, width, val);
@@ -681,11 +691,12 @@ int dext_platform_dma_alloc(DextPlatform *p, uint64_t size, uint64_t align,
                                        G_GINT64_MODIFIER "x): %s", size, align,
                                        g_strerror(-r));
     }
-    /* guest-physical == file offset: all RAM sits below 4 GiB */
-    memset((uint8_t *)p->mem_map + a, 0, rs);
+    /* the allocator hands out device addresses; the fd offset is relative
+     * to mem_iova (0 on qtest: guest-physical == file offset) */
+    memset((uint8_t *)p->mem_map + (a - p->mem_iova), 0, rs);
     out->iova = a;
     out->size = rs;
-    out->fd_offset = a;
+    out->fd_offset = a - p->mem_iova;
     return 0;
 }
 
@@ -710,11 +721,12 @@ int dext_platform_mem_read(DextPlatform *p, uint64_t gpa, void *buf,
                            size_t len)
 {
     if (p->mem_map) {
-        if (gpa > p->ram_size || p->ram_size - gpa < len) {
+        if (gpa < p->mem_iova || gpa - p->mem_iova > p->ram_size ||
+            p->ram_size - (gpa - p->mem_iova) < len) {
             return dext_platform_set_error(p, -ERANGE, "mem_read outside "
                                            "RAM");
         }
-        memcpy(buf, (uint8_t *)p->mem_map + gpa, len);
+        memcpy(buf, (uint8_t *)p->mem_map + (gpa - p->mem_iova), len);
         return 0;
     }
     if (!p->ops->mem_read) {
@@ -727,11 +739,12 @@ int dext_platform_mem_write(DextPlatform *p, uint64_t gpa, const void *buf,
                             size_t len)
 {
     if (p->mem_map) {
-        if (gpa > p->ram_size || p->ram_size - gpa < len) {
+        if (gpa < p->mem_iova || gpa - p->mem_iova > p->ram_size ||
+            p->ram_size - (gpa - p->mem_iova) < len) {
             return dext_platform_set_error(p, -ERANGE, "mem_write outside "
                                            "RAM");
         }
-        memcpy((uint8_t *)p->mem_map + gpa, buf, len);
+        memcpy((uint8_t *)p->mem_map + (gpa - p->mem_iova), buf, len);
         return 0;
     }
     if (!p->ops->mem_write) {

@@ -130,6 +130,48 @@ typedef struct DextAttachDesc {
  * kill that QEMU. */
 int dext_platform_qtest_attach(const DextAttachDesc *desc, DextPlatform **out);
 
+/*
+ * In-guest backend (platform-vfio.c; see docs/runtime/platform-vfio.md):
+ * the "machine" is the Linux system this process runs on.  PCI functions
+ * are reached through VFIO with a type1 IOMMU container: config space
+ * through the VFIO config region, BARs through mmap of the VFIO BAR regions
+ * (pread/pwrite where the kernel does not allow mmap), interrupts through
+ * VFIO_DEVICE_SET_IRQS eventfds, reset through VFIO_DEVICE_RESET.  DMA
+ * memory is a memfd pool mapped into the container's IOVA space with
+ * VFIO_IOMMU_MAP_DMA: dext_platform_memory_fd() returns that memfd and
+ * DextDmaRange.iova is the IOVA the device must be given.
+ *
+ * Only functions bound to vfio-pci are enumerated (the kernel keeps the
+ * others).  Needs root (binding, /dev/vfio).  All groups share one
+ * container, hence one IOVA space.
+ */
+typedef struct DextVfioDesc {
+    /* NULL-terminated list of functions to bind to vfio-pci first (through
+     * driver_override, unbinding a kernel driver): "0000:01:00.0" or a
+     * "vvvv:dddd" vendor:device pair (hex).  NULL: $DEXT_VFIO_BIND
+     * (comma separated), else bind nothing.  Functions already bound to
+     * vfio-pci are always taken. */
+    const char *const *bind;
+    /* Bytes of the DMA pool (pinned while the platform lives); 0: 64 MiB.
+     * Multiple of 2 MiB, at most 1 GiB. */
+    uint64_t dma_size;
+    /* sysfs root; NULL: "/sys". */
+    const char *sysfs;
+    unsigned timeout_ms;     /* 0: 10000 */
+    DextPlatformLogFn log_fn;
+    void *log_opaque;
+} DextVfioDesc;
+
+int dext_platform_vfio_create(const DextVfioDesc *desc, DextPlatform **out);
+
+/*
+ * Backend by name: "qtest" (dext_platform_qtest_create(@desc)) or "vfio"
+ * (dext_platform_vfio_create() with @desc's dma_size, timeout_ms and log
+ * sink; its bind list from $DEXT_VFIO_BIND).  -EINVAL for another name.
+ */
+int dext_platform_create(const char *backend, const DextMachineDesc *desc,
+                         DextPlatform **out);
+
 /* Stop the reader, kill (own) QEMU, reap it, close fds, unmap, free.
  * NULL is accepted. */
 void dext_platform_destroy(DextPlatform *p);
@@ -139,7 +181,7 @@ void dext_platform_destroy(DextPlatform *p);
  * platform call from this thread. */
 const char *dext_platform_last_error(DextPlatform *p);
 
-/* Backend name ("qtest"). */
+/* Backend name ("qtest" or "vfio"). */
 const char *dext_platform_backend_name(DextPlatform *p);
 
 /* True while the machine is alive (QEMU running and connected). */

@@ -1627,11 +1627,12 @@ int dextd_create(const DextdConfig *cfg, Dextd **out, char **err)
     int rc;
     GError *e = NULL;
     verbose = cfg->verbose;
-    if (!cfg->platform || strcmp(cfg->platform, "qtest")) {
-        *err = g_strdup_printf("unknown platform \"%s\" (qtest)", cfg->platform ? cfg->platform : "");
+    bool vfio = cfg->platform && !strcmp(cfg->platform, "vfio");
+    if (!cfg->platform || (strcmp(cfg->platform, "qtest") && !vfio)) {
+        *err = g_strdup_printf("unknown platform \"%s\" (qtest, vfio)", cfg->platform ? cfg->platform : "");
         return -EINVAL;
     }
-    if (!cfg->machine_file) {
+    if (!cfg->machine_file && !vfio) {
         *err = g_strdup("--machine is required with the qtest platform");
         return -EINVAL;
     }
@@ -1648,18 +1649,23 @@ int dextd_create(const DextdConfig *cfg, Dextd **out, char **err)
     d->socket_path = g_strdup(cfg->socket_path);
     d->loop = g_main_loop_new(NULL, FALSE);
 
-    d->machine = dextd_machine_load(cfg->machine_file, &e);
-    if (!d->machine) {
-        *err = g_strdup(e->message);
-        g_error_free(e);
-        rc = -EINVAL;
-        goto fail;
+    DextMachineDesc desc = { 0 };
+    if (cfg->machine_file) {
+        /* vfio: optional (its dma_size sizes the DMA pool) */
+        d->machine = dextd_machine_load(cfg->machine_file, &e);
+        if (!d->machine) {
+            *err = g_strdup(e->message);
+            g_error_free(e);
+            rc = -EINVAL;
+            goto fail;
+        }
+        desc = *dextd_machine_desc(d->machine);
     }
-    DextMachineDesc desc = *dextd_machine_desc(d->machine);
     desc.log_fn = platform_log;
     desc.log_opaque = d;
-    LOGI("starting machine %s (qtest platform)", cfg->machine_file);
-    rc = dext_platform_qtest_create(&desc, &d->plat);
+    LOGI("starting machine %s (%s platform)", cfg->machine_file ? cfg->machine_file : "(this system)",
+         cfg->platform);
+    rc = dext_platform_create(cfg->platform, &desc, &d->plat);
     if (rc < 0) {
         *err = g_strdup_printf("cannot start the machine: %s", g_strerror(-rc));
         goto fail;

@@ -2,6 +2,7 @@
  * dextd command line.
  *
  *   dextd --platform qtest --machine FILE --drivers DIR [--drivers DIR2]
+ *   dextd --platform vfio [--machine FILE] --drivers DIR   (inside a guest)
  *         [--socket PATH] [--dump-registry text|json] [--verbose]
  *
  * Starts the machine, enumerates, matches bundles from the driver folders,
@@ -21,7 +22,7 @@ int main(int argc, char **argv)
     char **drivers = NULL;
     gboolean verbose = FALSE;
     GOptionEntry entries[] = {
-        { "platform", 'p', 0, G_OPTION_ARG_STRING, &platform, "Platform backend (qtest)", "NAME" },
+        { "platform", 'p', 0, G_OPTION_ARG_STRING, &platform, "Platform backend (qtest, vfio)", "NAME" },
         { "machine", 'm', 0, G_OPTION_ARG_FILENAME, &machine, "Machine description file", "FILE" },
         { "drivers", 'd', 0, G_OPTION_ARG_FILENAME_ARRAY, &drivers, "Folder of driver bundles (repeatable)", "DIR" },
         { "socket", 's', 0, G_OPTION_ARG_FILENAME, &sock, "App socket path (default $DEXTD_SOCKET or $XDG_RUNTIME_DIR/dextd.sock)", "PATH" },

@@ -5,8 +5,10 @@
  *
  * Shape:
  *   - one serial dispatch queue per hardware queue ("dxl.qN"): its MSI-X
- *     interrupt source delivers there, and submission and completion of
- *     that queue run there too, so ring state needs no lock;
+ *     interrupt source delivers there and completions are reaped there;
+ *     submissions write descriptors straight from the method that
+ *     validated them (no extra thread hop per request); a per-queue mutex
+ *     orders the two;
  *   - an admin queue for the error vector: drains the device's error log,
  *     recovers a halted queue;
  *   - the service queue runs Start/Stop and the user-client methods, which
@@ -92,12 +94,14 @@ typedef struct {
     unsigned idx;
     DextQueue *dq;
     DextInterruptSource *irq;
+    GMutex lock;                /* ring state and pending, below */
+    bool lock_init;
     DextBuffer *sq_buf, *cq_buf;
     DextDmaCommand *sq_cmd, *cq_cmd;
     uint64_t sq_iova, cq_iova;
     struct dxl_dma_desc *sq;
     struct dxl_dma_cpl *cq;
-    /* ring state (queue thread only) */
+    /* ring state (under lock) */
     uint32_t sq_tail, sq_head, sq_inflight, cq_head;
     uint32_t cq_unacked;        /* reaped, CQ_HEAD not yet written */
     uint8_t phase;
@@ -440,7 +444,9 @@ static void q_irq(void *ctx, uint64_t count, uint64_t time_ns)
     HwQueue *q = ctx;
     STAT_ADD(q, irqs, count);
     STAT_ADD(q, irq_calls, 1);
+    g_mutex_lock(&q->lock);
     q_reap(q, time_ns);
+    g_mutex_unlock(&q->lock);
 }
 
 /* Fail everything the queue holds with @status (reset, halt, stop). */
@@ -517,12 +523,14 @@ static void q_reinit_block(void *data)
 {
     ReinitCtx *c = data;
     HwQueue *q = c->q;
+    g_mutex_lock(&q->lock);
     if (c->reset_queue) {
         wr32(q->d, DXL_REG_Q(q->idx, DXL_Q_CTRL), DXL_QCTRL_RESET);
     }
     q_abort_all(q, c->status, c->dev_status);
     q_reset_state(q);
     q_program(q);
+    g_mutex_unlock(&q->lock);
 }
 
 static void q_recover_block(void *data)
@@ -535,37 +543,24 @@ static void q_recover_block(void *data)
     g_free(c);
 }
 
-static void q_enqueue_block(void *data)
+/* Called by the submitting method: queue the requests and ring once. */
+static void q_enqueue(HwQueue *q, Req *const *reqs, unsigned n)
 {
-    Req *r = data;
-    HwQueue *q = &r->cl->d->q[r->qi];
-    g_queue_push_tail(&q->pending, r);
-    r->queued = true;
-    q_kick(q);
-}
-
-typedef struct {
-    HwQueue *q;
-    GPtrArray *reqs;
-} BatchCtx;
-
-static void q_enqueue_batch_block(void *data)
-{
-    BatchCtx *b = data;
-    for (guint i = 0; i < b->reqs->len; i++) {
-        Req *r = b->reqs->pdata[i];
-        g_queue_push_tail(&b->q->pending, r);
-        r->queued = true;
+    g_mutex_lock(&q->lock);
+    for (unsigned i = 0; i < n; i++) {
+        g_queue_push_tail(&q->pending, reqs[i]);
+        reqs[i]->queued = true;
     }
-    q_kick(b->q); /* one doorbell for the lot */
-    g_ptr_array_free(b->reqs, TRUE);
-    g_free(b);
+    q_kick(q);
+    g_mutex_unlock(&q->lock);
 }
 
 static void q_abort_block(void *data)
 {
     HwQueue *q = data;
+    g_mutex_lock(&q->lock);
     q_abort_all(q, -ECANCELED, 0);
+    g_mutex_unlock(&q->lock);
 }
 
 /* ---- admin / error vector ------------------------------------------------- */
@@ -659,6 +654,10 @@ static void q_teardown(HwQueue *q)
     dext_buffer_release(q->cq_buf);
     q->sq_cmd = q->cq_cmd = NULL;
     q->sq_buf = q->cq_buf = NULL;
+    if (q->lock_init) {
+        g_mutex_clear(&q->lock);
+        q->lock_init = false;
+    }
 }
 
 static int q_setup(Drv *d, unsigned i)
@@ -669,6 +668,8 @@ static int q_setup(Drv *d, unsigned i)
     q->d = d;
     q->idx = i;
     g_queue_init(&q->pending);
+    g_mutex_init(&q->lock);
+    q->lock_init = true;
     snprintf(name, sizeof(name), "dxl.q%u", i);
     if ((rc = dext_queue_create(name, &q->dq)) < 0 ||
         (rc = dext_buffer_create(DEXT_DMA_OUT, RING * sizeof(struct dxl_dma_desc), 4096,
@@ -916,17 +917,6 @@ static Req *req_new(Client *cl, const uint64_t *in, uint64_t len, uint64_t ref, 
     return r;
 }
 
-/* Undo req_new for a request that never reached its queue. */
-static void req_drop(Req *r)
-{
-    if (r->w) {
-        waiter_unref(r->w);
-    }
-    g_atomic_int_dec_and_test(&r->cl->inflight);
-    client_unref(r->cl);
-    g_free(r);
-}
-
 static int submit(Client *cl, const uint64_t *in, uint64_t ref, Waiter *w)
 {
     uint64_t len;
@@ -938,11 +928,8 @@ static int submit(Client *cl, const uint64_t *in, uint64_t ref, Waiter *w)
         return -EAGAIN;
     }
     Req *r = req_new(cl, in, len, ref, w);
-    rc = dext_queue_dispatch_async(cl->d->q[r->qi].dq, q_enqueue_block, r);
-    if (rc < 0) {
-        req_drop(r);
-    }
-    return rc;
+    q_enqueue(&cl->d->q[r->qi], &r, 1);
+    return 0;
 }
 
 static int m_submit_batch(DextUserClient *uc, void *ctx, DextMethodArgs *a)
@@ -964,28 +951,19 @@ static int m_submit_batch(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     if (g_atomic_int_get(&cl->inflight) + (int)n > DXL_UC_MAX_INFLIGHT) {
         return -EAGAIN;
     }
-    BatchCtx *b[DXL_DMA_NUM_QUEUES] = { NULL };
+    /* grouped per queue: one doorbell per queue for the whole batch */
+    Req *byq[DXL_DMA_NUM_QUEUES][DXL_UC_BATCH_MAX];
+    unsigned nq[DXL_DMA_NUM_QUEUES] = { 0 };
     for (size_t i = 0; i < n; i++) {
         Req *r = req_new(cl, (const uint64_t *)&in[i], lens[i], a->async_ref, NULL);
-        if (!b[r->qi]) {
-            b[r->qi] = g_new0(BatchCtx, 1);
-            b[r->qi]->q = &d->q[r->qi];
-            b[r->qi]->reqs = g_ptr_array_new();
+        byq[r->qi][nq[r->qi]++] = r;
+    }
+    for (unsigned qi = 0; qi < d->nq; qi++) {
+        if (nq[qi]) {
+            q_enqueue(&d->q[qi], byq[qi], nq[qi]);
         }
-        g_ptr_array_add(b[r->qi]->reqs, r);
     }
     rc = 0;
-    for (unsigned qi = 0; qi < DXL_DMA_NUM_QUEUES; qi++) {
-        if (b[qi] && dext_queue_dispatch_async(d->q[qi].dq, q_enqueue_batch_block, b[qi]) < 0) {
-            /* only while stopping: these never reach the device */
-            for (guint i = 0; i < b[qi]->reqs->len; i++) {
-                req_drop(b[qi]->reqs->pdata[i]);
-            }
-            g_ptr_array_free(b[qi]->reqs, TRUE);
-            g_free(b[qi]);
-            rc = -ESHUTDOWN;
-        }
-    }
     a->scalar_out[0] = n;
     return rc;
 }

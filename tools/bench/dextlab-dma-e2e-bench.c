@@ -1,0 +1,405 @@
+/*
+ * dextlab-dma-e2e-bench: end-to-end figures for the dextlab-dma driver,
+ * app -> driver -> device -> driver -> app, on the qtest platform.  Not a
+ * test: it prints figures beside baselines measured in the same run.
+ *
+ *   1. Throughput of COPY requests of 4 KiB .. 16 MiB at queue depth
+ *      1 .. 64 (requests in flight, spread over min(depth, 8) queues),
+ *      against memcpy by the app over the same buffers (same working set)
+ *      measured right after each point.
+ *   2. Interrupt-to-completion latency: the driver's interrupt source sees
+ *      the MSI-X message -> the app holds the completion (p50/p99), and the
+ *      whole request round trip at depth 1, beside an eventfd ping-pong
+ *      between two processes (the wake-up floor).
+ *   3. CPU time per GiB moved, per process (app, driver, dextd, QEMU),
+ *      beside memcpy's.
+ *
+ * It starts its own dextd (env DEXTD, DEXTLAB_DMA_BUNDLE) on a one-device
+ * q35 machine.  --data FILE writes the throughput table for gnuplot
+ * (tools/bench/dextlab-dma-e2e-bench.gp).  --quick: fewer points.
+ */
+#include "dxl-app.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static struct {
+    GPid pid;
+    char *dir, *sock;
+} dd;
+
+static double now_s(void)
+{
+    return (double)dxl_now_ns() / 1e9;
+}
+
+static int start_dextd(void)
+{
+    const char *dextd = g_getenv("DEXTD"), *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
+    if (!dextd || !bundle) {
+        fprintf(stderr, "DEXTD and DEXTLAB_DMA_BUNDLE must be set (meson benchmark does)\n");
+        return -1;
+    }
+    dd.dir = g_dir_make_tmp("dxl-bench-XXXXXX", NULL);
+    dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
+    char *machine = g_build_filename(dd.dir, "bench.machine", NULL);
+    g_file_set_contents(machine,
+                        "[Machine]\nType=q35\nMemory=1G\nDmaMemory=600M\nTimeout=20000\n"
+                        "[Device rp0]\nArgs=pcie-root-port,id=rp0,chassis=1,slot=1\n"
+                        "[Device dma0]\nArgs=dextlab-dma,id=dma0,bus=rp0\n", -1, NULL);
+    char *argv[] = { (char *)dextd, "--platform", "qtest", "--machine", machine, "--drivers",
+                     (char *)bundle, "--socket", dd.sock, NULL };
+    GError *e = NULL;
+    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDERR_TO_DEV_NULL,
+                       NULL, NULL, &dd.pid, &e)) {
+        fprintf(stderr, "cannot start dextd: %s\n", e->message);
+        return -1;
+    }
+    g_free(machine);
+    for (int i = 0; i < 300 && !g_file_test(dd.sock, G_FILE_TEST_EXISTS); i++) {
+        g_usleep(20000);
+    }
+    /* the driver starts after the socket appears */
+    for (int i = 0; i < 300; i++) {
+        char *out = NULL;
+        bool up = dext_daemon_services(dd.sock, &out) == 0 && strstr(out, " running ");
+        g_free(out);
+        if (up) {
+            return 0;
+        }
+        g_usleep(20000);
+    }
+    fprintf(stderr, "driver did not start\n");
+    return -1;
+}
+
+static void stop_dextd(void)
+{
+    int st;
+    kill(dd.pid, SIGTERM);
+    for (int i = 0; i < 500 && waitpid(dd.pid, &st, WNOHANG) == 0; i++) {
+        g_usleep(20000);
+    }
+    char *cmd = g_strdup_printf("rm -rf '%s'", dd.dir);
+    (void)!system(cmd);
+    g_free(cmd);
+}
+
+/* ---- processes and CPU time --------------------------------------------- */
+
+static double proc_cpu_s(int pid)
+{
+    char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
+    double v = 0;
+    if (g_file_get_contents(path, &s, NULL, NULL)) {
+        char *p = strrchr(s, ')');
+        unsigned long ut = 0, st = 0;
+        /* fields after ")": state ppid pgrp session tty tpgid flags minflt
+         * cminflt majflt cmajflt utime stime */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                        &st) == 2) {
+            v = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        }
+    }
+    g_free(s);
+    g_free(path);
+    return v;
+}
+
+static int child_named(int ppid, const char *prefix)
+{
+    GDir *d = g_dir_open("/proc", 0, NULL);
+    const char *n;
+    int hit = -1;
+    while (d && (n = g_dir_read_name(d)) && hit < 0) {
+        int pid = atoi(n);
+        if (pid <= 0) {
+            continue;
+        }
+        char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
+        if (g_file_get_contents(path, &s, NULL, NULL)) {
+            char *l = strchr(s, '('), *r = strrchr(s, ')');
+            int pp = 0;
+            if (l && r && sscanf(r + 2, "%*c %d", &pp) == 1 && pp == ppid &&
+                !strncmp(l + 1, prefix, strlen(prefix))) {
+                hit = pid;
+            }
+        }
+        g_free(s);
+        g_free(path);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    return hit;
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+/* ---- baselines ----------------------------------------------------------- */
+
+/* memcpy over the same regions the DMA job used (src -> dst of each). */
+static double memcpy_mibs(DxlApp *a, uint64_t size, unsigned regions, double secs)
+{
+    uint64_t bytes = 0;
+    double t0 = now_s(), t;
+    unsigned r = 0;
+    do {
+        uint8_t *base = a->win + (uint64_t)r * 2 * size;
+        memcpy(base + size, base, size);
+        __asm__ volatile("" ::: "memory");
+        bytes += size;
+        r = (r + 1) % regions;
+        t = now_s();
+    } while (t - t0 < secs);
+    return (double)bytes / (1 << 20) / (t - t0);
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* eventfd ping-pong between two processes: one-way wake-up, ns samples. */
+static void eventfd_floor(unsigned n, uint64_t *p50, uint64_t *p99)
+{
+    int ping = eventfd(0, 0), pong = eventfd(0, 0);
+    uint64_t v = 1, *s = g_new(uint64_t, n);
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (unsigned i = 0; i < n; i++) {
+            if (read(ping, &v, 8) != 8 || write(pong, &v, 8) != 8) {
+                _exit(1);
+            }
+        }
+        _exit(0);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t t0 = dxl_now_ns();
+        v = 1;
+        if (write(ping, &v, 8) != 8 || read(pong, &v, 8) != 8) {
+            break;
+        }
+        s[i] = (dxl_now_ns() - t0) / 2;
+    }
+    waitpid(pid, NULL, 0);
+    qsort(s, n, sizeof(*s), cmp_u64);
+    *p50 = s[n / 2];
+    *p99 = s[n * 99 / 100];
+    g_free(s);
+    close(ping);
+    close(pong);
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static void job_for(DxlJob *j, uint64_t size, unsigned depth)
+{
+    memset(j, 0, sizeof(*j));
+    j->op = DXL_UC_OP_COPY;
+    j->size = size;
+    j->nq = MIN(depth, 8u);
+    j->depth = depth / j->nq;
+    for (unsigned q = 0; q < j->nq; q++) {
+        j->qs[q] = q;
+    }
+    j->count = 1;
+}
+
+int main(int argc, char **argv)
+{
+    gboolean quick = FALSE;
+    char *data_path = NULL;
+    double secs = 0.4;
+    GOptionEntry entries[] = {
+        { "quick", 0, 0, G_OPTION_ARG_NONE, &quick, "fewer points, shorter runs", NULL },
+        { "data", 0, 0, G_OPTION_ARG_FILENAME, &data_path, "throughput table for gnuplot", "FILE" },
+        { "time", 't', 0, G_OPTION_ARG_DOUBLE, &secs, "seconds per point (0.4)", "S" },
+        { NULL },
+    };
+    GOptionContext *ctx = g_option_context_new("- dextlab-dma end-to-end benchmark");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, NULL)) {
+        return 2;
+    }
+    g_option_context_free(ctx);
+    if (quick) {
+        secs = MIN(secs, 0.2);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (start_dextd() < 0) {
+        return 1;
+    }
+    DxlApp a;
+    int rc = dxl_app_open(&a, dd.sock, "class", DXL_UC_CLASS, 1 << 20);
+    if (rc < 0) {
+        fprintf(stderr, "open: %s\n", g_strerror(-rc));
+        stop_dextd();
+        return 1;
+    }
+    int drv_pid = child_named(dd.pid, "dextlab-dma");
+    int qemu_pid = child_named(dd.pid, "qemu-system");
+    char host[256] = "";
+    gethostname(host, sizeof(host));
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    double load[3] = { 0 };
+    getloadavg(load, 3);
+    printf("# dextlab-dma end to end (qtest platform), %ld CPUs, load %.2f at start, "
+           "%.2f s per point\n", ncpu, load[0], secs);
+
+    /* 1. throughput */
+    static const uint64_t sizes_all[] = { 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,
+                                          4 << 20, 16 << 20 };
+    static const uint64_t sizes_quick[] = { 4 << 10, 64 << 10, 1 << 20, 16 << 20 };
+    static const unsigned depths[] = { 1, 4, 16, 64 };
+    const uint64_t *sizes = quick ? sizes_quick : sizes_all;
+    unsigned nsizes = quick ? G_N_ELEMENTS(sizes_quick) : G_N_ELEMENTS(sizes_all);
+    FILE *df = data_path ? fopen(data_path, "w") : NULL;
+    if (df) {
+        fprintf(df, "# size_bytes depth dma_MiBs memcpy_MiBs ratio req_per_s\n");
+    }
+    printf("\n%-9s %5s %12s %13s %7s %10s\n", "size", "depth", "e2e MiB/s", "memcpy MiB/s",
+           "ratio", "req/s");
+    for (unsigned si = 0; si < nsizes; si++) {
+        for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
+            /* Three alternating rounds of (driver, memcpy), medians of each:
+             * a busy machine shifts both sides of a round alike. */
+            DxlJob j;
+            DxlResult r;
+            double m[3], c[3];
+            uint64_t ok = 0, ns = 0;
+            bool failed = false;
+            job_for(&j, sizes[si], depths[di]);
+            j.min_ns = (uint64_t)(secs / 3 * 1e9);
+            unsigned regions = (unsigned)MIN((uint64_t)j.nq * j.depth,
+                                             DXL_UC_WINDOW_MAX / (2 * sizes[si]));
+            for (int k = 0; k < 3 && !failed; k++) {
+                if ((rc = dxl_app_job(&a, &j, &r)) < 0 || r.failed || r.first_status) {
+                    printf("%-9" PRIu64 " %5u  failed: %s\n", sizes[si], depths[di],
+                           g_strerror(rc < 0 ? -rc : -r.first_status));
+                    failed = true;
+                } else {
+                    m[k] = (double)r.bytes / (1 << 20) / ((double)r.ns / 1e9);
+                    ok += r.ok;
+                    ns += r.ns;
+                    c[k] = memcpy_mibs(&a, sizes[si], regions, secs / 6);
+                }
+                dxl_result_clear(&r);
+            }
+            if (failed) {
+                continue;
+            }
+            qsort(m, 3, sizeof(double), cmp_double);
+            qsort(c, 3, sizeof(double), cmp_double);
+            double mibs = m[1], base = c[1];
+            r.ok = ok;
+            r.ns = ns;
+            double reqs = (double)r.ok / ((double)r.ns / 1e9);
+            char sz[32];
+            if (sizes[si] >= (1 << 20)) {
+                snprintf(sz, sizeof(sz), "%" PRIu64 " MiB", sizes[si] >> 20);
+            } else {
+                snprintf(sz, sizeof(sz), "%" PRIu64 " KiB", sizes[si] >> 10);
+            }
+            printf("%-9s %5u %12.1f %13.1f %7.3f %10.0f\n", sz, depths[di], mibs, base,
+                   mibs / base, reqs);
+            fflush(stdout);
+            if (df) {
+                fprintf(df, "%" PRIu64 " %u %.1f %.1f %.4f %.0f\n", sizes[si], depths[di], mibs,
+                        base, mibs / base, reqs);
+            }
+        }
+        if (df) {
+            fprintf(df, "\n\n"); /* one gnuplot data block per size */
+        }
+    }
+    if (df) {
+        fclose(df);
+    }
+
+    /* 2. latency at depth 1, 4 KiB */
+    {
+        DxlJob j;
+        DxlResult r;
+        job_for(&j, 4096, 1);
+        j.count = quick ? 500 : 3000;
+        uint64_t t0 = dxl_now_ns();
+        rc = dxl_app_job(&a, &j, &r);
+        uint64_t total = dxl_now_ns() - t0;
+        uint64_t f50, f99;
+        eventfd_floor(quick ? 500 : 3000, &f50, &f99);
+        if (rc == 0 && r.nlat) {
+            uint64_t p50 = dxl_result_lat_pct(&r, 50), p99 = dxl_result_lat_pct(&r, 99);
+            printf("\ninterrupt -> completion in the app (4 KiB, depth 1, %" PRIu64 " requests):\n"
+                   "  p50 %.1f us  p99 %.1f us   (%.1fx / %.1fx the eventfd floor)\n",
+                   r.nlat, p50 / 1e3, p99 / 1e3, (double)p50 / (double)f50,
+                   (double)p99 / (double)f99);
+            printf("  request round trip app -> device -> app: mean %.1f us\n",
+                   (double)total / 1e3 / (double)r.ok);
+            printf("  eventfd ping-pong one way (same run): p50 %.1f us  p99 %.1f us\n",
+                   f50 / 1e3, f99 / 1e3);
+        }
+        dxl_result_clear(&r);
+    }
+
+    /* 3. CPU time per GiB (1 MiB requests, depth 16) */
+    {
+        DxlJob j;
+        DxlResult r;
+        job_for(&j, 1 << 20, 16);
+        j.min_ns = (uint64_t)(MAX(secs * 4, 1.0) * 1e9);
+        double c_app = self_cpu_s(), c_drv = proc_cpu_s(drv_pid), c_dd = proc_cpu_s(dd.pid),
+               c_q = proc_cpu_s(qemu_pid);
+        rc = dxl_app_job(&a, &j, &r);
+        double gib = (double)r.bytes / (1 << 30);
+        c_app = self_cpu_s() - c_app;
+        c_drv = proc_cpu_s(drv_pid) - c_drv;
+        c_dd = proc_cpu_s(dd.pid) - c_dd;
+        c_q = proc_cpu_s(qemu_pid) - c_q;
+        double m0 = self_cpu_s(), w0 = now_s();
+        unsigned regions = 16;
+        uint64_t bytes = 0;
+        while (now_s() - w0 < 1.0) {
+            uint8_t *base = a.win + (uint64_t)(bytes >> 20) % regions * (2 << 20);
+            memcpy(base + (1 << 20), base, 1 << 20);
+            __asm__ volatile("" ::: "memory");
+            bytes += 1 << 20;
+        }
+        double mcpu = (self_cpu_s() - m0) / ((double)bytes / (1 << 30));
+        if (rc == 0 && gib > 0) {
+            printf("\nCPU time per GiB moved (1 MiB COPY, depth 16, %.2f GiB):\n", gib);
+            printf("  app %.3f s  driver %.3f s  dextd %.3f s  QEMU %.3f s  total %.3f s\n",
+                   c_app / gib, c_drv / gib, c_dd / gib, c_q / gib,
+                   (c_app + c_drv + c_dd + c_q) / gib);
+            printf("  memcpy by the app (same run): %.3f s per GiB\n", mcpu);
+        }
+        dxl_result_clear(&r);
+    }
+    getloadavg(load, 3);
+    printf("\n# load %.2f at end\n", load[0]);
+    dxl_app_close(&a);
+    stop_dextd();
+    g_free(data_path);
+    return 0;
+}

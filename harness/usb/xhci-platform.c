@@ -1,8 +1,10 @@
 /*
- * xHCI hardware backend on the qtest platform (platform.h): BAR0 through
+ * xHCI hardware backend on the platform API (platform.h; the qtest
+ * backend, and the shape the in-guest VFIO one shares): BAR0 through
  * dext_platform_bar_read/write (posted writes), DMA memory from the
- * platform's allocator reached through its shared guest-RAM mapping,
- * interrupter 0 on MSI-X vector 0 bound to the driver's eventfd.
+ * platform's allocator reached through its memory mapping (device address
+ * = DextDmaRange.iova), interrupter 0 on MSI-X vector 0 bound to the
+ * driver's eventfd.
  */
 #include <errno.h>
 #include <string.h>
@@ -12,10 +14,12 @@
 typedef struct PlatHw {
     DextPlatform *p;
     DextPciAddr addr;
-    uint8_t *ram;
+    uint8_t *ram;                /* the platform's map of its DMA memory */
     uint64_t ram_size;
     bool msix;
     bool bound;
+    GMutex lock;
+    GHashTable *allocs;          /* iova -> size, what we allocated */
 } PlatHw;
 
 static int plat_read32(void *hw, uint64_t off, uint32_t *val)
@@ -52,6 +56,10 @@ static int plat_dma_alloc(void *hw, uint64_t size, DextXhciDma *out)
     out->iova = r.iova;
     out->size = r.size;
     out->handle = r.iova;
+    g_mutex_lock(&h->lock);
+    g_hash_table_insert(h->allocs, g_memdup2(&r.iova, sizeof(r.iova)),
+                        g_memdup2(&r.size, sizeof(r.size)));
+    g_mutex_unlock(&h->lock);
     return 0;
 }
 
@@ -59,16 +67,34 @@ static void plat_dma_free(void *hw, DextXhciDma *d)
 {
     PlatHw *h = hw;
 
+    g_mutex_lock(&h->lock);
+    g_hash_table_remove(h->allocs, &d->handle);
+    g_mutex_unlock(&h->lock);
     dext_platform_dma_free(h->p, d->handle);
 }
 
+/* the controller may only be given memory this driver allocated (device
+ * addresses are IOVAs: guest-physical under qtest, the container's IOVA
+ * space under VFIO) */
 static bool plat_dma_ok(void *hw, uint64_t iova, uint64_t len)
 {
     PlatHw *h = hw;
+    GHashTableIter it;
+    gpointer k, v;
+    bool ok = false;
 
-    /* guest-physical == offset in guest RAM (the platform keeps RAM below
-     * 4 GiB); page 0 is never handed out */
-    return iova >= 4096 && iova + len >= iova && iova + len <= h->ram_size;
+    if (iova + len < iova) {
+        return false;
+    }
+    g_mutex_lock(&h->lock);
+    g_hash_table_iter_init(&it, h->allocs);
+    while (!ok && g_hash_table_iter_next(&it, &k, &v)) {
+        uint64_t a = *(uint64_t *)k, sz = *(uint64_t *)v;
+
+        ok = iova >= a && iova + len <= a + sz;
+    }
+    g_mutex_unlock(&h->lock);
+    return ok;
 }
 
 static int plat_irq_bind(void *hw, int eventfd)
@@ -103,7 +129,11 @@ static bool plat_alive(void *hw)
 
 static void plat_destroy(void *hw)
 {
-    g_free(hw);
+    PlatHw *h = hw;
+
+    g_hash_table_destroy(h->allocs);
+    g_mutex_clear(&h->lock);
+    g_free(h);
 }
 
 static const DextXhciHwOps plat_ops = {
@@ -138,15 +168,17 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
     h->p = p;
     h->addr = addr;
     h->msix = fn.msix_cap != 0;
+    g_mutex_init(&h->lock);
+    h->allocs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                      g_free);
     h->ram = dext_platform_memory_map(p, &h->ram_size);
-    if (!h->ram) {
-        g_free(h);
-        return -ENOTSUP;
-    }
-    ret = dext_platform_pci_set_enables(p, addr, DEXT_PCI_ENABLE_MEM |
-                                        DEXT_PCI_ENABLE_BUSMASTER, true);
+    ret = h->ram ? dext_platform_pci_set_enables(p, addr,
+                                                 DEXT_PCI_ENABLE_MEM |
+                                                 DEXT_PCI_ENABLE_BUSMASTER,
+                                                 true)
+                 : -ENOTSUP;
     if (ret < 0) {
-        g_free(h);
+        plat_destroy(h);
         return ret;
     }
     return dext_xhci_create_hw(&plat_ops, h, fn.bars[0].size, cfg, out);

@@ -276,8 +276,9 @@ int main(int argc, char **argv)
     const uint64_t *sizes = quick ? sizes_quick : sizes_all;
     unsigned nsizes = quick ? G_N_ELEMENTS(sizes_quick) : G_N_ELEMENTS(sizes_all);
     FILE *df = data_path ? fopen(data_path, "w") : NULL;
-    if (df) {
-        fprintf(df, "# size_bytes depth dma_MiBs memcpy_MiBs ratio req_per_s\n");
+    GString *rows[G_N_ELEMENTS(depths)];
+    for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
+        rows[di] = g_string_new(NULL);
     }
     printf("\n%-9s %5s %12s %13s %7s %10s\n", "size", "depth", "e2e MiB/s", "memcpy MiB/s",
            "ratio", "req/s");
@@ -325,14 +326,17 @@ int main(int argc, char **argv)
             printf("%-9s %5u %12.1f %13.1f %7.3f %10.0f\n", sz, depths[di], mibs, base,
                    mibs / base, reqs);
             fflush(stdout);
-            if (df) {
-                fprintf(df, "%" PRIu64 " %u %.1f %.1f %.4f %.0f\n", sizes[si], depths[di], mibs,
-                        base, mibs / base, reqs);
-            }
+            g_string_append_printf(rows[di], "%" PRIu64 " %u %.1f %.1f %.4f %.0f\n", sizes[si],
+                                   depths[di], mibs, base, mibs / base, reqs);
         }
+    }
+    /* one gnuplot data block (index) per depth */
+    for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
         if (df) {
-            fprintf(df, "\n\n"); /* one gnuplot data block per size */
+            fprintf(df, "# depth %u: size_bytes depth e2e_MiBs memcpy_MiBs ratio req_per_s\n%s\n\n",
+                    depths[di], rows[di]->str);
         }
+        g_string_free(rows[di], TRUE);
     }
     if (df) {
         fclose(df);

@@ -592,6 +592,12 @@ static void test_alt_setting(void)
                     DEXTLAB_USB_EP_BULK_IN, &f.in), ==, 0);
     g_assert_cmpuint(dext_usb_pipe_descriptor(f.in)->wMaxPacketSize, ==,
                      DEXTLAB_USB_BULK_MPS_HS(1));
+    /* at high speed the interrupt endpoint is what the setting changes */
+    g_assert_cmpint(dext_usb_interface_copy_pipe(f.iface,
+                    DEXTLAB_USB_EP_INTR_IN, &f.intr), ==, 0);
+    g_assert_cmpuint(dext_usb_pipe_descriptor(f.intr)->wMaxPacketSize, ==,
+                     DEXTLAB_USB_INTR_MPS(1));
+    g_assert_cmpuint(DEXTLAB_USB_INTR_MPS(1), !=, DEXTLAB_USB_INTR_MPS(0));
     g_assert_cmpuint(read_reg(f.dev, DEXTLAB_USB_REG_ALTSETTING), ==, 1);
     loop_once(&f, ob, ib, 1000, 3);
     loop_once(&f, ob, ib, 64, 4);

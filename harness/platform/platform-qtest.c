@@ -1562,6 +1562,10 @@ static void child_setup(gpointer data)
     /* QEMU must not outlive the daemon (no leaked processes on a crash).
      * Caveat documented in platform.md: tied to the creating thread. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Its own process group: a terminal's Ctrl-C reaches the daemon only,
+     * which stops its drivers in order and then ends QEMU itself, instead
+     * of QEMU vanishing under drivers that are still running. */
+    setpgid(0, 0);
 }
 
 static char *stderr_tail(QtestPlatform *q)

@@ -1,0 +1,423 @@
+/*
+ * dxl-runtime-test: the runtime inside the boot-test guest.
+ *
+ * Starts dextd on the in-guest VFIO platform (dextd --platform vfio) with the
+ * dextlab-dma driver bundle, waits (bounded) until the driver's user client
+ * answers, then, as an app of that driver (the same dxl-app helpers as
+ * dextlab-dma-tool), runs COPY, FILL and CRC32C requests with every byte
+ * verified, checks that MSI-X completions arrived through VFIO, that a
+ * device DMA to an unmapped IOVA is refused by the IOMMU and the device
+ * recovers, that the driver's reset works, runs dextlab-dma-tool itself,
+ * and stops dextd cleanly.  Each check prints one line for the host:
+ *
+ *   DEXTLAB-RESULT name=runtime-... status=pass|fail key=value ...
+ *
+ * With --bench it also prints "DEXTLAB-BENCH name=runtime-dma-throughput ..."
+ * and "DEXTLAB-BENCH name=runtime-msix-latency ..." (a failed benchmark is a
+ * failed result of that name): DMA copy throughput through the runtime beside the
+ * guest's own memcpy of the same sizes, and the interrupt-to-app latency and
+ * depth-1 request round trip beside an eventfd ping-pong between two
+ * processes, all measured in this run.
+ *
+ *   dxl-runtime-test [--bench] [--dextd PATH] [--drivers DIR] [--tool PATH]
+ *
+ * Exit status: 0 when every check passed, 1 otherwise.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "dxl-app.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SOCK        "/tmp/dextd.sock"
+#define DEXTD_LOG   "/tmp/dextd.log"
+
+static unsigned n_fail;
+static GPid dextd_pid;
+
+static void result(const char *name, bool pass, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static void result(const char *name, bool pass, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *kv = NULL;
+
+    va_start(ap, fmt);
+    kv = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    n_fail += !pass;
+    printf("DEXTLAB-RESULT name=%s status=%s %s\n", name,
+           pass ? "pass" : "fail", kv);
+    fflush(stdout);
+}
+
+/* dextd's log for the host when something failed. */
+static void dump_dextd_log(void)
+{
+    g_autofree char *s = NULL;
+
+    if (g_file_get_contents(DEXTD_LOG, &s, NULL, NULL)) {
+        g_auto(GStrv) l = g_strsplit(s, "\n", -1);
+
+        for (char **p = l; *p; p++) {
+            if (**p) {
+                printf("DEXTLAB-DEXTD %s\n", *p);
+            }
+        }
+    }
+}
+
+static bool dextd_running(int *status)
+{
+    return waitpid(dextd_pid, status, WNOHANG) == 0;
+}
+
+static int start_dextd(const char *dextd, const char *drivers)
+{
+    const char *argv[] = { dextd, "--platform", "vfio", "--drivers", drivers,
+                           "--socket", SOCK, NULL };
+    g_autoptr(GError) e = NULL;
+    int fd = open(DEXTD_LOG, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    pid_t pid;
+
+    if (fd < 0) {
+        return -errno;
+    }
+    (void)e;
+    pid = fork();
+    if (pid < 0) {
+        close(fd);
+        return -errno;
+    }
+    if (pid == 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(dextd, (char **)argv);
+        _exit(127);
+    }
+    close(fd);
+    dextd_pid = pid;
+    return 0;
+}
+
+/* Bounded: the driver process must have started and published its user
+ * client within @ms. */
+static int open_app(DxlApp *a, unsigned ms, uint64_t *waited_ms)
+{
+    uint64_t t0 = dxl_now_ns();
+    int rc = -ETIMEDOUT, st;
+
+    while ((dxl_now_ns() - t0) / 1000000 < ms) {
+        if (!dextd_running(&st)) {
+            dextd_pid = 0;
+            return -ECHILD;
+        }
+        rc = dxl_app_open(a, SOCK, "class", DXL_UC_CLASS, DXL_UC_WINDOW_MIN);
+        if (rc == 0) {
+            break;
+        }
+        g_usleep(50000);
+    }
+    *waited_ms = (dxl_now_ns() - t0) / 1000000;
+    return rc;
+}
+
+static void job_all_queues(DxlApp *a, DxlJob *j)
+{
+    unsigned nq = dxl_app_queues(a);
+
+    j->nq = 0;
+    for (unsigned i = 0; i < nq && i < DXL_UC_NUM_QUEUES; i++) {
+        j->qs[j->nq++] = i;
+    }
+}
+
+/* One verified job; a result line named @name. */
+static bool check_job(DxlApp *a, const char *name, unsigned op, uint64_t size,
+                      uint64_t count, unsigned depth)
+{
+    DxlJob j = { .op = op, .size = size, .count = count, .depth = depth,
+                 .verify = true, .pattern = 0x5a5aa5a5deadbeefull };
+    DxlResult r = { 0 };
+    int rc;
+    bool ok;
+
+    job_all_queues(a, &j);
+    rc = dxl_app_job(a, &j, &r);
+    ok = rc == 0 && r.ok == count && !r.failed && !r.verify_failed &&
+         !r.first_status;
+    result(name, ok, "size=%" PRIu64 " count=%" PRIu64 " depth=%u queues=%u "
+           "ok=%" PRIu64 " failed=%" PRIu64 " bad_data=%" PRIu64 " rc=%d "
+           "first_status=%d dev_status=0x%x mib_s=%.1f", size, count, depth,
+           j.nq, r.ok, r.failed, r.verify_failed, rc, r.first_status,
+           r.first_dev, r.ns ? (double)r.bytes / (1 << 20) / (r.ns / 1e9) : 0);
+    dxl_result_clear(&r);
+    return ok;
+}
+
+/* dextlab-dma-tool itself: exit status 0 and its "verified" summary. */
+static void check_tool(const char *tool, const char *cmd)
+{
+    g_autofree char *out = NULL, *err = NULL, *name = NULL;
+    const char *argv[] = { tool, "-S", SOCK, cmd, "-s", "256K", "-n", "16",
+                           "-d", "4", NULL };
+    g_autoptr(GError) e = NULL;
+    int st = -1;
+    bool ok;
+
+    name = g_strdup_printf("runtime-tool-%s", cmd);
+    ok = g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL,
+                      &out, &err, &st, &e) &&
+         g_spawn_check_wait_status(st, NULL) && strstr(out, "verified") &&
+         strstr(out, "16 ok, 0 failed, 0 bad data");
+    if (out) {
+        g_strdelimit(g_strstrip(out), "\n ", '_');
+    }
+    result(name, ok, "exit=%d out=%s", st, out ? out : (e ? e->message : "-"));
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+
+    return a < b ? -1 : a > b;
+}
+
+/* eventfd ping-pong between two processes: round trip, ns, p50. */
+static uint64_t eventfd_rtt_p50(unsigned n)
+{
+    int ping = eventfd(0, EFD_CLOEXEC), pong = eventfd(0, EFD_CLOEXEC);
+    g_autofree uint64_t *s = g_new0(uint64_t, n);
+    uint64_t v = 1;
+    unsigned got = 0;
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        for (unsigned i = 0; i < n; i++) {
+            if (read(ping, &v, 8) != 8 || write(pong, &v, 8) != 8) {
+                _exit(1);
+            }
+        }
+        _exit(0);
+    }
+    for (; got < n && pid > 0; got++) {
+        uint64_t t0 = dxl_now_ns();
+
+        v = 1;
+        if (write(ping, &v, 8) != 8 || read(pong, &v, 8) != 8) {
+            break;
+        }
+        s[got] = dxl_now_ns() - t0;
+    }
+    if (pid > 0) {
+        waitpid(pid, NULL, 0);
+    }
+    close(ping);
+    close(pong);
+    if (!got) {
+        return 0;
+    }
+    qsort(s, got, sizeof(*s), cmp_u64);
+    return s[got / 2];
+}
+
+static double memcpy_mibs(DxlApp *a, uint64_t size, uint64_t min_ns)
+{
+    uint8_t *src = a->win, *dst = a->win + size;
+    uint64_t bytes = 0, t0, t;
+
+    memcpy(dst, src, size);
+    t0 = dxl_now_ns();
+    do {
+        memcpy(dst, src, size);
+        __asm__ volatile("" ::: "memory");
+        bytes += size;
+        t = dxl_now_ns();
+    } while (t - t0 < min_ns);
+    return (double)bytes / (1 << 20) / ((double)(t - t0) / 1e9);
+}
+
+static void bench(DxlApp *a)
+{
+    const uint64_t size = 1 << 20;
+    DxlJob j = { .op = DXL_UC_OP_COPY, .size = size, .count = 1, .depth = 8,
+                 .min_ns = 1500000000ull };
+    DxlResult r = { 0 };
+    int rc = -ENOMEM;
+
+    /* throughput: 1 MiB copies, 8 in flight over every queue, >= 1.5 s,
+     * then the CPU copying the same size inside the same window */
+    job_all_queues(a, &j);
+    if (dxl_app_ensure_window(a, 2 * size) == 0 &&
+        (rc = dxl_app_job(a, &j, &r)) == 0 && !r.failed && !r.first_status) {
+        double dma = (double)r.bytes / (1 << 20) / (r.ns / 1e9);
+        double cpy = memcpy_mibs(a, size, 500000000ull);
+
+        printf("DEXTLAB-BENCH name=runtime-dma-throughput size=%" PRIu64
+               " depth=%u queues=%u dma_mib_s=%.1f memcpy_mib_s=%.1f "
+               "ratio=%.4f\n", size, j.depth, j.nq, dma, cpy, dma / cpy);
+    } else {
+        result("runtime-dma-throughput", false, "rc=%d failed=%" PRIu64, rc,
+               r.failed);
+    }
+    dxl_result_clear(&r);
+
+    /* latency: 4 KiB copies at depth 1 on one queue: the driver's MSI-X
+     * dispatch source -> app (r.lat), and the whole request round trip,
+     * beside an eventfd ping-pong between two processes */
+    {
+        DxlJob l = { .op = DXL_UC_OP_COPY, .size = 4096, .count = 500,
+                     .depth = 1, .nq = 1 };
+        uint64_t t0 = dxl_now_ns(), total, efd;
+
+        rc = dxl_app_job(a, &l, &r);
+        total = dxl_now_ns() - t0;
+        efd = eventfd_rtt_p50(2000);
+        if (rc == 0 && r.ok == l.count && r.nlat && efd) {
+            double irq50 = dxl_result_lat_pct(&r, 50) / 1e3;
+            double irq99 = dxl_result_lat_pct(&r, 99) / 1e3;
+            double rtt = (double)total / l.count / 1e3;
+
+            printf("DEXTLAB-BENCH name=runtime-msix-latency samples=%" PRIu64
+                   " msix_p50_us=%.1f msix_p99_us=%.1f request_rtt_mean_us=%.1f"
+                   " eventfd_oneway_p50_us=%.1f eventfd_rtt_p50_us=%.1f "
+                   "ratio=%.2f rtt_ratio=%.2f\n", r.nlat, irq50, irq99, rtt,
+                   efd / 2e3, efd / 1e3, irq50 / (efd / 2e3), rtt / (efd / 1e3));
+        } else {
+            result("runtime-msix-latency", false, "rc=%d ok=%" PRIu64
+                   " nlat=%" PRIu64, rc, r.ok, r.nlat);
+        }
+        dxl_result_clear(&r);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *dextd = "/usr/bin/dextd";
+    const char *drivers = "/usr/lib/dextlab/drivers/dextlab-dma";
+    const char *tool = "/usr/bin/dextlab-dma-tool";
+    bool do_bench = false;
+    uint64_t waited = 0;
+    struct dxl_uc_stats s0, s1;
+    DxlApp a;
+    int rc, st;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bench")) {
+            do_bench = true;
+        } else if (!strcmp(argv[i], "--dextd") && i + 1 < argc) {
+            dextd = argv[++i];
+        } else if (!strcmp(argv[i], "--drivers") && i + 1 < argc) {
+            drivers = argv[++i];
+        } else if (!strcmp(argv[i], "--tool") && i + 1 < argc) {
+            tool = argv[++i];
+        } else {
+            fprintf(stderr, "usage: dxl-runtime-test [--bench] [--dextd PATH] "
+                    "[--drivers DIR] [--tool PATH]\n");
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    rc = start_dextd(dextd, drivers);
+    if (rc < 0) {
+        result("runtime-dextd", false, "reason=spawn rc=%d", rc);
+        return 1;
+    }
+    rc = open_app(&a, 30000, &waited);
+    result("runtime-dextd", rc != -ECHILD, "pid=%d platform=vfio",
+           (int)dextd_pid);
+    result("runtime-driver-ready", rc == 0, "rc=%d waited_ms=%" PRIu64
+           " queues=%u", rc, waited, rc == 0 ? dxl_app_queues(&a) : 0);
+    if (rc < 0) {
+        dump_dextd_log();
+        if (dextd_pid) {
+            kill(dextd_pid, SIGKILL);
+            waitpid(dextd_pid, NULL, 0);
+        }
+        return 1;
+    }
+
+    rc = dxl_app_stats(&a, &s0);
+    check_job(&a, "runtime-dma-copy", DXL_UC_OP_COPY, 64 << 10, 64, 4);
+    check_job(&a, "runtime-dma-copy-1m", DXL_UC_OP_COPY, 1 << 20, 16, 2);
+    check_job(&a, "runtime-dma-fill", DXL_UC_OP_FILL, 64 << 10, 64, 4);
+    check_job(&a, "runtime-dma-crc32c", DXL_UC_OP_CRC32C, 64 << 10, 64, 4);
+    /* completions reach the driver as MSI-X through VFIO eventfds */
+    if (rc == 0 && (rc = dxl_app_stats(&a, &s1)) == 0) {
+        result("runtime-msix", s1.dev_irqs > s0.dev_irqs, "device_irqs=%"
+               PRIu64, s1.dev_irqs - s0.dev_irqs);
+    } else {
+        result("runtime-msix", false, "rc=%d", rc);
+    }
+
+    /* The IOMMU: the device tries an IOVA nobody mapped; the request must
+     * fail with the device's error, and the next one must work. */
+    {
+        uint64_t data[DXL_UC_CPL_COUNT] = { 0 };
+        int dst = 0;
+
+        rc = dxl_app_run(&a, 0, DXL_UC_OP_DIAG_UNMAPPED, 0, 0, 1, 0, 5000,
+                         &dst, data);
+        result("runtime-iommu-unmapped", rc == 0 && dst == -EIO,
+               "rc=%d req_status=%d dev_status=0x%" PRIx64, rc, dst,
+               data[DXL_UC_CPL_DEV_STATUS]);
+        check_job(&a, "runtime-iommu-recover", DXL_UC_OP_COPY, 4096, 8, 1);
+    }
+
+    /* Device reset through the driver (VFIO_DEVICE_RESET underneath) */
+    {
+        uint64_t n = 0;
+
+        rc = dxl_app_reset(&a, &n);
+        result("runtime-reset", rc == 0 && n > 0, "rc=%d resets=%" PRIu64, rc,
+               n);
+        check_job(&a, "runtime-after-reset", DXL_UC_OP_COPY, 64 << 10, 16, 4);
+    }
+
+    if (do_bench) {
+        bench(&a);
+    }
+    dxl_app_close(&a);
+
+    check_tool(tool, "copy");
+    check_tool(tool, "fill");
+    check_tool(tool, "crc");
+
+    /* dextd stops its driver and releases the device on SIGTERM, bounded */
+    kill(dextd_pid, SIGTERM);
+    {
+        bool exited = false;
+
+        for (int i = 0; i < 100 && !exited; i++) {
+            exited = waitpid(dextd_pid, &st, WNOHANG) == dextd_pid;
+            if (!exited) {
+                g_usleep(50000);
+            }
+        }
+        if (!exited) {
+            kill(dextd_pid, SIGKILL);
+            waitpid(dextd_pid, &st, 0);
+            result("runtime-dextd-exit", false, "reason=no_exit_after_SIGTERM");
+        } else {
+            result("runtime-dextd-exit", WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                   "exit=%d signal=%d", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                   WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+        }
+    }
+    if (n_fail) {
+        dump_dextd_log();
+    }
+    return n_fail ? 1 : 0;
+}

@@ -764,6 +764,9 @@ static int bench(void)
     unsigned rounds = env ? CLAMP(atoi(env), 1, MAX_ROUNDS) : 3, i, n = 0;
     double w0[MAX_ROUNDS], w1[MAX_ROUNDS], g0[MAX_ROUNDS], g1[MAX_ROUNDS];
     double dma[MAX_ROUNDS], cpy[MAX_ROUNDS], irq[MAX_ROUNDS], efd[MAX_ROUNDS];
+    /* the same through the runtime (dextd --platform vfio + driver + app) */
+    double rdma[MAX_ROUNDS], rcpy[MAX_ROUNDS], rirq[MAX_ROUNDS];
+    double refd[MAX_ROUNDS], rrtt[MAX_ROUNDS], refr[MAX_ROUNDS];
     int failed = 0;
 
     printf("boot (%s, q35 + intel-iommu + dextlab-dma + qemu-xhci with 2 "
@@ -783,7 +786,9 @@ static int bench(void)
         b1 = dxl_boot_run(&full);
         if (b0->t_ready < 0 || b1->t_ready < 0 || !b1->done ||
             b1->done_failed || bench_num(b1, "dma-throughput", "ratio") < 0 ||
-            bench_num(b1, "msix-latency", "ratio") < 0) {
+            bench_num(b1, "msix-latency", "ratio") < 0 ||
+            bench_num(b1, "runtime-dma-throughput", "ratio") < 0 ||
+            bench_num(b1, "runtime-msix-latency", "ratio") < 0) {
             g_autofree char *d0 = dxl_boot_describe(b0);
             g_autofree char *d1 = dxl_boot_describe(b1);
 
@@ -801,10 +806,21 @@ static int bench(void)
         cpy[n] = bench_num(b1, "dma-throughput", "memcpy_mib_s");
         irq[n] = bench_num(b1, "msix-latency", "msix_p50_us");
         efd[n] = bench_num(b1, "msix-latency", "eventfd_pingpong_p50_us");
+        rdma[n] = bench_num(b1, "runtime-dma-throughput", "dma_mib_s");
+        rcpy[n] = bench_num(b1, "runtime-dma-throughput", "memcpy_mib_s");
+        rirq[n] = bench_num(b1, "runtime-msix-latency", "msix_p50_us");
+        refd[n] = bench_num(b1, "runtime-msix-latency",
+                            "eventfd_oneway_p50_us");
+        rrtt[n] = bench_num(b1, "runtime-msix-latency", "request_rtt_mean_us");
+        refr[n] = bench_num(b1, "runtime-msix-latency", "eventfd_rtt_p50_us");
         printf("  round %u: bare %.2f s (guest %.2f s), drivers-ready %.2f s "
                "(guest %.2f s); DMA %.0f vs memcpy %.0f MiB/s; MSI-X p50 "
                "%.1f vs eventfd %.1f us\n", i + 1, w0[n], g0[n], w1[n],
                g1[n], dma[n], cpy[n], irq[n], efd[n]);
+        printf("           runtime: DMA %.0f vs memcpy %.0f MiB/s; MSI-X -> "
+               "app p50 %.1f vs eventfd one-way %.1f us; request round trip "
+               "%.1f vs eventfd round trip %.1f us\n", rdma[n], rcpy[n],
+               rirq[n], refd[n], rrtt[n], refr[n]);
         n++;
     }
     if (!n) {
@@ -824,6 +840,18 @@ static int bench(void)
                "%.2fx\n", md, mc, md / mc);
         printf("  in-guest MSI-X round trip p50 %.1f us vs eventfd ping-pong "
                "p50 %.1f us (both on CPU 0): %.2fx\n", mi, me, mi / me);
+        md = median(rdma, n);
+        mc = median(rcpy, n);
+        mi = median(rirq, n);
+        me = median(refd, n);
+        printf("  through the runtime (dextd --platform vfio, dextlab-dma "
+               "driver, app): DMA copy %.0f MiB/s vs guest memcpy %.0f MiB/s: "
+               "%.2fx\n", md, mc, md / mc);
+        printf("  through the runtime: MSI-X -> driver -> app p50 %.1f us vs "
+               "eventfd one-way p50 %.1f us: %.2fx; 4 KiB request round trip "
+               "%.1f us vs eventfd round trip %.1f us: %.2fx\n", mi, me,
+               mi / me, median(rrtt, n), median(refr, n),
+               median(rrtt, n) / median(refr, n));
     }
     return failed;
 }
@@ -836,6 +864,15 @@ int main(int argc, char **argv)
         "dma-copy-1048576", "dma-fill", "dma-crc32c", "dma-devmem",
         "msix-vectors", "iommu-unmapped-write", "iommu-gpa-read",
         "iommu-recover", "flr",
+    };
+    /* dxl-runtime-test: dextd --platform vfio + dextlab-dma driver + apps;
+     * every DMA check verifies each byte */
+    static const char *const runtime[] = {
+        "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
+        "runtime-dma-copy-1m", "runtime-dma-fill", "runtime-dma-crc32c",
+        "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
+        "runtime-reset", "runtime-after-reset", "runtime-tool-copy",
+        "runtime-tool-fill", "runtime-tool-crc", "runtime-dextd-exit",
     };
     /* usbfs self-test, per speed (hs: superspeed=off, ss: superspeed=on) */
     static const char *const usbtests[] = {
@@ -877,6 +914,13 @@ int main(int argc, char **argv)
     }
     g_test_add_func("/boot/dextlab-dma/iommu-fault-logged",
                     test_iommu_fault_logged);
+    /* The runtime in the guest (images/guest-runtime): dextd on the VFIO
+     * platform, the dextlab-dma driver, its apps. */
+    for (i = 0; i < G_N_ELEMENTS(runtime); i++) {
+        g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/runtime/%s",
+                                                runtime[i] + strlen("runtime-"));
+        g_test_add_data_func(path, runtime[i], test_selftest);
+    }
     g_test_add_func("/boot/harness/detects-panic", test_detects_panic);
     g_test_add_func("/boot/harness/detects-hang", test_detects_hang);
     /*

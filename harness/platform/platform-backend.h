@@ -69,6 +69,10 @@ typedef struct DextPlatformOps {
 
     void (*set_event_cb)(DextPlatform *p, DextPlatformEventFn fn, void *op);
 
+    /* Virtual time (see platform.h); NULL: -ENOTSUP. */
+    int (*clock_step)(DextPlatform *p, uint64_t ns, uint64_t *now_ns);
+    int (*clock_follow)(DextPlatform *p, unsigned period_us);
+
     int (*qmp)(DextPlatform *p, const char *cmd, const char *args_json,
                char **ret_json);
     int (*qmp_wait_event)(DextPlatform *p, const char *name,

@@ -96,6 +96,12 @@ typedef struct QtestPlatform {
     DextPlatformEventFn ev_fn;
     void *ev_opaque;
 
+    /* Virtual time following host time (dext_platform_clock_follow). */
+    GThread *clock_thread;
+    GMutex clock_lock;
+    GCond clock_cond;
+    bool clock_stop;
+
     GMutex qmp_lock;           /* one QMP command in flight */
     bool qmp_waiting;
     char *qmp_reply;           /* whole reply object text */
@@ -1235,10 +1241,106 @@ static int qt_qmp_wait_event(DextPlatform *p, const char *name,
 
 /* ------------------------------------------------------ life cycle */
 
+/* ---------------------------------------------------- virtual time */
+
+static int qt_clock_step(DextPlatform *p, uint64_t ns, uint64_t *now_ns)
+{
+    QtestPlatform *q = QP(p);
+    char line[64];
+    int len = ns ? snprintf(line, sizeof(line), "clock_step %" PRIu64 "\n", ns)
+                 : snprintf(line, sizeof(line), "clock_step\n");
+    uint64_t now;
+    int r = qt_cmd_u64(q, line, len, &now);
+
+    if (r == 0 && now_ns) {
+        *now_ns = now;
+    }
+    return r;
+}
+
+typedef struct ClockFollow {
+    QtestPlatform *q;
+    unsigned period_us;
+    uint64_t virt0;            /* virtual ns when following started */
+    gint64 real0;              /* monotonic us then */
+} ClockFollow;
+
+static gpointer clock_main(gpointer opaque)
+{
+    ClockFollow *cf = opaque;
+    QtestPlatform *q = cf->q;
+
+    g_mutex_lock(&q->clock_lock);
+    while (!q->clock_stop) {
+        gint64 now = g_get_monotonic_time();
+        uint64_t target = cf->virt0 + (uint64_t)(now - cf->real0) * 1000;
+        char line[64];
+        int len = snprintf(line, sizeof(line), "clock_set %" PRIu64 "\n",
+                           target);
+
+        /* Posted: clock_set never moves time backwards, so a late or
+         * reordered one is harmless, and nobody waits for the reply. */
+        g_mutex_unlock(&q->clock_lock);
+        if (qt_send(q, line, len, NULL) < 0) {
+            g_mutex_lock(&q->clock_lock);
+            break;                          /* machine died */
+        }
+        g_mutex_lock(&q->clock_lock);
+        g_cond_wait_until(&q->clock_cond, &q->clock_lock,
+                          g_get_monotonic_time() + cf->period_us);
+    }
+    g_mutex_unlock(&q->clock_lock);
+    g_free(cf);
+    return NULL;
+}
+
+static void clock_follow_stop(QtestPlatform *q)
+{
+    GThread *t;
+
+    g_mutex_lock(&q->clock_lock);
+    t = q->clock_thread;
+    q->clock_thread = NULL;
+    q->clock_stop = true;
+    g_cond_broadcast(&q->clock_cond);
+    g_mutex_unlock(&q->clock_lock);
+    if (t) {
+        g_thread_join(t);
+    }
+}
+
+static int qt_clock_follow(DextPlatform *p, unsigned period_us)
+{
+    QtestPlatform *q = QP(p);
+    ClockFollow *cf;
+    int r;
+
+    clock_follow_stop(q);
+    if (!period_us) {
+        return 0;
+    }
+    cf = g_new0(ClockFollow, 1);
+    cf->q = q;
+    cf->period_us = period_us;
+    r = qt_clock_step(p, 1, &cf->virt0);    /* where virtual time is now */
+    if (r < 0) {
+        g_free(cf);
+        return r;
+    }
+    cf->real0 = g_get_monotonic_time();
+    g_mutex_lock(&q->clock_lock);
+    q->clock_stop = false;
+    q->clock_thread = g_thread_new("dext-vclock", clock_main, cf);
+    g_mutex_unlock(&q->clock_lock);
+    return 0;
+}
+
 static void qt_destroy(DextPlatform *p)
 {
     QtestPlatform *q = QP(p);
     uint64_t one = 1;
+
+    clock_follow_stop(q);
 
     if (q->reader) {
         q->stopping = true;
@@ -1285,6 +1387,8 @@ static void qt_destroy(DextPlatform *p)
     g_free(q->qmp_reply);
     g_mutex_clear(&q->send_lock);
     g_mutex_clear(&q->qmp_lock);
+    g_mutex_clear(&q->clock_lock);
+    g_cond_clear(&q->clock_cond);
     g_mutex_clear(&q->lock);
     g_cond_clear(&q->cond);
     dext_platform_fini_common(p);
@@ -1314,6 +1418,8 @@ static const DextPlatformOps qtest_ops = {
     .set_event_cb = qt_set_event_cb,
     .qmp = qt_qmp,
     .qmp_wait_event = qt_qmp_wait_event,
+    .clock_step = qt_clock_step,
+    .clock_follow = qt_clock_follow,
 };
 
 static QtestPlatform *qt_new(unsigned timeout_ms, const char *machine,
@@ -1329,6 +1435,8 @@ static QtestPlatform *qt_new(unsigned timeout_ms, const char *machine,
     q->qt_fd = q->qmp_fd = q->wake_fd = q->stderr_fd = -1;
     g_mutex_init(&q->send_lock);
     g_mutex_init(&q->qmp_lock);
+    g_mutex_init(&q->clock_lock);
+    g_cond_init(&q->clock_cond);
     g_mutex_init(&q->lock);
     g_cond_init(&q->cond);
     g_queue_init(&q->pending);

@@ -648,6 +648,30 @@ int dext_platform_qmp_wait_event(DextPlatform *p, const char *name,
     return p->ops->qmp_wait_event(p, name, timeout_ms, event_json);
 }
 
+/* ------------------------------------------------------ virtual time */
+
+int dext_platform_clock_step(DextPlatform *p, uint64_t ns, uint64_t *now_ns)
+{
+    if (!p->ops->clock_step) {
+        return dext_platform_set_error(p, -ENOTSUP, "%s: virtual time is "
+                                       "real time", p->ops->name);
+    }
+    return p->ops->clock_step(p, ns, now_ns);
+}
+
+int dext_platform_clock_follow(DextPlatform *p, unsigned period_us)
+{
+    if (!p->ops->clock_follow) {
+        return dext_platform_set_error(p, -ENOTSUP, "%s: virtual time is "
+                                       "real time", p->ops->name);
+    }
+    if (period_us > 1000000) {
+        return dext_platform_set_error(p, -EINVAL, "clock follow period "
+                                       "%u us is over a second", period_us);
+    }
+    return p->ops->clock_follow(p, period_us);
+}
+
 /* ------------------------------------------------------------ memory */
 
 int dext_platform_memory_fd(DextPlatform *p, int *fd, uint64_t *size)

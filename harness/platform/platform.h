@@ -454,6 +454,28 @@ typedef void (*DextPlatformEventFn)(void *opaque, DextPlatformEvent ev,
 void dext_platform_set_event_cb(DextPlatform *p, DextPlatformEventFn fn,
                                 void *opaque);
 
+/* --------------------------------------------------- virtual time */
+
+/*
+ * Device timers (interrupt coalescing, USB interrupt endpoints, the DMA
+ * engine's link timing model) run on the machine's virtual clock.  Under
+ * -accel qtest that clock moves only when told to, so a test controls time
+ * exactly, and a daemon that wants devices to behave in real time asks the
+ * platform to make virtual time follow the host's.
+ *
+ * dext_platform_clock_step: advance virtual time by @ns, running every timer
+ * that falls due (@ns 0: to the next timer deadline).  *now_ns (optional)
+ * gets the new virtual time.  -ENOTSUP where virtual time is real time.
+ *
+ * dext_platform_clock_follow: with @period_us > 0 a platform thread keeps
+ * virtual time at least at the host time elapsed since the call, adjusting
+ * every @period_us (so a timer fires at most that late); explicit steps may
+ * still move it further ahead.  0 stops following.  Adjustments are posted
+ * (they cost no round trip).  -ENOTSUP as above.
+ */
+int dext_platform_clock_step(DextPlatform *p, uint64_t ns, uint64_t *now_ns);
+int dext_platform_clock_follow(DextPlatform *p, unsigned period_us);
+
 /* ------------------------------------------------------------ QMP */
 
 /*

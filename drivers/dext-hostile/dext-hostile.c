@@ -81,8 +81,9 @@ typedef struct {
 /* Keep writes to the real device harmless: out-of-range offsets/bars. */
 static void defang(DextMsg *m, uint64_t dev)
 {
-    if (m->type != DEXT_MSG_CFG_WRITE && m->type != DEXT_MSG_MMIO_WRITE &&
-        m->type != DEXT_MSG_RESET) {
+    if ((m->flags & DEXT_MSG_F_REPLY) ||
+        (m->type != DEXT_MSG_CFG_WRITE && m->type != DEXT_MSG_MMIO_WRITE &&
+         m->type != DEXT_MSG_RESET)) {
         return;
     }
     guint64 id;
@@ -164,6 +165,12 @@ static void fuzz_rpc(uint64_t dev, int iters, Counts *c)
         if (!hg_message(r, channels, &m, &reply)) {
             continue;
         }
+        if (m.type == DEXT_MSG_HELLO && !reply) {
+            /* A HELLO that does not match is fatal by design (dextd kills a
+             * process that lies about who it is): not an input to survive. */
+            dext_msg_clear(&m);
+            continue;
+        }
         /* Aim half of the device requests at the device we own. */
         if (!reply && (dext_msg_spec(m.type)->channels & DEXT_CH_RPC) && m.body &&
             g_variant_n_children(m.body) > 0 && g_rand_boolean(r)) {
@@ -226,9 +233,11 @@ static void fuzz_rpc(uint64_t dev, int iters, Counts *c)
     g_rand_free(r);
 }
 
-/* Junk on the control channel while START is pending: unexpected requests
- * (dextd must not treat them as anything), replies to serials it never
- * sent, byte mutations. */
+/* Junk on the control channel while START is pending: well-formed but
+ * unexpected requests (dextd must not treat them as anything) and replies
+ * to serials it never sent.  (A malformed control message makes dextd cut
+ * the driver off: both channels closed, the process relaunched by policy,
+ * so byte mutations here would end the run.) */
 static void junk_ctrl(int n)
 {
     GRand *r = g_rand_new_with_seed(7);
@@ -239,15 +248,17 @@ static void junk_ctrl(int n)
         if (!hg_message(r, DEXT_CH_CTRL, &m, &reply)) {
             continue;
         }
+        const DextMsgSpec *s = dext_msg_spec(m.type);
+        if (m.type != DEXT_MSG_ERROR && (reply ? s->reply_fds : s->req_fds)) {
+            dext_msg_clear(&m); /* would need an fd: malformed without one */
+            continue;
+        }
         if (reply) {
             m.reply_to = 0x7f000000u + i; /* dextd never used these */
         }
         ssize_t len = dext_msg_encode(&m, buf, sizeof(buf));
         dext_msg_clear(&m);
         if (len > 0) {
-            if (g_rand_boolean(r)) {
-                len = (ssize_t)hg_mutate(r, buf, (size_t)len, sizeof(buf), 100);
-            }
             send_raw(ctrl_fd, buf, (size_t)len, -1);
         }
     }

@@ -1,0 +1,293 @@
+/*
+ * Helpers shared by the reliability tests (qtest/e2e/reliability-*.c) and
+ * the dextd fuzzers (qtest/fuzz/dextd-*-fuzz.c): start one dextd on the
+ * reliability machine with a chosen set of driver bundles, query it, and
+ * look at its processes and file descriptors through /proc.
+ *
+ * Environment (set by meson): DEXTD (daemon binary), DEXT_DRIVERS (the
+ * build's bundle folder), DEXT_REL_MACHINE (machine file).  Header-only:
+ * each test is one program.
+ */
+#ifndef DEXT_RELIABILITY_LIB_H
+#define DEXT_RELIABILITY_LIB_H
+
+#include "dext/client.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct {
+    GPid pid;
+    char *dir;
+    char *sock;
+    char *log;
+    char *flags;     /* folder for dext-hostile-dma's hang flags */
+} RelDextd;
+
+static void rel_die_with_parent(gpointer data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+}
+
+/* Start dextd with the bundles named in `bundles` (NULL-terminated) and
+ * extra "K=V" environment entries; waits (bounded) for its socket. */
+static inline bool rel_dextd_start(RelDextd *r, const char *const *bundles,
+                                   const char *const *extra_env)
+{
+    const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
+               *machine = g_getenv("DEXT_REL_MACHINE");
+    g_assert_nonnull(dextd);
+    g_assert_nonnull(drivers);
+    g_assert_nonnull(machine);
+    memset(r, 0, sizeof(*r));
+    r->dir = g_dir_make_tmp("dextd-rel-XXXXXX", NULL);
+    g_assert_nonnull(r->dir);
+    r->sock = g_build_filename(r->dir, "dextd.sock", NULL);
+    r->log = g_build_filename(r->dir, "dextd.log", NULL);
+    r->flags = g_build_filename(r->dir, "flags", NULL);
+    g_mkdir(r->flags, 0700);
+    char *bdir = g_build_filename(r->dir, "bundles", NULL);
+    g_mkdir(bdir, 0700);
+    for (const char *const *b = bundles; *b; b++) {
+        char *target = g_build_filename(drivers, *b, NULL), *link = g_build_filename(bdir, *b, NULL);
+        g_assert_cmpint(symlink(target, link), ==, 0);
+        g_free(target);
+        g_free(link);
+    }
+    char **envp = g_get_environ();
+    envp = g_environ_setenv(envp, "DEXT_HOSTILE_FLAGS", r->flags, TRUE);
+    for (const char *const *e = extra_env; e && *e; e++) {
+        char **kv = g_strsplit(*e, "=", 2);
+        envp = g_environ_setenv(envp, kv[0], kv[1] ? kv[1] : "", TRUE);
+        g_strfreev(kv);
+    }
+    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
+                                "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
+                                bdir, r->sock, r->log);
+    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    GError *e = NULL;
+    bool ok = g_spawn_async(NULL, argv, envp, G_SPAWN_DO_NOT_REAP_CHILD, rel_die_with_parent,
+                            NULL, &r->pid, &e);
+    if (!ok) {
+        g_printerr("cannot start dextd: %s\n", e->message);
+        g_error_free(e);
+    }
+    g_free(cmd);
+    g_free(bdir);
+    g_strfreev(envp);
+    gint64 end = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (ok && !g_file_test(r->sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
+        int st;
+        if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return false;
+        }
+        g_usleep(20000);
+    }
+    return ok && g_file_test(r->sock, G_FILE_TEST_EXISTS);
+}
+
+static inline char *rel_log(const RelDextd *r)
+{
+    char *s = NULL;
+    g_file_get_contents(r->log, &s, NULL, NULL);
+    return s ? s : g_strdup("");
+}
+
+static inline unsigned rel_count(const char *hay, const char *needle)
+{
+    unsigned n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) {
+        n++;
+    }
+    return n;
+}
+
+/* dextd still running (not reaped)? */
+static inline bool rel_alive(RelDextd *r)
+{
+    int st;
+    return r->pid > 0 && waitpid(r->pid, &st, WNOHANG) == 0;
+}
+
+/* SIGTERM, bounded wait; returns the wait status or -1 (had to SIGKILL). */
+static inline int rel_dextd_stop(RelDextd *r, unsigned ms)
+{
+    int status = -1;
+    if (r->pid <= 0) {
+        return -1;
+    }
+    kill(r->pid, SIGTERM);
+    gint64 end = g_get_monotonic_time() + (gint64)ms * 1000;
+    while (waitpid(r->pid, &status, WNOHANG) == 0) {
+        if (g_get_monotonic_time() > end) {
+            kill(r->pid, SIGKILL);
+            waitpid(r->pid, &status, 0);
+            status = -1;
+            break;
+        }
+        g_usleep(20000);
+    }
+    r->pid = 0;
+    return status;
+}
+
+static inline void rel_cleanup(RelDextd *r, bool keep)
+{
+    if (!keep && r->dir) {
+        char *cmd = g_strdup_printf("rm -rf '%s'", r->dir);
+        if (system(cmd)) {
+        }
+        g_free(cmd);
+    } else if (r->dir) {
+        g_printerr("# dextd files kept in %s\n", r->dir);
+    }
+    g_free(r->dir);
+    g_free(r->sock);
+    g_free(r->log);
+    g_free(r->flags);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Field idx of the service table line for class (id class server state pid
+ * launches starts), or NULL. */
+static inline char *rel_service_field(const RelDextd *r, const char *cls, int idx)
+{
+    char *out = NULL, *hit = NULL;
+    if (dext_daemon_services(r->sock, &out) < 0) {
+        return NULL;
+    }
+    char **lines = g_strsplit(out, "\n", -1);
+    for (char **l = lines; *l && !hit; l++) {
+        char **f = g_strsplit(*l, " ", -1);
+        if (g_strv_length(f) == 7 && !strcmp(f[1], cls)) {
+            hit = g_strdup(f[idx]);
+        }
+        g_strfreev(f);
+    }
+    g_strfreev(lines);
+    g_free(out);
+    return hit;
+}
+
+static inline long rel_service_num(const RelDextd *r, const char *cls, int idx)
+{
+    char *s = rel_service_field(r, cls, idx);
+    long v = s ? strtol(s, NULL, 10) : -1;
+    g_free(s);
+    return v;
+}
+
+static inline bool rel_wait_state(const RelDextd *r, const char *cls, const char *state,
+                                  unsigned ms)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)ms * 1000;
+    do {
+        char *st = rel_service_field(r, cls, 3);
+        bool ok = st && !strcmp(st, state);
+        g_free(st);
+        if (ok) {
+            return true;
+        }
+        g_usleep(20000);
+    } while (g_get_monotonic_time() < end);
+    return false;
+}
+
+/* Open file descriptors of a process (-1 if gone). */
+static inline int rel_fd_count(GPid pid)
+{
+    char *p = g_strdup_printf("/proc/%d/fd", (int)pid);
+    GDir *d = g_dir_open(p, 0, NULL);
+    g_free(p);
+    if (!d) {
+        return -1;
+    }
+    int n = 0;
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    g_dir_close(d);
+    return n;
+}
+
+/* Children of pid (from /proc/<x>/stat), optionally only those whose comm
+ * starts with `comm`.  Zombies count: they are leaks too. */
+static inline GArray *rel_children(GPid pid, const char *comm)
+{
+    GArray *a = g_array_new(FALSE, FALSE, sizeof(int));
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        int x = atoi(e->d_name);
+        if (x <= 0) {
+            continue;
+        }
+        char *p = g_strdup_printf("/proc/%d/stat", x), *s = NULL;
+        if (g_file_get_contents(p, &s, NULL, NULL)) {
+            char *open = strchr(s, '('), *close = strrchr(s, ')');
+            int ppid = 0;
+            char state;
+            if (open && close && sscanf(close + 2, "%c %d", &state, &ppid) == 2 && ppid == pid) {
+                char *name = g_strndup(open + 1, close - open - 1);
+                if (!comm || g_str_has_prefix(name, comm)) {
+                    g_array_append_val(a, x);
+                }
+                g_free(name);
+            }
+        }
+        g_free(s);
+        g_free(p);
+    }
+    if (d) {
+        closedir(d);
+    }
+    return a;
+}
+
+static inline bool rel_pid_exists(int pid)
+{
+    return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+/* Is the process built with AddressSanitizer (libasan mapped or its
+ * runtime linked in statically)? */
+static inline bool rel_sanitized(GPid pid)
+{
+    char *p = g_strdup_printf("/proc/%d/maps", (int)pid), *s = NULL;
+    bool asan = false;
+    if (g_file_get_contents(p, &s, NULL, NULL)) {
+        asan = strstr(s, "libasan") != NULL;
+    }
+    g_free(s);
+    g_free(p);
+    return asan;
+}
+
+/* Sanitizer or GLib-critical reports in a log. */
+static inline const char *rel_log_problem(const char *log)
+{
+    static const char *const bad[] = {
+        "ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "CRITICAL",
+        "GLib-WARNING", "Segmentation fault",
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+        const char *p = strstr(log, bad[i]);
+        if (p) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+#endif

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -33,7 +34,7 @@
 
 #include "platform-backend.h"
 
-#define VFIO_DEFAULT_POOL   (64ull << 20)
+#define VFIO_DEFAULT_POOL   (128ull << 20)
 #define VFIO_MAX_POOL       (1ull << 30)
 /* IOVAs start at 1 GiB: a device address is then never mistaken for a
  * small guest-physical one in logs, and stays clear of low reserved
@@ -59,7 +60,24 @@ typedef struct VfioFn {
     unsigned irq_count;      /* vectors enabled in VFIO */
     int *efd;                /* per vector: our dup of the caller's, or -1 */
     unsigned n_efd;
+    struct VfioIntx *intx;   /* INTx forwarder while INTx is bound */
 } VfioFn;
+
+/*
+ * INTx: VFIO masks the line after each interrupt until told to unmask.  The
+ * platform promises one eventfd count per rising edge, so a small thread
+ * sits between VFIO's trigger and the caller's eventfd: it forwards the
+ * edge, waits until the function's own INTx level (PCI Status bit 3) has
+ * dropped -- the driver acknowledged the device -- and only then unmasks.
+ * Unmasking earlier would turn one level into an interrupt storm.
+ */
+typedef struct VfioIntx {
+    GThread *th;
+    int trig;                /* VFIO signals this */
+    int stop;                /* destroy/unbind signals this */
+    int user;                /* our dup of the caller's eventfd */
+    VfioFn *f;
+} VfioIntx;
 
 typedef struct VfioGroup {
     int no;
@@ -530,8 +548,11 @@ fail:
     return r < 0 ? r : -EIO;
 }
 
+static void intx_stop(VfioFn *f);
+
 static void close_function(VfioFn *vf)
 {
+    intx_stop(vf);
     for (unsigned i = 0; i < DEXT_PCI_NUM_BARS; i++) {
         if (vf->bar[i].map) {
             munmap((void *)vf->bar[i].map, vf->bar[i].size);
@@ -939,8 +960,109 @@ static int set_irqs(VfioFn *f, DextIrqKind k, unsigned start, unsigned count,
     return ioctl(f->dev_fd, VFIO_DEVICE_SET_IRQS, s) < 0 ? -errno : 0;
 }
 
+static int intx_unmask(VfioFn *f)
+{
+    struct vfio_irq_set s = {
+        .argsz = sizeof(s),
+        .flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+        .index = VFIO_PCI_INTX_IRQ_INDEX, .start = 0, .count = 1,
+    };
+
+    return ioctl(f->dev_fd, VFIO_DEVICE_SET_IRQS, &s) < 0 ? -errno : 0;
+}
+
+static gpointer intx_thread(gpointer data)
+{
+    VfioIntx *x = data;
+    struct pollfd pf[2] = {
+        { .fd = x->trig, .events = POLLIN }, { .fd = x->stop, .events = POLLIN },
+    };
+    uint64_t n, one = 1;
+
+    for (;;) {
+        /* bounded wait; loops until stopped */
+        if (poll(pf, 2, 1000) < 0 && errno != EINTR) {
+            break;
+        }
+        if (pf[1].revents) {
+            break;
+        }
+        if (!(pf[0].revents & POLLIN) || read(x->trig, &n, 8) != 8) {
+            continue;
+        }
+        if (write(x->user, &one, 8) != 8) {
+            /* counter saturated or fd gone: nothing better to do */
+        }
+        /* level semantics: re-arm once the line is low */
+        for (;;) {
+            uint16_t st = 0;
+            struct pollfd ps = { .fd = x->stop, .events = POLLIN };
+
+            if (cfg_rw(x->f, false, 6, &st, 2) < 0 || !(st & 8)) {
+                break;
+            }
+            if (poll(&ps, 1, 1) > 0) {
+                return NULL;
+            }
+        }
+        intx_unmask(x->f);
+    }
+    return NULL;
+}
+
+static void intx_stop(VfioFn *f)
+{
+    VfioIntx *x = f->intx;
+    uint64_t one = 1;
+
+    if (!x) {
+        return;
+    }
+    if (write(x->stop, &one, 8) == 8) {
+        g_thread_join(x->th);
+    }
+    close(x->trig);
+    close(x->stop);
+    close(x->user);
+    g_free(x);
+    f->intx = NULL;
+}
+
+/* Route INTx to a forwarder that owns @user; called under irq_lock. */
+static int intx_start(VfioFn *f, int user)
+{
+    VfioIntx *x = g_new0(VfioIntx, 1);
+    int r;
+
+    x->f = f;
+    x->user = user;
+    x->trig = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    x->stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (x->trig < 0 || x->stop < 0) {
+        r = -errno;
+        goto fail;
+    }
+    if ((r = set_irqs(f, DEXT_IRQ_INTX, 0, 1, &x->trig)) < 0) {
+        goto fail;
+    }
+    x->th = g_thread_new("dext-vfio-intx", intx_thread, x);
+    f->intx = x;
+    return 0;
+
+fail:
+    if (x->trig >= 0) {
+        close(x->trig);
+    }
+    if (x->stop >= 0) {
+        close(x->stop);
+    }
+    g_free(x);
+    return r;
+}
+
 static void irq_drop_locked(VfioFn *f)
 {
+    intx_stop(f);
     if (f->irq_kind) {
         set_irqs(f, f->irq_kind, 0, 0, NULL);
     }
@@ -998,7 +1120,21 @@ static int vfio_irq_bind(DextPlatform *p, int idx, DextIrqKind kind,
         }
         f->n_efd = ii.count;
     }
-    if (!f->irq_kind) {
+    if (kind == DEXT_IRQ_INTX) {
+        /* the forwarder takes its own dup; ours stays in efd[0] for
+         * bookkeeping.  A rebind restarts it with the new eventfd. */
+        int fwd = fcntl(nd, F_DUPFD_CLOEXEC, 0);
+
+        intx_stop(f);
+        if (fwd < 0) {
+            r = -errno;
+        } else if ((r = intx_start(f, fwd)) < 0) {
+            close(fwd);
+        } else {
+            f->irq_kind = kind;
+            f->irq_count = 1;
+        }
+    } else if (!f->irq_kind) {
         /* Enable every vector at once (unbound ones get -1): kernels
          * before 6.5 cannot add MSI-X vectors to an enabled set, and this
          * way later binds only swap one trigger. */

@@ -152,7 +152,7 @@ typedef struct DextVfioDesc {
      * (comma separated), else bind nothing.  Functions already bound to
      * vfio-pci are always taken. */
     const char *const *bind;
-    /* Bytes of the DMA pool (pinned while the platform lives); 0: 64 MiB.
+    /* Bytes of the DMA pool (pinned while the platform lives); 0: 128 MiB.
      * Multiple of 2 MiB, at most 1 GiB. */
     uint64_t dma_size;
     /* sysfs root; NULL: "/sys". */

@@ -865,9 +865,13 @@ int main(int argc, char **argv)
         "msix-vectors", "iommu-unmapped-write", "iommu-gpa-read",
         "iommu-recover", "flr",
     };
-    /* dxl-runtime-test: dextd --platform vfio + dextlab-dma driver + apps;
-     * every DMA check verifies each byte */
+    /* dxl-runtime-test: the VFIO platform backend alone, then dextd
+     * --platform vfio + dextlab-dma driver + apps; every DMA check verifies
+     * each byte */
     static const char *const runtime[] = {
+        "platform-create", "platform-enumerate", "platform-config",
+        "platform-bar", "platform-dma-alloc", "platform-irq-msix",
+        "platform-irq-msi", "platform-irq-intx", "platform-reset",
         "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
         "runtime-dma-copy-1m", "runtime-dma-fill", "runtime-dma-crc32c",
         "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
@@ -917,8 +921,9 @@ int main(int argc, char **argv)
     /* The runtime in the guest (images/guest-runtime): dextd on the VFIO
      * platform, the dextlab-dma driver, its apps. */
     for (i = 0; i < G_N_ELEMENTS(runtime); i++) {
-        g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/runtime/%s",
-                                                runtime[i] + strlen("runtime-"));
+        /* platform-X: the VFIO backend alone; runtime-X: dextd on it */
+        g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/%s",
+                                                runtime[i]);
         g_test_add_data_func(path, runtime[i], test_selftest);
     }
     g_test_add_func("/boot/harness/detects-panic", test_detects_panic);

@@ -279,7 +279,9 @@ static int m_echo(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     if (a->struct_in_size > a->struct_out_size) {
         return -EOVERFLOW;
     }
-    memcpy(a->struct_out, a->struct_in, a->struct_in_size);
+    if (a->struct_in_size) {
+        memcpy(a->struct_out, a->struct_in, a->struct_in_size);
+    }
     a->struct_out_size = a->struct_in_size;
     a->scalar_out[0] = a->scalar_in[0] + a->scalar_in[1] + a->scalar_in[2];
     return 0;

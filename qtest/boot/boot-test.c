@@ -767,6 +767,7 @@ static int bench(void)
     /* the same through the runtime (dextd --platform vfio + driver + app) */
     double rdma[MAX_ROUNDS], rcpy[MAX_ROUNDS], rirq[MAX_ROUNDS];
     double refd[MAX_ROUNDS], rrtt[MAX_ROUNDS], refr[MAX_ROUNDS];
+    double pirq[MAX_ROUNDS], pefd[MAX_ROUNDS];   /* platform layer alone */
     int failed = 0;
 
     printf("boot (%s, q35 + intel-iommu + dextlab-dma + qemu-xhci with 2 "
@@ -788,7 +789,8 @@ static int bench(void)
             b1->done_failed || bench_num(b1, "dma-throughput", "ratio") < 0 ||
             bench_num(b1, "msix-latency", "ratio") < 0 ||
             bench_num(b1, "runtime-dma-throughput", "ratio") < 0 ||
-            bench_num(b1, "runtime-msix-latency", "ratio") < 0) {
+            bench_num(b1, "runtime-msix-latency", "ratio") < 0 ||
+            bench_num(b1, "platform-msix-latency", "ratio") < 0) {
             g_autofree char *d0 = dxl_boot_describe(b0);
             g_autofree char *d1 = dxl_boot_describe(b1);
 
@@ -813,6 +815,9 @@ static int bench(void)
                             "eventfd_oneway_p50_us");
         rrtt[n] = bench_num(b1, "runtime-msix-latency", "request_rtt_mean_us");
         refr[n] = bench_num(b1, "runtime-msix-latency", "eventfd_rtt_p50_us");
+        pirq[n] = bench_num(b1, "platform-msix-latency", "msix_p50_us");
+        pefd[n] = bench_num(b1, "platform-msix-latency",
+                            "eventfd_oneway_p50_us");
         printf("  round %u: bare %.2f s (guest %.2f s), drivers-ready %.2f s "
                "(guest %.2f s); DMA %.0f vs memcpy %.0f MiB/s; MSI-X p50 "
                "%.1f vs eventfd %.1f us\n", i + 1, w0[n], g0[n], w1[n],
@@ -821,6 +826,8 @@ static int bench(void)
                "app p50 %.1f vs eventfd one-way %.1f us; request round trip "
                "%.1f vs eventfd round trip %.1f us\n", rdma[n], rcpy[n],
                rirq[n], refd[n], rrtt[n], refr[n]);
+        printf("           platform (VFIO backend): MSI-X -> eventfd p50 %.1f "
+               "vs eventfd one-way %.1f us\n", pirq[n], pefd[n]);
         n++;
     }
     if (!n) {
@@ -852,6 +859,11 @@ static int bench(void)
                "%.1f us vs eventfd round trip %.1f us: %.2fx\n", mi, me,
                mi / me, median(rrtt, n), median(refr, n),
                median(rrtt, n) / median(refr, n));
+        mi = median(pirq, n);
+        me = median(pefd, n);
+        printf("  platform layer (dext_platform_irq_bind on VFIO): device "
+               "MSI-X -> eventfd p50 %.1f us vs eventfd one-way p50 %.1f us: "
+               "%.2fx\n", mi, me, mi / me);
     }
     return failed;
 }

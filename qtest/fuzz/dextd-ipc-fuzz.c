@@ -25,7 +25,7 @@
  * with a reply of the wrong message type.
  *
  *   dextd-ipc-fuzz [--seconds N] [--uc-inputs N] [--app-inputs N]
- *                  [--raw-inputs N] [--seed N] [--require-asan]
+ *                  [--raw-inputs N] [--fuzz-seed N] [--require-asan]
  * The run stops at whichever budget (time or inputs) ends first.  Long run:
  *   dextd-ipc-fuzz --seconds 1800 --uc-inputs 1000000 --app-inputs 200000 \
  *                  --raw-inputs 300000
@@ -629,7 +629,7 @@ int main(int argc, char **argv)
         { "uc-inputs", 0, 0, G_OPTION_ARG_INT64, &opt.uc_inputs, "User-client inputs (max)", "N" },
         { "app-inputs", 0, 0, G_OPTION_ARG_INT64, &opt.app_inputs, "App-socket inputs (max)", "N" },
         { "raw-inputs", 0, 0, G_OPTION_ARG_INT64, &opt.raw_inputs, "Inputs dext-hostile sends on its channels", "N" },
-        { "seed", 0, 0, G_OPTION_ARG_INT, &opt.seed, "Random seed", "N" },
+        { "fuzz-seed", 0, 0, G_OPTION_ARG_INT, &opt.seed, "Random seed", "N" },
         { "require-asan", 0, 0, G_OPTION_ARG_NONE, &opt.require_asan, "Fail unless dextd runs with ASan", NULL },
         { NULL },
     };

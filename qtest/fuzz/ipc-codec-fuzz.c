@@ -16,7 +16,7 @@
  *     is closed; an accepted message owns them and closes them on clear;
  *   - no fd leaks over the run (the process's fd count at the end).
  *
- *   ipc-codec-fuzz [--seconds N] [--iterations N] [--seed N]
+ *   ipc-codec-fuzz [--seconds N] [--iterations N] [--fuzz-seed N]
  * Long run: --seconds 600 (tens of millions of inputs).
  */
 #include <errno.h>
@@ -153,7 +153,7 @@ int main(int argc, char **argv)
     GOptionEntry entries[] = {
         { "seconds", 0, 0, G_OPTION_ARG_INT, &opt.seconds, "Time budget", "N" },
         { "iterations", 0, 0, G_OPTION_ARG_INT64, &opt.iterations, "Input budget", "N" },
-        { "seed", 0, 0, G_OPTION_ARG_INT, &opt.seed, "Random seed", "N" },
+        { "fuzz-seed", 0, 0, G_OPTION_ARG_INT, &opt.seed, "Random seed", "N" },
         { NULL },
     };
     g_test_init(&argc, &argv, NULL);

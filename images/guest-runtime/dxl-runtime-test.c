@@ -10,8 +10,10 @@
  * dextlab-dma-tool), runs COPY, FILL and CRC32C requests with every byte
  * verified, checks that MSI-X completions arrived through VFIO, that a
  * device DMA to an unmapped IOVA is refused by the IOMMU and the device
- * recovers, that the driver's reset works, runs dextlab-dma-tool itself,
- * and stops dextd cleanly.  Each check prints one line for the host:
+ * recovers, that the driver's reset works, that the driver process holds no
+ * VFIO fd (it reaches the device only through dextd), that a driver killed
+ * with SIGKILL is relaunched and serves verified copies again, runs
+ * dextlab-dma-tool itself, and stops dextd cleanly.  Each check prints one line for the host:
  *
  *   DEXTLAB-RESULT name=runtime-... status=pass|fail key=value ...
  *
@@ -306,6 +308,63 @@ static void bench(DxlApp *a)
         }
         dxl_result_clear(&r);
     }
+}
+
+/* pid of the process running @exe (the driver), or 0. */
+static pid_t find_exe(const char *exe)
+{
+    GDir *d = g_dir_open("/proc", 0, NULL);
+    const char *n;
+    pid_t found = 0;
+
+    while (d && (n = g_dir_read_name(d)) && !found) {
+        g_autofree char *link = g_strdup_printf("/proc/%s/exe", n);
+        g_autofree char *t = NULL;
+
+        if (!g_ascii_isdigit(n[0])) {
+            continue;
+        }
+        t = g_file_read_link(link, NULL);
+        if (t && !strcmp(t, exe)) {
+            found = atoi(n);
+        }
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    return found;
+}
+
+/*
+ * The driver reaches the device only through dextd: no VFIO container,
+ * group or device fd may leak into its process (they are close-on-exec in
+ * dextd).  Counts what it holds: DMA memory (the pool memfd) is expected.
+ */
+static void check_isolation(pid_t pid)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", (int)pid);
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    unsigned fds = 0, vfio = 0, memfd = 0;
+
+    while (d && (n = g_dir_read_name(d))) {
+        g_autofree char *link = g_build_filename(dir, n, NULL);
+        g_autofree char *t = g_file_read_link(link, NULL);
+
+        fds++;
+        if (t && (g_str_has_prefix(t, "/dev/vfio") || strstr(t, "vfio"))) {
+            vfio++;
+        }
+        if (t && strstr(t, "memfd:dextlab-dma")) {
+            memfd++;
+        }
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    result("runtime-driver-isolation", d && pid > 0 && vfio == 0,
+           "driver_pid=%d fds=%u vfio_fds=%u dma_memfds=%u", (int)pid, fds,
+           vfio, memfd);
 }
 
 /* ---- the platform layer alone (before dextd owns the device) ------------ */
@@ -615,10 +674,41 @@ int main(int argc, char **argv)
         check_job(&a, "runtime-after-reset", DXL_UC_OP_COPY, 64 << 10, 16, 4);
     }
 
+    g_autofree char *drv_exe = g_build_filename(drivers, "dextlab-dma", NULL);
+    pid_t drv = find_exe(drv_exe);
+
+    check_isolation(drv);
     if (do_bench) {
         bench(&a);
     }
     dxl_app_close(&a);
+
+    /*
+     * A driver crash on the VFIO platform: dextd sees it, releases and
+     * resets the device (VFIO_DEVICE_RESET, interrupts unbound, the dead
+     * driver's DMA freed) and relaunches; the new instance must serve
+     * verified copies again.
+     */
+    if (drv > 0 && kill(drv, SIGKILL) == 0) {
+        pid_t again = 0;
+        uint64_t t0 = dxl_now_ns();
+
+        for (int i = 0; i < 300 && (again == 0 || again == drv); i++) {
+            g_usleep(50000);
+            again = find_exe(drv_exe);
+        }
+        rc = again > 0 && again != drv ? open_app(&a, 20000, &waited) : -ESRCH;
+        result("runtime-driver-relaunch", rc == 0, "old_pid=%d new_pid=%d "
+               "rc=%d ms=%" PRIu64, (int)drv, (int)again, rc,
+               (dxl_now_ns() - t0) / 1000000);
+        if (rc == 0) {
+            check_job(&a, "runtime-after-relaunch", DXL_UC_OP_COPY, 64 << 10,
+                      32, 4);
+            dxl_app_close(&a);
+        }
+    } else {
+        result("runtime-driver-relaunch", false, "reason=no_driver_process");
+    }
 
     check_tool(tool, "copy");
     check_tool(tool, "fill");

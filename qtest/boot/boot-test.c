@@ -887,7 +887,8 @@ int main(int argc, char **argv)
         "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
         "runtime-dma-copy-1m", "runtime-dma-fill", "runtime-dma-crc32c",
         "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
-        "runtime-reset", "runtime-after-reset", "runtime-tool-copy",
+        "runtime-reset", "runtime-after-reset", "runtime-driver-isolation",
+        "runtime-driver-relaunch", "runtime-after-relaunch", "runtime-tool-copy",
         "runtime-tool-fill", "runtime-tool-crc", "runtime-dextd-exit",
     };
     /* usbfs self-test, per speed (hs: superspeed=off, ss: superspeed=on) */

@@ -13,6 +13,8 @@
  *     (reply or ERROR naming its serial), and SYNC must always come back.
  *     Writes "key=value" counts to $DEXT_HOSTILE_REPORT, then waits for
  *     dextd to close its channels.
+ *   DEXT_HOSTILE_RAW=ignore-start: never answers START (dextd's own
+ *     Start bound must kill it; libdext drivers have a watchdog of their own).
  *   DEXT_HOSTILE_RAW=bad-start-reply: answers START with a reply of the
  *     wrong message type (a PING reply naming START's serial), then idles.
  *     dextd must treat the Start as failed, not read a bogus result.
@@ -297,7 +299,11 @@ int main(int argc, char **argv)
     }
     guint64 svc, dev;
     g_variant_get(start.body, "(t&st@a{sv})", &svc, NULL, &dev, NULL);
-    if (!strcmp(mode, "bad-start-reply")) {
+    if (!strcmp(mode, "ignore-start")) {
+        /* Never answer: dextd's own Start bound must end this process. */
+        fprintf(stderr, "dext-hostile: ignoring START on purpose\n");
+        dext_msg_clear(&start);
+    } else if (!strcmp(mode, "bad-start-reply")) {
         DextMsg bad;
         dext_msg_init(&bad, DEXT_MSG_PING, NULL);
         bad.flags = DEXT_MSG_F_REPLY;

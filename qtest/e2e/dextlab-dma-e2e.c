@@ -9,7 +9,9 @@
  * control services for the stop/start cycles).
  *
  * Environment (meson): DEXTD, DEXTLAB_DMA_BUNDLE (bundle folder),
- * DEXTLAB_DMA_TOOL (the tool's executable).  Each test path names the
+ * DEXTLAB_DMA_TOOL (the tool's executable); DEXTLAB_DMA_VALGRIND (path of
+ * valgrind): run the driver under it through a wrapper bundle, and fail on
+ * any memory error or definite leak it reports.  Each test path names the
  * behaviour it guards.
  */
 #include "dxl-app.h"
@@ -21,6 +23,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -172,12 +175,78 @@ static void qmp_connect(void)
     qmp_int("{\"execute\":\"qmp_capabilities\"}\n");
 }
 
+/* A bundle whose executable runs the real driver under valgrind. */
+static char *valgrind_bundle(const char *bundle, const char *valgrind)
+{
+    char *dir = g_build_filename(t.dir, "vg", "dextlab-dma", NULL);
+    char *pers_src = g_build_filename(bundle, "dextlab-dma.personality", NULL);
+    char *pers = g_build_filename(dir, "dextlab-dma.personality", NULL);
+    char *wrap = g_build_filename(dir, "vg.sh", NULL);
+    char *real = g_build_filename(bundle, "dextlab-dma", NULL);
+    char *text = NULL;
+    g_assert_cmpint(g_mkdir_with_parents(dir, 0755), ==, 0);
+    g_assert_true(g_file_get_contents(pers_src, &text, NULL, NULL));
+    char *with_exe = g_strconcat(text, "\n[Bundle]\nExecutable=vg.sh\n", NULL);
+    g_assert_true(g_file_set_contents(pers, with_exe, -1, NULL));
+    char *sh = g_strdup_printf("#!/bin/sh\nexec '%s' --error-exitcode=99 --leak-check=full "
+                               "--errors-for-leak-kinds=definite --log-file='%s/vg-%%p.log' "
+                               "'%s' \"$@\"\n", valgrind, t.dir, real);
+    g_assert_true(g_file_set_contents(wrap, sh, -1, NULL));
+    g_assert_cmpint(g_chmod(wrap, 0755), ==, 0);
+    g_free(sh);
+    g_free(with_exe);
+    g_free(text);
+    g_free(real);
+    g_free(wrap);
+    g_free(pers);
+    g_free(pers_src);
+    return dir;
+}
+
+/* Every valgrind log of the run: no errors, no definite leaks. */
+static bool valgrind_clean(void)
+{
+    GDir *d = g_dir_open(t.dir, 0, NULL);
+    const char *n;
+    unsigned logs = 0;
+    bool ok = true;
+    while (d && (n = g_dir_read_name(d))) {
+        if (!g_str_has_prefix(n, "vg-")) {
+            continue;
+        }
+        char *path = g_build_filename(t.dir, n, NULL), *s = NULL;
+        g_file_get_contents(path, &s, NULL, NULL);
+        logs++;
+        if (!s || !strstr(s, "ERROR SUMMARY: 0 errors") ||
+            (strstr(s, "definitely lost:") && !strstr(s, "definitely lost: 0 bytes"))) {
+            g_printerr("valgrind reports problems in %s:\n%s\n", path, s ? s : "");
+            ok = false;
+        }
+        g_free(s);
+        g_free(path);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    return ok && logs > 0;
+}
+
+/* dextd (and with it QEMU and the driver) must not outlive a test that
+ * failed an assertion: it would hold meson's pipes open until the timeout. */
+static void die_with_parent(gpointer unused)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+}
+
 static void start_dextd(void)
 {
     const char *dextd = g_getenv("DEXTD"), *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
     g_assert_nonnull(dextd);
     g_assert_nonnull(bundle);
     t.dir = g_dir_make_tmp("dxl-e2e-XXXXXX", NULL);
+    if (g_getenv("DEXTLAB_DMA_VALGRIND")) {
+        bundle = valgrind_bundle(bundle, g_getenv("DEXTLAB_DMA_VALGRIND"));
+    }
     t.sock = g_build_filename(t.dir, "dextd.sock", NULL);
     t.log = g_build_filename(t.dir, "dextd.log", NULL);
     t.qmp_path = g_build_filename(t.dir, "qmp.sock", NULL);
@@ -194,8 +263,9 @@ static void start_dextd(void)
                                 "--socket '%s' --verbose 2>'%s'", dextd, machine, bundle,
                                 t.sock, t.log);
     char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL,
-                                &t.pid, NULL));
+    g_assert_true(g_spawn_async(NULL, argv, NULL,
+                                G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL,
+                                die_with_parent, NULL, &t.pid, NULL));
     gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
     while (!g_file_test(t.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
         g_usleep(20000);
@@ -667,7 +737,9 @@ static void test_stop_start_cycles(void)
         } else if (cycle > 1) {
             g_assert_cmpuint(settle(fds_of, pid, fds0, false), ==, fds0);
             g_assert_cmpuint(settle(dma_of, NULL, dma0, false), ==, dma0);
-            g_assert_cmpuint(rss_kb(pid), <, rss0 + 2048); /* no per-cycle growth */
+            if (!g_getenv("DEXTLAB_DMA_VALGRIND")) { /* valgrind's own heap grows */
+                g_assert_cmpuint(rss_kb(pid), <, rss0 + 2048); /* no per-cycle growth */
+            }
         }
     }
     /* a stopped service's DMA allocations go back: only dma1's remain */
@@ -691,7 +763,7 @@ static void test_app_dies_midflight(void)
     GPid pid;
     uint64_t dma_before = dma_allocations();
     g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD |
-                                G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, &pid, NULL));
+                                G_SPAWN_STDOUT_TO_DEV_NULL, die_with_parent, NULL, &pid, NULL));
     g_usleep(700000);
     g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
     int status = 0;
@@ -726,6 +798,9 @@ int main(int argc, char **argv)
     /* no driver crash, no "unexpected completion" anywhere in the run */
     if (strstr(log, "unexpected completion") || strstr(log, "crashed")) {
         g_printerr("dextd log shows a driver problem:\n%s", log);
+        rc = 1;
+    }
+    if (rc == 0 && g_getenv("DEXTLAB_DMA_VALGRIND") && !valgrind_clean()) {
         rc = 1;
     }
     if (rc == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {

@@ -1673,6 +1673,15 @@ int dextd_create(const DextdConfig *cfg, Dextd **out, char **err)
     if (!dext_platform_has_msi(d->plat)) {
         LOGW("this QEMU does not report MSI messages (no msi_intercept): interrupts unavailable");
     }
+    /* Under qtest the machine's virtual clock stands still unless moved:
+     * make it follow host time so device timers (interrupt coalescing, USB
+     * interrupt endpoints) fire as on hardware, at most 1 ms late.  Where
+     * virtual time is real time (a real guest) there is nothing to do. */
+    rc = dext_platform_clock_follow(d->plat, 1000);
+    if (rc < 0 && rc != -ENOTSUP) {
+        *err = g_strdup_printf("cannot drive the machine's clock: %s", g_strerror(-rc));
+        goto fail;
+    }
     if ((rc = publish_pci(d, err)) < 0) {
         goto fail;
     }

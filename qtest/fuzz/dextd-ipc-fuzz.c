@@ -128,6 +128,20 @@ static int app_connect(void)
     return s;
 }
 
+/* A datagram no receiver can frame: too short for a header, or a bad
+ * magic (no serial to name in an ERROR): the connection may be closed. */
+static ssize_t unframeable(uint8_t *b)
+{
+    ssize_t len = g_rand_int_range(rnd, 0, 64);
+    for (ssize_t i = 0; i < len; i++) {
+        b[i] = (uint8_t)g_rand_int(rnd);
+    }
+    if (len >= 24) {
+        memset(b + 8, 0, 4); /* serial 0 */
+    }
+    return len;
+}
+
 /* ---- app socket ------------------------------------------------------------ */
 
 static void fuzz_app(long n, gint64 deadline)
@@ -152,6 +166,10 @@ static void fuzz_app(long n, gint64 deadline)
         }
         if (g_rand_int_range(rnd, 0, 4) == 0) {
             len = (ssize_t)hg_mutate(rnd, buf, (size_t)len, sizeof(buf), 90);
+            expect = false;
+        }
+        if (g_rand_int_range(rnd, 0, 50) == 0) {
+            len = unframeable(buf);
             expect = false;
         }
         int fd = g_rand_int_range(rnd, 0, 20) == 0 ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -1;
@@ -419,6 +437,9 @@ static void fuzz_uc(long n, gint64 deadline)
             }
             if (g_rand_boolean(rnd)) {
                 len = (ssize_t)hg_mutate(rnd, buf, (size_t)len, sizeof(buf), 90);
+            }
+            if (g_rand_int_range(rnd, 0, 25) == 0) {
+                len = unframeable(buf);
             }
             int rc = send_raw(fd, buf, (size_t)len, -1);
             DextMsg q;

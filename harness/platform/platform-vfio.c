@@ -914,12 +914,25 @@ static int vfio_port_write(DextPlatform *p, uint16_t port, unsigned width,
 
 static int vfio_flush(DextPlatform *p)
 {
-    /* Stores to an uncached BAR mapping leave the CPU in program order; a
-     * fence orders them before whatever the caller does next (e.g. tell a
-     * driver over a socket).  A read from the device would flush the PCIe
-     * path too; callers that need that read a register. */
-    (void)p;
+    VfioPlatform *v = VP(p);
+
+    /* Stores to an uncached BAR mapping leave the CPU in program order; the
+     * fence orders them before what follows.  Then a non-posted request to
+     * each function: PCIe forbids a read completion from passing posted
+     * writes on the same path, so when the config read returns, every
+     * earlier BAR write has reached its device (registers are never read
+     * here: a read can have side effects). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (guint i = 0; i < v->vf->len; i++) {
+        uint16_t id;
+        int r = cfg_rw(v->vf->pdata[i], false, 0, &id, 2);
+
+        if (r < 0) {
+            return dext_platform_set_error(p, r, "%s: flush read: %s",
+                                           ((VfioFn *)v->vf->pdata[i])->bdf,
+                                           g_strerror(-r));
+        }
+    }
     return 0;
 }
 

@@ -104,6 +104,7 @@ typedef struct {
     /* ring state (under lock) */
     uint32_t sq_tail, sq_head, sq_inflight, cq_head;
     uint32_t cq_unacked;        /* reaped, CQ_HEAD not yet written */
+    bool quiesced;              /* device reset under way: ring no doorbell */
     uint8_t phase;
     uint32_t gen;               /* bumps on every re-init: stale cookies */
     GQueue pending;             /* Req*, FIFO, not yet fully submitted */
@@ -282,6 +283,9 @@ static void q_kick(HwQueue *q)
 {
     unsigned n = 0;
 
+    if (q->quiesced) {
+        return; /* a doorbell now would hit a reset queue; requests wait */
+    }
     for (;;) {
         if (g_queue_is_empty(&q->pending)) {
             break;
@@ -530,6 +534,7 @@ static void q_reinit_block(void *data)
     q_abort_all(q, c->status, c->dev_status);
     q_reset_state(q);
     q_program(q);
+    q->quiesced = false;
     g_mutex_unlock(&q->lock);
 }
 
@@ -688,9 +693,23 @@ static int q_setup(Drv *d, unsigned i)
     return dext_interrupt_source_create(d->pci, DXL_DMA_VEC_QUEUE(i), q->dq, q_irq, q, &q->irq);
 }
 
+/* No more doorbells from any context until the queue is set up again. */
+static void quiesce_queues(Drv *d)
+{
+    for (unsigned i = 0; i < DXL_DMA_NUM_QUEUES; i++) {
+        HwQueue *q = &d->q[i];
+        if (q->lock_init) {
+            g_mutex_lock(&q->lock);
+            q->quiesced = true;
+            g_mutex_unlock(&q->lock);
+        }
+    }
+}
+
 /* Quiesce the device, free everything; safe on a partly started driver. */
 static void drv_teardown(Drv *d)
 {
+    quiesce_queues(d);
     /* Engine first: after the flush no DMA reaches memory we free. */
     wr32(d, DXL_REG_CTRL, DXL_CTRL_RESET);
     dext_pci_set_bus_master_enable(d->pci, false);
@@ -1055,6 +1074,7 @@ static int m_reset(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     DEXT_INFO("%s: reset requested by %s", dext_pci_address(d->pci),
               dext_user_client_app_id(uc));
     /* Engine first: after the flush the device holds no work. */
+    quiesce_queues(d);
     wr32(d, DXL_REG_CTRL, DXL_CTRL_RESET);
     int rc = dext_pci_flush(d->pci);
     if (rc < 0) {

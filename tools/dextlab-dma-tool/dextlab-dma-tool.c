@@ -186,7 +186,8 @@ int main(int argc, char **argv)
         rc = dxl_app_job(&a, &j, &r);
         if (rc < 0) {
             fprintf(stderr, "dextlab-dma-tool: %s: %s%s\n", cmd, g_strerror(-rc),
-                    rc == -E2BIG ? " (size x depth x queues too large to verify)" : "");
+                    rc == -E2BIG ? " (size x depth x queues does not fit the 256 MiB window: lower "
+                                   "one, or --no-verify to reuse buffers)" : "");
             status = rc == -EINVAL || rc == -E2BIG ? 2 : 1;
             goto out;
         }

@@ -505,11 +505,13 @@ static void q_program(HwQueue *q)
     wr32(d, DXL_REG_Q(i, DXL_Q_CQ_BASE_HI), (uint32_t)(q->cq_iova >> 32));
     wr32(d, DXL_REG_Q(i, DXL_Q_CQ_SIZE), RING);
     /*
-     * Coalescing: an interrupt for every completion that asks for one
-     * (the driver asks once per request), and no timer: COAL_USEC counts
-     * the VM's virtual time, which under qtest moves only when stepped, so
-     * a timer-held remainder could wait forever.  Interrupts that arrive
-     * while the handler runs are merged by the interrupt source (count).
+     * Coalescing: an interrupt for every completion that asks for one (the
+     * driver asks once per request), no timer.  COAL_USEC counts the VM's
+     * virtual time, which under qtest moves only when stepped (dextd now
+     * steps it after host time, about 1 ms late at best), so a count
+     * threshold would leave its remainder waiting that long or forever.
+     * Interrupts that arrive while the handler runs are merged by the
+     * interrupt source (its count argument) anyway.
      */
     wr32(d, DXL_REG_Q(i, DXL_Q_COAL_COUNT), 1);
     wr32(d, DXL_REG_Q(i, DXL_Q_COAL_USEC), 0);

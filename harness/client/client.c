@@ -63,8 +63,24 @@ static int connect_daemon(const char *path, int *out)
     return 0;
 }
 
+static int daemon_call_why(const char *path, uint16_t type, GVariant *body, DextMsg *reply,
+                           char **reason);
+
 /* One request/reply with dextd on a fresh connection. */
 static int daemon_call(const char *path, uint16_t type, GVariant *body, DextMsg *reply)
+{
+    char *why = NULL;
+    int rc = daemon_call_why(path, type, body, reply, &why);
+    if (rc < 0 && why) {
+        g_debug("dextd: %s", why);
+    }
+    g_free(why);
+    return rc;
+}
+
+/* The same, handing dextd's error text (if any) to the caller. */
+static int daemon_call_why(const char *path, uint16_t type, GVariant *body, DextMsg *reply,
+                           char **reason)
 {
     int fd = -1, rc;
     uint32_t serial = 0;
@@ -78,10 +94,7 @@ static int daemon_call(const char *path, uint16_t type, GVariant *body, DextMsg 
     dext_msg_init(&m, type, body);
     char *why = NULL;
     rc = dext_ipc_call(fd, DEXT_CH_APP, &serial, &m, reply, DEXT_IPC_TIMEOUT_MS, &why);
-    if (rc < 0 && why) {
-        g_debug("dextd: %s", why);
-    }
-    g_free(why);
+    *reason = why;
     dext_msg_clear(&m);
     close(fd);
     return rc;
@@ -431,4 +444,100 @@ int dext_daemon_service_ctl(const char *socket_path, uint64_t service, const cha
         dext_msg_clear(&r);
     }
     return rc;
+}
+
+int dext_daemon_list(const char *socket_path, char **out)
+{
+    DextMsg r;
+    int rc = daemon_call(socket_path, DEXT_MSG_LIST, NULL, &r);
+    if (rc < 0) {
+        return rc;
+    }
+    GString *s = g_string_new(NULL);
+    GVariantIter *it;
+    guint64 dev_id, svc_id;
+    const char *dev, *cls, *srv, *state;
+    guint16 ven, did;
+    guint32 class_code, launches, starts;
+    gint64 pid;
+    g_variant_get(r.body, "(a(tsqqutsssxuu))", &it);
+    while (g_variant_iter_next(it, "(t&sqqut&s&s&sxuu)", &dev_id, &dev, &ven, &did, &class_code,
+                               &svc_id, &cls, &srv, &state, &pid, &launches, &starts)) {
+        char sid[24];
+        g_snprintf(sid, sizeof(sid), "%" G_GUINT64_FORMAT, svc_id);
+        g_string_append_printf(s, "%" G_GUINT64_FORMAT " %s %04x:%04x %06x %s %s %s %s %"
+                               G_GINT64_FORMAT " %u %u\n", dev_id, dev, ven, did, class_code,
+                               svc_id ? sid : "-", *cls ? cls : "-", *srv ? srv : "-", state,
+                               pid, launches, starts);
+    }
+    g_variant_iter_free(it);
+    dext_msg_clear(&r);
+    *out = g_string_free(s, FALSE);
+    return 0;
+}
+
+int dext_daemon_log(const char *socket_path, uint64_t since, uint64_t *next, char **out)
+{
+    DextMsg r;
+    int rc = daemon_call(socket_path, DEXT_MSG_LOG, g_variant_new("(tu)", (guint64)since, 1000u),
+                         &r);
+    if (rc < 0) {
+        return rc;
+    }
+    GString *s = g_string_new(NULL);
+    GVariantIter *it;
+    guint64 nx, seq;
+    gint64 pid;
+    const char *srv, *line;
+    g_variant_get(r.body, "(ta(txss))", &nx, &it);
+    while (g_variant_iter_next(it, "(tx&s&s)", &seq, &pid, &srv, &line)) {
+        g_string_append_printf(s, "%s[%" G_GINT64_FORMAT "]: %s\n", srv, pid, line);
+    }
+    g_variant_iter_free(it);
+    dext_msg_clear(&r);
+    *next = nx;
+    *out = g_string_free(s, FALSE);
+    return 0;
+}
+
+int dext_daemon_match_explain(const char *socket_path, char **out)
+{
+    DextMsg r;
+    int rc = daemon_call(socket_path, DEXT_MSG_MATCH_EXPLAIN, NULL, &r);
+    if (rc < 0) {
+        return rc;
+    }
+    GString *s = g_string_new(NULL);
+    GVariantIter *it;
+    const char *dev, *pers, *cls, *srv, *why;
+    gboolean won;
+    g_variant_get(r.body, "(a(ssssbs))", &it);
+    while (g_variant_iter_next(it, "(&s&s&s&sb&s)", &dev, &pers, &cls, &srv, &won, &why)) {
+        g_string_append_printf(s, "%s\t%s\t%s\t%s\t%s\n", dev, pers, srv, won ? "matched" : "no",
+                               why);
+    }
+    g_variant_iter_free(it);
+    dext_msg_clear(&r);
+    *out = g_string_free(s, FALSE);
+    return 0;
+}
+
+int dext_daemon_bundle_ctl(const char *socket_path, const char *op, const char *arg,
+                           char **out)
+{
+    DextMsg r;
+    char *why = NULL;
+    if (!op || !arg) {
+        return -EINVAL;
+    }
+    int rc = daemon_call_why(socket_path, DEXT_MSG_BUNDLE_CTL, g_variant_new("(ss)", op, arg),
+                             &r, &why);
+    if (rc < 0) {
+        *out = why ? why : g_strdup(g_strerror(-rc));
+        return rc;
+    }
+    g_free(why);
+    g_variant_get(r.body, "(s)", out);
+    dext_msg_clear(&r);
+    return 0;
 }

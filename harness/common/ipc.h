@@ -84,6 +84,17 @@ typedef enum {
     DEXT_MSG_REGISTRY,      /* (b) json -> (s) dump */
     DEXT_MSG_SERVICES,      /* () -> (a(tsssxuu)) id class server state pid launches starts */
     DEXT_MSG_SERVICE_CTL,   /* (ts) service, "stop"|"start" -> () (needs dextd-control) */
+    /* Added for dextctl (same protocol version: an older dextd answers an
+     * unknown type with an ERROR reply, which dextctl reports). */
+    DEXT_MSG_LIST,          /* () -> (a(tsqqutsssxuu)) device id, name, vendor, device,
+                             * class, service id (0: none), user class, server, state,
+                             * pid, launches, starts; one row per service or bare device */
+    DEXT_MSG_LOG,           /* (tu) first seq, max lines -> (ta(txss)) next seq,
+                             * (seq, pid, server, line) from dextd's driver log ring */
+    DEXT_MSG_MATCH_EXPLAIN, /* () -> (a(ssssbs)) device, bundle/personality, user class,
+                             * server, won, verdict ("matched ..." or the first reason not) */
+    DEXT_MSG_BUNDLE_CTL,    /* (ss) "load"|"unload"|"restart", bundle dir | bundle name |
+                             * server name -> (s) what was done (needs dextd-control) */
     /* UC: app -> driver */
     DEXT_MSG_UC_METHODS = 80, /* () -> (a(uuuuu)) sel, nscalar-in, struct-in, nscalar-out, struct-out */
     DEXT_MSG_UC_CALL,       /* (uatayuut) selector, scalars, struct, scalar-out count,

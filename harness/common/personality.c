@@ -853,6 +853,102 @@ bool dext_bundle_entitled(const DextBundle *b, const DextDeviceInfo *dev, char *
     return false;
 }
 
+static void list_fmt(GString *g, const DextMatchList *l)
+{
+    for (unsigned i = 0; i < l->n; i++) {
+        g_string_append_printf(g, "%s0x%08x&0x%08x", i ? " " : "", l->v[i].value, l->v[i].mask);
+    }
+}
+
+static const char *provider_name(DextProviderKind k)
+{
+    return k == DEXT_PROVIDER_PCI ? "IOPCIDevice"
+         : k == DEXT_PROVIDER_USB_DEVICE ? "IOUSBHostDevice" : "IOUSBHostInterface";
+}
+
+/* One key's verdict: FALSE with *why naming the key, value and list. */
+static bool explain_key(const char *what, const char *key, const DextMatchList *l, uint32_t v,
+                        char **why)
+{
+    unsigned bits;
+    if (!l->n || list_match(l, v, &bits)) {
+        return true;
+    }
+    GString *g = g_string_new(NULL);
+    g_string_printf(g, "%s: device 0x%08x matches no %s value&mask (", what, v, key);
+    list_fmt(g, l);
+    g_string_append_c(g, ')');
+    *why = g_string_free(g, FALSE);
+    return false;
+}
+
+bool dext_match_explain(const DextPersonality *p, const DextDeviceInfo *dev, char **why)
+{
+    *why = NULL;
+    if (p->provider != dev->kind) {
+        *why = g_strdup_printf("provider: personality wants %s, device is %s",
+                               provider_name(p->provider), provider_name(dev->kind));
+        return false;
+    }
+    if (p->provider == DEXT_PROVIDER_PCI) {
+        const DextPciMatch *m = &p->pci;
+        uint32_t primary = (uint32_t)dev->device << 16 | dev->vendor;
+        uint32_t secondary = (uint32_t)dev->subdevice << 16 | dev->subvendor;
+        unsigned b1, b2;
+        if (pci_match_empty(m)) {
+            *why = g_strdup("IDs: the personality has no PCI match key");
+            return false;
+        }
+        if (!explain_key("class", "IOPCIClassMatch", &m->class_code,
+                         dev->class_code & 0xffffff, why) ||
+            !explain_key("IDs", "IOPCIPrimaryMatch", &m->primary, primary, why) ||
+            !explain_key("subsystem IDs", "IOPCISecondaryMatch", &m->secondary, secondary,
+                         why)) {
+            return false;
+        }
+        if (m->any.n && !list_match(&m->any, primary, &b1) &&
+            !list_match(&m->any, secondary, &b2)) {
+            GString *g = g_string_new(NULL);
+            g_string_printf(g, "IDs: neither 0x%08x nor subsystem 0x%08x matches an "
+                            "IOPCIMatch value&mask (", primary, secondary);
+            list_fmt(g, &m->any);
+            g_string_append_c(g, ')');
+            *why = g_string_free(g, FALSE);
+            return false;
+        }
+    } else {
+        unsigned nkeys = 0;
+        for (int k = 0; k < DEXT_USB_NKEYS; k++) {
+            if (!p->usb.key[k].n) {
+                continue;
+            }
+            nkeys++;
+            if (!dev->usb_has[k]) {
+                *why = g_strdup_printf("IDs: the device has no %s", usb_key_names[k]);
+                return false;
+            }
+            if (!explain_key("IDs", usb_key_names[k], &p->usb.key[k], dev->usb[k], why)) {
+                return false;
+            }
+        }
+        if (!nkeys) {
+            *why = g_strdup("IDs: the personality has no USB match key");
+            return false;
+        }
+    }
+    char *ent = NULL;
+    if (p->bundle && !dext_bundle_entitled(p->bundle, dev, &ent)) {
+        *why = g_strdup_printf("entitlement: %s", ent);
+        g_free(ent);
+        return false;
+    }
+    unsigned spec = 0;
+    dext_personality_matches(p, dev, &spec);
+    *why = g_strdup_printf("matches (score %d, specificity %u, category %s)", p->probe_score,
+                           spec, p->match_category);
+    return true;
+}
+
 bool dext_bundle_allows_app(const DextBundle *b, const char *app_id)
 {
     if (!b->uc_apps || !app_id) {

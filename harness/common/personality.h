@@ -122,6 +122,12 @@ bool dext_pci_match(const DextPciMatch *m, const DextDeviceInfo *dev,
 /* Is the bundle entitled to claim dev?  On refusal *why says why. */
 bool dext_bundle_entitled(const DextBundle *b, const DextDeviceInfo *dev,
                           char **why);
+/* Why does p (not) match dev?  Returns whether it matches, entitlement
+ * included, and sets *why (g_free) to the first failed check: provider
+ * class, then each match key (class code, IDs, subsystem IDs) with its
+ * masked values, then the bundle's entitlement.  Winning among several
+ * matches (IOProbeScore, specificity) is decided by dext_match_select(). */
+bool dext_match_explain(const DextPersonality *p, const DextDeviceInfo *dev, char **why);
 /* Is app_id allowed to open user clients of b? */
 bool dext_bundle_allows_app(const DextBundle *b, const char *app_id);
 

@@ -31,6 +31,10 @@
 #define MAX_APP_CONNS      128    /* bounds what local clients can pin */
 #define MAX_DMA_ALLOCS     4096   /* per server: one driver cannot exhaust
                                    * the DMA pool entry table for others */
+#define LOG_RING_LINES     2000   /* driver log lines kept for dextctl log */
+#define LOG_LINE_MAX       1024   /* longer lines are cut (and say so) */
+#define LOG_REPLY_BYTES    (32 * 1024) /* text per LOG reply, under one message */
+#define UNLOAD_TIMEOUT_MS  5000   /* a server being unloaded gets this to exit */
 
 typedef struct Server Server;
 typedef struct Service Service;
@@ -82,7 +86,20 @@ struct Server {
     bool gave_up;
     unsigned launches;
     GArray *ends;            /* gint64 monotonic times of abnormal ends */
+    int log_fd;              /* read end of the process's stdout+stderr pipe */
+    guint log_watch;
+    GString *log_partial;    /* an unterminated line so far */
+    bool restarting;         /* killed for dextctl restart: relaunch at once */
+    bool unloading;          /* bundle being unloaded: free on exit */
 };
+
+/* One line a driver process wrote to stdout or stderr. */
+typedef struct {
+    uint64_t seq;
+    gint64 pid;
+    char *server;
+    char *line;
+} LogLine;
 
 typedef enum { P_START, P_STOP, P_OPEN } PendingKind;
 
@@ -126,6 +143,8 @@ struct Dextd {
     unsigned stops_pending;
     guint quit_timer;
     int exit_status;
+    GQueue log_ring;         /* LogLine*, oldest first, at most LOG_RING_LINES */
+    uint64_t log_seq;        /* seq of the next line */
 };
 
 static bool verbose;
@@ -323,15 +342,177 @@ static void load_bundles(Dextd *d)
     }
 }
 
+/* ---- driver logs ----------------------------------------------------------
+ * Each driver process's stdout and stderr go to one pipe that dextd reads:
+ * every complete line is copied unchanged to dextd's stderr (where it went
+ * before) and kept, tagged with server name and pid, in a bounded ring that
+ * dextctl log reads.  The pipe is drained before dextd handles anything else
+ * from that process, so a line written before a reply is in the ring (and
+ * the log) by the time the reply has been acted on. */
+
+static void log_line_free(gpointer data)
+{
+    LogLine *l = data;
+    g_free(l->server);
+    g_free(l->line);
+    g_free(l);
+}
+
+static void log_add(Dextd *d, Server *srv, const char *text, size_t len)
+{
+    LogLine *l = g_new0(LogLine, 1);
+    l->seq = d->log_seq++;
+    l->pid = srv->pid;
+    l->server = g_strdup(srv->name);
+    if (len > LOG_LINE_MAX) {
+        l->line = g_strdup_printf("%.*s... (%zu bytes cut)", LOG_LINE_MAX, text,
+                                  len - LOG_LINE_MAX);
+    } else {
+        l->line = g_strndup(text, len);
+    }
+    /* Keep the text printable on a terminal: no escape sequences from drivers. */
+    for (char *c = l->line; *c; c++) {
+        if ((unsigned char)*c < 0x20 && *c != '\t') {
+            *c = '?';
+        }
+    }
+    g_queue_push_tail(&d->log_ring, l);
+    while (g_queue_get_length(&d->log_ring) > LOG_RING_LINES) {
+        log_line_free(g_queue_pop_head(&d->log_ring));
+    }
+    /* what dextd's own stderr always showed */
+    char *out = g_strdup_printf("%.*s\n", (int)len, text);
+    if (write(STDERR_FILENO, out, strlen(out)) < 0) {
+        /* nowhere to report it */
+    }
+    g_free(out);
+}
+
+/* Read what is there (never blocks); returns false at EOF or error. */
+static bool log_drain(Server *srv)
+{
+    char buf[4096];
+    if (srv->log_fd < 0) {
+        return false;
+    }
+    for (;;) {
+        ssize_t n = read(srv->log_fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            return true;
+        }
+        if (n <= 0) {
+            if (srv->log_partial->len) {
+                log_add(srv->d, srv, srv->log_partial->str, srv->log_partial->len);
+                g_string_truncate(srv->log_partial, 0);
+            }
+            return false;
+        }
+        const char *p = buf, *end = buf + n;
+        while (p < end) {
+            const char *nl = memchr(p, '\n', end - p);
+            if (!nl) {
+                g_string_append_len(srv->log_partial, p, end - p);
+                if (srv->log_partial->len > 4 * LOG_LINE_MAX) {
+                    log_add(srv->d, srv, srv->log_partial->str, srv->log_partial->len);
+                    g_string_truncate(srv->log_partial, 0);
+                }
+                break;
+            }
+            if (srv->log_partial->len) {
+                g_string_append_len(srv->log_partial, p, nl - p);
+                log_add(srv->d, srv, srv->log_partial->str, srv->log_partial->len);
+                g_string_truncate(srv->log_partial, 0);
+            } else {
+                log_add(srv->d, srv, p, nl - p);
+            }
+            p = nl + 1;
+        }
+    }
+}
+
+static void log_close(Server *srv)
+{
+    if (srv->log_fd < 0) {
+        return;
+    }
+    log_drain(srv);
+    if (srv->log_watch) {
+        g_source_remove(srv->log_watch);
+        srv->log_watch = 0;
+    }
+    close(srv->log_fd);
+    srv->log_fd = -1;
+}
+
+static gboolean on_log(gint fd, GIOCondition cond, gpointer data)
+{
+    Server *srv = data;
+    if (!log_drain(srv)) {
+        srv->log_watch = 0;
+        close(srv->log_fd);
+        srv->log_fd = -1;
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
 static void server_free(gpointer data)
 {
     Server *s = data;
+    log_close(s);
+    g_string_free(s->log_partial, TRUE);
     g_ptr_array_free(s->services, TRUE);
     g_hash_table_destroy(s->pending);
     g_array_free(s->dma, TRUE);
     g_array_free(s->ends, TRUE);
     g_free(s->name);
     g_free(s);
+}
+
+/* Create the service for match r on dev (and its server if new). */
+static Service *add_service(Dextd *d, Device *dev, const DextMatchResult *r)
+{
+    Server *srv = g_hash_table_lookup(d->servers, r->p->server_name);
+    if (srv && srv->bundle != r->p->bundle) {
+        LOGE("server name %s is used by bundles %s and %s: %s/%s not started",
+             r->p->server_name, srv->bundle->name, r->p->bundle->name,
+             r->p->bundle->name, r->p->name);
+        return NULL;
+    }
+    if (!srv) {
+        srv = g_new0(Server, 1);
+        srv->d = d;
+        srv->name = g_strdup(r->p->server_name);
+        srv->bundle = r->p->bundle;
+        srv->services = g_ptr_array_new();
+        srv->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, NULL);
+        srv->dma = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+        srv->ends = g_array_new(FALSE, FALSE, sizeof(gint64));
+        srv->ctrl_fd = srv->rpc_fd = srv->log_fd = -1;
+        srv->log_partial = g_string_new(NULL);
+        g_hash_table_insert(d->servers, srv->name, srv);
+    }
+    Service *s = g_new0(Service, 1);
+    s->dev = dev;
+    s->p = r->p;
+    s->srv = srv;
+    s->specificity = r->specificity;
+    s->entry = dext_registry_add(d->reg, dev->entry, r->p->user_class, r->p->user_class);
+    s->id = dext_reg_entry_id(s->entry);
+    dext_reg_entry_set(s->entry, "IOUserServerName", g_variant_new_string(srv->name));
+    dext_reg_entry_set(s->entry, "IOPersonality",
+                       g_variant_new_take_string(g_strdup_printf("%s/%s", r->p->bundle->name,
+                                                                 r->p->name)));
+    dext_reg_entry_set(s->entry, "IOProbeScore", g_variant_new_int32(r->p->probe_score));
+    dext_reg_entry_set(s->entry, "IOMatchCategory", g_variant_new_string(r->p->match_category));
+    dext_reg_entry_set(s->entry, "match-specificity", g_variant_new_uint32(r->specificity));
+    svc_set_state(s, SVC_MATCHED);
+    g_ptr_array_add(srv->services, s);
+    g_ptr_array_add(d->services, s);
+    return s;
 }
 
 static void match_all(Dextd *d)
@@ -347,43 +528,7 @@ static void match_all(Dextd *d)
                  log->len ? log->str : "  no personality matches\n");
         }
         for (guint k = 0; k < w->len; k++) {
-            DextMatchResult *r = &g_array_index(w, DextMatchResult, k);
-            Server *srv = g_hash_table_lookup(d->servers, r->p->server_name);
-            if (srv && srv->bundle != r->p->bundle) {
-                LOGE("server name %s is used by bundles %s and %s: %s/%s not started",
-                     r->p->server_name, srv->bundle->name, r->p->bundle->name,
-                     r->p->bundle->name, r->p->name);
-                continue;
-            }
-            if (!srv) {
-                srv = g_new0(Server, 1);
-                srv->d = d;
-                srv->name = g_strdup(r->p->server_name);
-                srv->bundle = r->p->bundle;
-                srv->services = g_ptr_array_new();
-                srv->pending = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, NULL);
-                srv->dma = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-                srv->ends = g_array_new(FALSE, FALSE, sizeof(gint64));
-                srv->ctrl_fd = srv->rpc_fd = -1;
-                g_hash_table_insert(d->servers, srv->name, srv);
-            }
-            Service *s = g_new0(Service, 1);
-            s->dev = dev;
-            s->p = r->p;
-            s->srv = srv;
-            s->specificity = r->specificity;
-            s->entry = dext_registry_add(d->reg, dev->entry, r->p->user_class, r->p->user_class);
-            s->id = dext_reg_entry_id(s->entry);
-            dext_reg_entry_set(s->entry, "IOUserServerName", g_variant_new_string(srv->name));
-            dext_reg_entry_set(s->entry, "IOPersonality",
-                               g_variant_new_take_string(g_strdup_printf("%s/%s", r->p->bundle->name,
-                                                                         r->p->name)));
-            dext_reg_entry_set(s->entry, "IOProbeScore", g_variant_new_int32(r->p->probe_score));
-            dext_reg_entry_set(s->entry, "IOMatchCategory", g_variant_new_string(r->p->match_category));
-            dext_reg_entry_set(s->entry, "match-specificity", g_variant_new_uint32(r->specificity));
-            svc_set_state(s, SVC_MATCHED);
-            g_ptr_array_add(srv->services, s);
-            g_ptr_array_add(d->services, s);
+            add_service(d, dev, &g_array_index(w, DextMatchResult, k));
         }
         g_array_free(w, TRUE);
         g_string_free(log, TRUE);
@@ -543,10 +688,76 @@ static bool server_has_live_services(Server *srv)
     return false;
 }
 
+/* Shutting down and no process left: leave the main loop. */
+static void maybe_quit(Dextd *d)
+{
+    if (d->shutting_down) {
+        bool any = false;
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, d->servers);
+        while (g_hash_table_iter_next(&it, NULL, &v)) {
+            any |= ((Server *)v)->pid > 0;
+        }
+        if (!any) {
+            g_main_loop_quit(d->loop);
+        }
+    }
+}
+
+/* The last step of dextctl unload, once the server has no process: its
+ * services leave the registry, then the server, then (if no other server
+ * uses it) the bundle and its personalities. */
+static void finish_unload(Server *srv)
+{
+    Dextd *d = srv->d;
+    DextBundle *b = srv->bundle;
+    if (srv->timer) {
+        g_source_remove(srv->timer);
+        srv->timer = 0;
+    }
+    release_server(srv, false);
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->dev->opened_by == srv) {
+            release_device(d, s->dev, false);
+        }
+        dext_registry_remove(d->reg, s->entry);
+        g_ptr_array_remove(d->services, s);   /* frees s */
+    }
+    g_ptr_array_set_size(srv->services, 0);
+    LOGI("unloaded server %s", srv->name);
+    g_hash_table_remove(d->servers, srv->name);   /* frees srv */
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        if (((Server *)v)->bundle == b) {
+            return;
+        }
+    }
+    for (guint i = d->personalities->len; i-- > 0;) {
+        if (((DextPersonality *)d->personalities->pdata[i])->bundle == b) {
+            g_ptr_array_remove_index(d->personalities, i);
+        }
+    }
+    LOGI("unloaded bundle %s", b->name);
+    g_ptr_array_remove(d->bundles, b);   /* frees b */
+}
+
+static gboolean unload_timeout(gpointer data)
+{
+    Server *srv = data;
+    srv->timer = 0;
+    kill_server(srv, "did not exit within 5 s of unload");
+    return G_SOURCE_REMOVE;
+}
+
 static void on_child_exit(GPid pid, gint status, gpointer data)
 {
     Server *srv = data;
     Dextd *d = srv->d;
+    log_close(srv);         /* its last words, tagged with its pid */
     srv->child_watch = 0;
     g_spawn_close_pid(pid);
     srv->pid = 0;
@@ -580,6 +791,22 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
         dext_reg_entry_set(s->entry, "pid", NULL);
     }
     release_server(srv, abnormal);
+    if (srv->unloading) {
+        finish_unload(srv);  /* frees srv */
+        maybe_quit(d);
+        return;
+    }
+    if (srv->restarting) {
+        /* dextctl restart: not a crash for the policy; start again now */
+        srv->restarting = false;
+        abnormal = false;
+        for (guint i = 0; i < srv->services->len; i++) {
+            Service *s = srv->services->pdata[i];
+            if (s->state == SVC_CRASHED) {
+                svc_set_state(s, SVC_MATCHED);
+            }
+        }
+    }
     if (abnormal) {
         gint64 now = g_get_monotonic_time();
         g_array_append_val(srv->ends, now);
@@ -621,18 +848,7 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
     if (restart && !srv->timer) {
         launch_server(srv);
     }
-    if (d->shutting_down) {
-        bool any = false;
-        GHashTableIter it;
-        gpointer v;
-        g_hash_table_iter_init(&it, d->servers);
-        while (g_hash_table_iter_next(&it, NULL, &v)) {
-            any |= ((Server *)v)->pid > 0;
-        }
-        if (!any) {
-            g_main_loop_quit(d->loop);
-        }
-    }
+    maybe_quit(d);
 }
 
 static uint32_t ctrl_send(Server *srv, uint16_t type, GVariant *body, int fd, Pending *p,
@@ -725,6 +941,7 @@ static void on_open_reply(Server *srv, Pending *p, int rc);
 static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
 {
     Server *srv = data;
+    log_drain(srv);
     for (;;) {
         DextMsg m;
         char *why = NULL;
@@ -1201,19 +1418,35 @@ static void launch_server(Server *srv)
     int child_fds[2] = { ctrl[1], rpc[1] };
     GError *err = NULL;
     GPid pid;
+    /* stdout and stderr into one pipe read by dextd (see log_add); without
+     * a pipe they stay dextd's own. */
+    int logp[2] = { -1, -1 };
+    if (g_unix_open_pipe(logp, FD_CLOEXEC, NULL)) {
+        g_unix_set_fd_nonblocking(logp[0], TRUE, NULL);
+    } else {
+        LOGW("%s: no log pipe (%s): its output is not kept", srv->name, g_strerror(errno));
+        logp[0] = logp[1] = -1;
+    }
     /* g_spawn closes every other fd in the child (no leaked platform or
      * app sockets) and dup2 in child_setup clears CLOEXEC on 3 and 4. */
-    gboolean ok = g_spawn_async(srv->bundle->dir, argv, envp,
-                                G_SPAWN_DO_NOT_REAP_CHILD,
-                                child_setup, child_fds, &pid, &err);
+    gboolean ok = g_spawn_async_with_fds(srv->bundle->dir, argv, envp,
+                                         G_SPAWN_DO_NOT_REAP_CHILD,
+                                         child_setup, child_fds, &pid,
+                                         -1, logp[1], logp[1], &err);
     g_strfreev(envp);
     close(ctrl[1]);
     close(rpc[1]);
+    if (logp[1] >= 0) {
+        close(logp[1]);
+    }
     if (!ok) {
         LOGE("%s: cannot launch %s: %s", srv->name, srv->bundle->executable, err->message);
         g_error_free(err);
         close(ctrl[0]);
         close(rpc[0]);
+        if (logp[0] >= 0) {
+            close(logp[0]);
+        }
         for (guint i = 0; i < srv->services->len; i++) {
             svc_set_state(srv->services->pdata[i], SVC_GAVE_UP);
         }
@@ -1228,6 +1461,12 @@ static void launch_server(Server *srv)
     srv->rpc_watch = g_unix_fd_add(srv->rpc_fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_rpc, srv);
     srv->child_watch = g_child_watch_add(pid, on_child_exit, srv);
     srv->timer = g_timeout_add(HELLO_TIMEOUT_MS, hello_timeout, srv);
+    log_close(srv);         /* a previous process's pipe, if still open */
+    g_string_truncate(srv->log_partial, 0);
+    srv->log_fd = logp[0];
+    if (srv->log_fd >= 0) {
+        srv->log_watch = g_unix_fd_add(srv->log_fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_log, srv);
+    }
     for (guint i = 0; i < srv->services->len; i++) {
         Service *s = srv->services->pdata[i];
         if (s->state == SVC_MATCHED || s->state == SVC_CRASHED) {
@@ -1454,6 +1693,369 @@ out:
     dext_app_entitlements_free(ents);
 }
 
+/* ---- dextctl queries ------------------------------------------------------ */
+
+static void app_reply(AppConn *a, const DextMsg *req, GVariant *body)
+{
+    DextMsg r;
+    dext_msg_init_reply(&r, req, body);
+    int rc = dext_ipc_send(a->fd, &r);
+    if (rc == -EMSGSIZE) {
+        app_error(a, req, -EMSGSIZE, "reply too large for one message");
+    }
+    dext_msg_clear(&r);
+}
+
+/* Devices with their services (one row per service; a device without one
+ * gets a row with service id 0).  Sized for the fixed device count. */
+static void app_list(Dextd *d, AppConn *a, DextMsg *m)
+{
+    GVariantBuilder b;
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(tsqqutsssxuu)"));
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        bool any = false;
+        for (guint k = 0; k < d->services->len; k++) {
+            Service *s = d->services->pdata[k];
+            if (s->dev != dev) {
+                continue;
+            }
+            any = true;
+            g_variant_builder_add(&b, "(tsqqutsssxuu)", (guint64)dev->id,
+                                  dext_reg_entry_name(dev->entry), dev->info.vendor,
+                                  dev->info.device, dev->info.class_code, (guint64)s->id,
+                                  s->p->user_class, s->srv->name, svc_state_names[s->state],
+                                  (gint64)s->srv->pid, s->srv->launches, s->starts);
+        }
+        if (!any) {
+            g_variant_builder_add(&b, "(tsqqutsssxuu)", (guint64)dev->id,
+                                  dext_reg_entry_name(dev->entry), dev->info.vendor,
+                                  dev->info.device, dev->info.class_code, (guint64)0, "", "",
+                                  "unmatched", (gint64)0, 0u, 0u);
+        }
+    }
+    app_reply(a, m, g_variant_new("(a(tsqqutsssxuu))", &b));
+}
+
+/* Lines from seq `since` on, at most `max` and LOG_REPLY_BYTES of text;
+ * the reply's first field is the seq to ask for next. */
+static void app_log(Dextd *d, AppConn *a, DextMsg *m)
+{
+    guint64 since;
+    guint32 max;
+    g_variant_get(m->body, "(tu)", &since, &max);
+    if (!max || max > 1000) {
+        max = 1000;
+    }
+    GVariantBuilder b;
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(txss)"));
+    guint64 next = d->log_seq;
+    size_t bytes = 0;
+    unsigned n = 0;
+    for (GList *l = d->log_ring.head; l; l = l->next) {
+        LogLine *ll = l->data;
+        if (ll->seq < since) {
+            continue;
+        }
+        size_t sz = strlen(ll->line) + strlen(ll->server) + 32;
+        if (n == max || bytes + sz > LOG_REPLY_BYTES) {
+            next = ll->seq;
+            break;
+        }
+        g_variant_builder_add(&b, "(txss)", (guint64)ll->seq, ll->pid, ll->server, ll->line);
+        bytes += sz;
+        n++;
+    }
+    app_reply(a, m, g_variant_new("(ta(txss))", next, &b));
+}
+
+/* Every device x every loaded personality: matched and won, or the first
+ * reason it did not. */
+static void app_match_explain(Dextd *d, AppConn *a, DextMsg *m)
+{
+    GVariantBuilder b;
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(ssssbs)"));
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        GArray *w = dext_match_select(d->personalities, &dev->info, NULL);
+        for (guint k = 0; k < d->personalities->len; k++) {
+            const DextPersonality *p = d->personalities->pdata[k];
+            char *why = NULL;
+            bool won = false;
+            if (dext_match_explain(p, &dev->info, &why)) {
+                const DextMatchResult *win = NULL;
+                for (guint j = 0; j < w->len; j++) {
+                    const DextMatchResult *r = &g_array_index(w, DextMatchResult, j);
+                    if (!strcmp(r->p->match_category, p->match_category)) {
+                        win = r;
+                    }
+                }
+                won = win && win->p == p;
+                if (!won && win) {
+                    char *lost = g_strdup_printf("score: %s; loses to %s/%s (score %d, "
+                                                 "specificity %u) in category %s", why,
+                                                 win->p->bundle ? win->p->bundle->name : "",
+                                                 win->p->name, win->p->probe_score,
+                                                 win->specificity, p->match_category);
+                    g_free(why);
+                    why = lost;
+                }
+            }
+            char *pname = g_strdup_printf("%s/%s", p->bundle ? p->bundle->name : "", p->name);
+            g_variant_builder_add(&b, "(ssssbs)", dext_reg_entry_name(dev->entry), pname,
+                                  p->user_class, p->server_name, won, why ? why : "");
+            g_free(pname);
+            g_free(why);
+        }
+        g_array_free(w, TRUE);
+    }
+    app_reply(a, m, g_variant_new("(a(ssssbs))", &b));
+}
+
+/* NULL (and an error sent) unless the app holds dextd-control. */
+static DextAppEntitlements *app_control(AppConn *a, DextMsg *m, const char *what)
+{
+    char *why = NULL;
+    DextAppEntitlements *ents = NULL;
+    char *exe = app_identity(a->pid, &ents, &why);
+    if (!ents || !ents->control) {
+        LOGW("%s refused for pid %d (%s): %s", what, (int)a->pid, exe ? exe : "?",
+             ents ? "no dextd-control entitlement" : why);
+        app_error(a, m, -EACCES, "not entitled to %s (dextd-control)", what);
+        dext_app_entitlements_free(ents);
+        ents = NULL;
+    }
+    g_free(exe);
+    g_free(why);
+    return ents;
+}
+
+static DextBundle *bundle_by_name(Dextd *d, const char *name)
+{
+    for (guint i = 0; i < d->bundles->len; i++) {
+        DextBundle *b = d->bundles->pdata[i];
+        if (!strcmp(b->name, name)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* load: a bundle folder; its winners are added where their category is
+ * still free on a device (running services are never preempted). */
+static char *bundle_load(Dextd *d, const char *dir, int *rc)
+{
+    GError *e = NULL;
+    DextBundle *b = dext_bundle_load(dir, &e);
+    if (!b) {
+        *rc = -EINVAL;
+        char *r = g_strdup_printf("bundle %s rejected: %s", dir, e->message);
+        g_error_free(e);
+        return r;
+    }
+    if (bundle_by_name(d, b->name)) {
+        char *r = g_strdup_printf("a bundle named %s is already loaded", b->name);
+        dext_bundle_free(b);
+        *rc = -EEXIST;
+        return r;
+    }
+    g_ptr_array_add(d->bundles, b);
+    for (guint k = 0; k < b->personalities->len; k++) {
+        g_ptr_array_add(d->personalities, b->personalities->pdata[k]);
+    }
+    unsigned added = 0;
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *dev = d->devices->pdata[i];
+        GString *log = g_string_new(NULL);
+        GArray *w = dext_match_select(d->personalities, &dev->info, log);
+        for (guint k = 0; k < w->len; k++) {
+            DextMatchResult *r = &g_array_index(w, DextMatchResult, k);
+            bool taken = false;
+            for (guint j = 0; j < d->services->len; j++) {
+                Service *s = d->services->pdata[j];
+                taken |= s->dev == dev && !strcmp(s->p->match_category, r->p->match_category);
+            }
+            if (r->p->bundle == b && !taken && add_service(d, dev, r)) {
+                LOGI("matching %s after loading %s:\n%s", dext_reg_entry_name(dev->entry),
+                     b->name, log->str);
+                added++;
+            }
+        }
+        g_array_free(w, TRUE);
+        g_string_free(log, TRUE);
+    }
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Server *srv = v;
+        if (srv->bundle == b && srv->pid <= 0 && !srv->timer) {
+            launch_server(srv);
+        }
+    }
+    LOGI("loaded bundle %s from %s: %u personalities, %u services", b->name, dir,
+         b->personalities->len, added);
+    *rc = 0;
+    return g_strdup_printf("loaded %s: %u personalities, %u services", b->name,
+                           b->personalities->len, added);
+}
+
+/* unload: each server of the bundle loses its channels (the process stops
+ * its services and exits, as on any retire) and is killed if it has not
+ * gone within 5 s; then its services, the server and the bundle go. */
+static char *bundle_unload(Dextd *d, const char *name, int *rc)
+{
+    DextBundle *b = bundle_by_name(d, name);
+    if (!b) {
+        *rc = -ENOENT;
+        return g_strdup_printf("no bundle %s", name);
+    }
+    GPtrArray *srvs = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        if (((Server *)v)->bundle == b) {
+            g_ptr_array_add(srvs, v);
+        }
+    }
+    for (guint i = 0; i < srvs->len; i++) {
+        if (((Server *)srvs->pdata[i])->unloading) {
+            g_ptr_array_free(srvs, TRUE);
+            *rc = -EBUSY;
+            return g_strdup_printf("bundle %s is already being unloaded", name);
+        }
+    }
+    unsigned exiting = 0;
+    for (guint i = 0; i < srvs->len; i++) {
+        Server *srv = srvs->pdata[i];
+        srv->unloading = true;
+        if (srv->timer) {
+            g_source_remove(srv->timer);
+            srv->timer = 0;
+        }
+        if (srv->pid > 0) {
+            LOGI("unloading %s: closing the channels of %s (pid %d)", name, srv->name,
+                 (int)srv->pid);
+            for (guint k = 0; k < srv->services->len; k++) {
+                Service *s = srv->services->pdata[k];
+                if (s->state == SVC_RUNNING || s->state == SVC_STARTING ||
+                    s->state == SVC_LAUNCHING) {
+                    svc_set_state(s, SVC_STOPPING);
+                }
+            }
+            close_channels(srv);
+            srv->timer = g_timeout_add(UNLOAD_TIMEOUT_MS, unload_timeout, srv);
+            exiting++;
+        } else {
+            finish_unload(srv);
+        }
+    }
+    g_ptr_array_free(srvs, TRUE);
+    if (!exiting && bundle_by_name(d, name) == b) {
+        /* nothing ever matched it: no server to wait for */
+        for (guint i = d->personalities->len; i-- > 0;) {
+            if (((DextPersonality *)d->personalities->pdata[i])->bundle == b) {
+                g_ptr_array_remove_index(d->personalities, i);
+            }
+        }
+        LOGI("unloaded bundle %s", name);
+        g_ptr_array_remove(d->bundles, b);
+    }
+    *rc = 0;
+    return exiting ? g_strdup_printf("unloading %s: %u server(s) stopping", name, exiting)
+                   : g_strdup_printf("unloaded %s", name);
+}
+
+/* restart: a server by name (or every server of a bundle by name). */
+static char *server_restart(Dextd *d, const char *name, int *rc)
+{
+    GPtrArray *srvs = g_ptr_array_new();
+    Server *one = g_hash_table_lookup(d->servers, name);
+    if (one) {
+        g_ptr_array_add(srvs, one);
+    } else {
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, d->servers);
+        while (g_hash_table_iter_next(&it, NULL, &v)) {
+            if (!strcmp(((Server *)v)->bundle->name, name)) {
+                g_ptr_array_add(srvs, v);
+            }
+        }
+    }
+    if (!srvs->len) {
+        g_ptr_array_free(srvs, TRUE);
+        *rc = -ENOENT;
+        return g_strdup_printf("no server or bundle %s with matched services", name);
+    }
+    GString *out = g_string_new(NULL);
+    for (guint i = 0; i < srvs->len; i++) {
+        Server *srv = srvs->pdata[i];
+        if (srv->unloading) {
+            continue;
+        }
+        /* an explicit restart forgives earlier crashes */
+        srv->ends->len = 0;
+        srv->gave_up = false;
+        if (srv->pid > 0) {
+            g_string_append_printf(out, "%srestarting %s (pid %d)", out->len ? "; " : "",
+                                   srv->name, (int)srv->pid);
+            srv->restarting = true;
+            kill_server(srv, "restart requested (dextctl)");
+        } else {
+            for (guint k = 0; k < srv->services->len; k++) {
+                Service *s = srv->services->pdata[k];
+                if (s->state != SVC_MATCHED) {
+                    svc_set_state(s, SVC_MATCHED);
+                }
+            }
+            if (srv->timer) {
+                g_source_remove(srv->timer);
+                srv->timer = 0;
+            }
+            launch_server(srv);
+            g_string_append_printf(out, "%slaunching %s", out->len ? "; " : "", srv->name);
+        }
+    }
+    g_ptr_array_free(srvs, TRUE);
+    *rc = 0;
+    return g_string_free(out, FALSE);
+}
+
+static void app_bundle_ctl(Dextd *d, AppConn *a, DextMsg *m)
+{
+    const char *op, *arg;
+    g_variant_get(m->body, "(&s&s)", &op, &arg);
+    if (d->shutting_down) {
+        app_error(a, m, -ESHUTDOWN, "dextd is shutting down");
+        return;
+    }
+    DextAppEntitlements *ents = app_control(a, m, "load, unload or restart drivers");
+    if (!ents) {
+        return;
+    }
+    int rc = -EINVAL;
+    char *res;
+    if (!strcmp(op, "load")) {
+        res = bundle_load(d, arg, &rc);
+    } else if (!strcmp(op, "unload")) {
+        res = bundle_unload(d, arg, &rc);
+    } else if (!strcmp(op, "restart")) {
+        res = server_restart(d, arg, &rc);
+    } else {
+        res = g_strdup_printf("unknown operation %s (load, unload, restart)", op);
+    }
+    LOGI("app %s: %s %s: %s", ents->id, op, arg, res);
+    if (rc < 0) {
+        app_error(a, m, rc, "%s", res);
+    } else {
+        app_reply(a, m, g_variant_new("(s)", res));
+    }
+    g_free(res);
+    dext_app_entitlements_free(ents);
+}
+
 static gboolean on_app_msg(Dextd *d, AppConn *a)
 {
     DextMsg m;
@@ -1514,6 +2116,18 @@ static gboolean on_app_msg(Dextd *d, AppConn *a)
     }
     case DEXT_MSG_SERVICE_CTL:
         app_service_ctl(d, a, &m);
+        break;
+    case DEXT_MSG_LIST:
+        app_list(d, a, &m);
+        break;
+    case DEXT_MSG_LOG:
+        app_log(d, a, &m);
+        break;
+    case DEXT_MSG_MATCH_EXPLAIN:
+        app_match_explain(d, a, &m);
+        break;
+    case DEXT_MSG_BUNDLE_CTL:
+        app_bundle_ctl(d, a, &m);
         break;
     default:
         app_error(a, &m, -EOPNOTSUPP, "%s is not an app request", dext_msg_name(m.type));
@@ -1648,6 +2262,8 @@ int dextd_create(const DextdConfig *cfg, Dextd **out, char **err)
     d->apps = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, app_free);
     d->socket_path = g_strdup(cfg->socket_path);
     d->loop = g_main_loop_new(NULL, FALSE);
+    d->log_seq = 1;
+    g_queue_init(&d->log_ring);
 
     DextMachineDesc desc = { 0 };
     if (cfg->machine_file) {
@@ -1874,6 +2490,7 @@ void dextd_destroy(Dextd *d)
         unlink(d->socket_path);
     }
     g_hash_table_destroy(d->servers);
+    g_queue_clear_full(&d->log_ring, log_line_free);
     g_ptr_array_free(d->services, TRUE);
     g_ptr_array_free(d->personalities, TRUE);
     g_ptr_array_free(d->bundles, TRUE);

@@ -72,6 +72,23 @@ int dext_daemon_services(const char *socket_path, char **out);
  * the app's entitlements.  Returns once dextd has begun the operation. */
 int dext_daemon_service_ctl(const char *socket_path, uint64_t service, const char *op);
 
+/* dextctl's queries (text for people; see dextctl.c for the columns).
+ * list: one line per device and service
+ *   "<dev-id> <device> <vendor>:<device-id> <class> <svc-id|-> <user-class|-> <server|->
+ *    <state> <pid> <launches> <starts>" */
+int dext_daemon_list(const char *socket_path, char **out);
+/* Driver log lines with seq >= since, as "<server>[<pid>]: <line>\n";
+ * *next: the seq to pass next time (poll with it to follow). */
+int dext_daemon_log(const char *socket_path, uint64_t since, uint64_t *next, char **out);
+/* One line per device x personality, tab-separated:
+ *   "<device>\t<bundle>/<personality>\t<server>\t<matched|no>\t<verdict>" */
+int dext_daemon_match_explain(const char *socket_path, char **out);
+/* op "load" (arg: bundle folder), "unload" (arg: bundle name), "restart"
+ * (arg: server or bundle name); needs dextd-control.  *out: what dextd did,
+ * or on failure (negative errno) its reason. */
+int dext_daemon_bundle_ctl(const char *socket_path, const char *op, const char *arg,
+                           char **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -121,6 +121,10 @@ struct DextlabDmaState {
     /* Properties */
     uint8_t link_gen;
     uint8_t link_width;
+    /* Config-space identity (x-vendor-id, x-device-id): lets the generic
+     * DMA engine stand in for any VID:DID a new driver targets. */
+    uint16_t vendor_id;
+    uint16_t device_id;
 
     /* Guest-visible registers */
     uint32_t ctrl;
@@ -1579,10 +1583,16 @@ static void dxl_realize(PCIDevice *pdev, Error **errp)
         error_setg(errp, "link-width must be 1, 2, 4, 8 or 16");
         return;
     }
+    if (s->vendor_id == 0xffff) {
+        error_setg(errp, "x-vendor-id 0xffff is not a valid PCI vendor ID");
+        return;
+    }
     if (!pci_bus_is_express(pci_get_bus(pdev))) {
         pdev->cap_present &= ~QEMU_PCI_CAP_EXPRESS;
     }
 
+    pci_config_set_vendor_id(pdev->config, s->vendor_id);
+    pci_config_set_device_id(pdev->config, s->device_id);
     pci_config_set_interrupt_pin(pdev->config, 1);
 
     memory_region_init_io(&s->mmio, OBJECT(s), &dxl_mmio_ops, s,
@@ -1810,6 +1820,10 @@ static const VMStateDescription vmstate_dxl = {
 static Property dxl_properties[] = {
     DEFINE_PROP_UINT8("link-gen", DextlabDmaState, link_gen, 0),
     DEFINE_PROP_UINT8("link-width", DextlabDmaState, link_width, 4),
+    DEFINE_PROP_UINT16("x-vendor-id", DextlabDmaState, vendor_id,
+                       DXL_PCI_VENDOR_ID),
+    DEFINE_PROP_UINT16("x-device-id", DextlabDmaState, device_id,
+                       DXL_DMA_PCI_DEVICE_ID),
     DEFINE_PROP_END_OF_LIST(),
 };
 

@@ -52,6 +52,7 @@
 
 static unsigned n_fail;
 static GPid dextd_pid;
+static char dma_bdf[13] = "?";   /* found by the platform checks */
 
 static void result(const char *name, bool pass, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
@@ -367,6 +368,38 @@ static void check_isolation(pid_t pid)
            vfio, memfd);
 }
 
+/* dextd --dump-registry on the VFIO platform: enumerate, match, print, exit
+ * without launching.  The device must sit in the registry under the vfio
+ * platform with the dextlab-dma driver's service matched on it. */
+static void check_registry(const char *dextd, const char *drivers)
+{
+    const char *argv[] = { dextd, "--platform", "vfio", "--drivers", drivers,
+                           "--dump-registry", "json", NULL };
+    g_autofree char *out = NULL, *err = NULL, *bdf = NULL;
+    g_autoptr(GError) e = NULL;
+    int st = -1;
+    bool ran, dev, plat, svc;
+
+    ran = g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL,
+                       &out, &err, &st, &e) && g_spawn_check_wait_status(st, NULL);
+    dev = ran && strstr(out, "\"IOPCIDevice\"") && strstr(out, dma_bdf);
+    plat = ran && strstr(out, "\"vfio\"");
+    svc = ran && strstr(out, "DextlabDmaDriver") &&
+          strstr(out, "org.dextlab.dextlab-dma");
+    result("runtime-registry", dev && plat && svc, "exit=%d bdf=%s device=%d "
+           "platform_vfio=%d service=%d bytes=%zu", st, dma_bdf, dev, plat, svc,
+           out ? strlen(out) : 0);
+    if (!(dev && plat && svc) && err) {
+        g_auto(GStrv) l = g_strsplit(err, "\n", -1);
+
+        for (char **p = l; *p; p++) {
+            if (**p) {
+                printf("DEXTLAB-DEXTD %s\n", *p);
+            }
+        }
+    }
+}
+
 /* ---- the platform layer alone (before dextd owns the device) ------------ */
 
 static int wait_efd(int fd, int ms)
@@ -513,6 +546,7 @@ static void platform_checks(bool do_bench)
     }
     if (f) {
         dext_pci_addr_format(f->addr, bdf);
+        memcpy(dma_bdf, bdf, sizeof(dma_bdf));
     }
     /* what config space says, as the qtest walker would report it */
     result("platform-enumerate", f && f->msix_table_size == DXL_DMA_MSIX_VECTORS &&
@@ -617,6 +651,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     platform_checks(do_bench);
+    check_registry(dextd, drivers);
 
     rc = start_dextd(dextd, drivers);
     if (rc < 0) {

@@ -891,7 +891,7 @@ int main(int argc, char **argv)
         "platform-create", "platform-enumerate", "platform-config",
         "platform-bar", "platform-dma-alloc", "platform-irq-msix",
         "platform-irq-msi", "platform-irq-intx", "platform-reset",
-        "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
+        "runtime-registry", "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
         "runtime-dma-copy-1m", "runtime-dma-fill", "runtime-dma-crc32c",
         "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
         "runtime-reset", "runtime-after-reset", "runtime-driver-isolation",

@@ -115,9 +115,10 @@ static void defang(DextMsg *m, uint64_t dev)
 /* Read replies until SYNC's; note whether `want` (0: none) was answered. */
 static int drain_to_sync(Counts *c, uint32_t want, bool *got_want)
 {
+    static uint32_t probe_ctr;
     DextMsg s;
     dext_msg_init(&s, DEXT_MSG_SYNC, NULL);
-    s.serial = serial_ctr++;
+    s.serial = HG_PROBE_SERIAL | (probe_ctr++ & 0x7fffffff);
     int rc = dext_ipc_send(rpc_fd, &s);
     uint32_t sync_serial = s.serial;
     dext_msg_clear(&s);
@@ -204,6 +205,7 @@ static void fuzz_rpc(uint64_t dev, int iters, Counts *c)
         bool mutated = mode >= 8;
         if (mutated) {
             len = (ssize_t)hg_mutate(r, buf, (size_t)len, sizeof(buf), 100);
+            hg_unprobe_serial(buf, (size_t)len);
         }
         int fd = -1;
         if (g_rand_int_range(r, 0, 16) == 0) {

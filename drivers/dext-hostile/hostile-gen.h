@@ -218,4 +218,16 @@ static size_t hg_mutate(GRand *r, uint8_t *buf, size_t len, size_t cap, int keep
     return len;
 }
 
+/* Fuzzers follow each hostile input with a probe whose reply they wait
+ * for; probes use serials with bit 31 set (HG_PROBE_SERIAL) and this keeps
+ * a mutated input's serial out of that space, so a mutation can never make
+ * an input's ERROR look like the probe's reply. */
+#define HG_PROBE_SERIAL 0x80000000u
+static inline void hg_unprobe_serial(uint8_t *buf, size_t len)
+{
+    if (len >= 12) {
+        buf[11] &= 0x7f;
+    }
+}
+
 #endif

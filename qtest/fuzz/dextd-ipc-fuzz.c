@@ -180,9 +180,10 @@ static void fuzz_app(long n, gint64 deadline)
         st.app_inputs++;
         /* Follow every input with a SERVICES query: it must be answered
          * unless dextd dropped the connection for broken framing. */
+        hg_unprobe_serial(buf, (size_t)len);
         DextMsg q;
         dext_msg_init(&q, DEXT_MSG_SERVICES, NULL);
-        q.serial = serial++;
+        q.serial = HG_PROBE_SERIAL | serial++;
         if (rc == 0) {
             rc = dext_ipc_send(s, &q);
         }
@@ -441,10 +442,11 @@ static void fuzz_uc(long n, gint64 deadline)
             if (g_rand_int_range(rnd, 0, 25) == 0) {
                 len = unframeable(buf);
             }
+            hg_unprobe_serial(buf, (size_t)len);
             int rc = send_raw(fd, buf, (size_t)len, -1);
             DextMsg q;
             dext_msg_init(&q, DEXT_MSG_UC_METHODS, NULL);
-            q.serial = serial++;
+            q.serial = HG_PROBE_SERIAL | serial++;
             uint32_t want = q.serial;
             if (rc == 0) {
                 rc = dext_ipc_send(fd, &q);

@@ -116,6 +116,21 @@ static char **wait_row(const char *addr, const char *driver, const char *st, uns
     }
 }
 
+/* A failed assertion aborts before main's epilogue: the abort handler
+ * still names the log that explains it (dextd's own lines, QEMU's error
+ * tail, and every driver's output, tagged with its pid). */
+static char abort_note[512];
+
+static void on_abort(int sig)
+{
+    if (abort_note[0]) {
+        ssize_t n = write(STDERR_FILENO, abort_note, strlen(abort_note));
+        (void)n;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static void start_dextd(void)
 {
     const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
@@ -128,6 +143,10 @@ static void start_dextd(void)
     dd.dir = g_dir_make_tmp("dextctl-e2e-XXXXXX", NULL);
     dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
     dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
+    snprintf(abort_note, sizeof(abort_note),
+             "%s: failed; dextd log (dextd, QEMU errors, driver output): %s\n", "dextctl-e2e",
+             dd.log);
+    signal(SIGABRT, on_abort);
     GString *dargs = g_string_new(NULL);
     char **dl = g_strsplit(drivers, ":", -1);
     for (char **x = dl; *x; x++) {

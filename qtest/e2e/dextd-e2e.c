@@ -102,6 +102,21 @@ static void die_with_parent(gpointer data)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
 }
 
+/* A failed assertion aborts before main's epilogue: the abort handler
+ * still names the log that explains it (dextd's own lines, QEMU's error
+ * tail, and every driver's output, tagged with its pid). */
+static char abort_note[512];
+
+static void on_abort(int sig)
+{
+    if (abort_note[0]) {
+        ssize_t n = write(STDERR_FILENO, abort_note, strlen(abort_note));
+        (void)n;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static void start_dextd(void)
 {
     const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
@@ -112,6 +127,10 @@ static void start_dextd(void)
     dd.dir = g_dir_make_tmp("dextd-e2e-XXXXXX", NULL);
     dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
     dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
+    snprintf(abort_note, sizeof(abort_note),
+             "%s: failed; dextd log (dextd, QEMU errors, driver output): %s\n", "dextd-e2e",
+             dd.log);
+    signal(SIGABRT, on_abort);
     /* DEXT_DRIVERS: ':'-separated bundle folders (only this test's
      * bundles: other suites' drivers in build/drivers must not compete). */
     GString *dargs = g_string_new(NULL);

@@ -388,6 +388,50 @@ static void test_app_entitlements(void)
     g_clear_error(&err);
 }
 
+/* match --explain: the first failed check, in order provider, class,
+ * IDs, subsystem, entitlement; a match says its score. */
+static void test_explain(void)
+{
+    GError *err = NULL;
+    DextBundle *b = parse(
+        "[Personality p]\nIOProviderClass=IOPCIDevice\nIOUserClass=P\nIOUserServerName=s\n"
+        "IOPCIPrimaryMatch=0x10411af4&0xffffffff\nIOPCIClassMatch=0x020000&0xff0000\n"
+        "IOProbeScore=7\n"
+        "[PCIEntitlement virtio]\nIOPCIPrimaryMatch=0x00001af4&0x0000ffff\n", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const DextPersonality *p = b->personalities->pdata[0];
+    char *why = NULL;
+    DextDeviceInfo ok = pci(0x1af4, 0x1041, 0x1af4, 1, 0x020000);
+    CU_ASSERT(dext_match_explain(p, &ok, &why));
+    CU_ASSERT(why && strstr(why, "score 7"));
+    g_free(why);
+    DextDeviceInfo cls = pci(0x1af4, 0x1041, 0x1af4, 1, 0x010000);
+    CU_ASSERT(!dext_match_explain(p, &cls, &why));
+    CU_ASSERT(why && g_str_has_prefix(why, "class: device 0x00010000"));
+    CU_ASSERT(why && strstr(why, "0x00020000&0x00ff0000"));
+    g_free(why);
+    DextDeviceInfo ids = pci(0x1af4, 0x1042, 0x1af4, 1, 0x020000);
+    CU_ASSERT(!dext_match_explain(p, &ids, &why));
+    CU_ASSERT(why && g_str_has_prefix(why, "IDs: device 0x10421af4"));
+    g_free(why);
+    DextDeviceInfo usb = { .kind = DEXT_PROVIDER_USB_DEVICE };
+    CU_ASSERT(!dext_match_explain(p, &usb, &why));
+    CU_ASSERT(why && g_str_has_prefix(why, "provider: personality wants IOPCIDevice"));
+    g_free(why);
+    dext_bundle_free(b);
+    /* matches by IDs, but the bundle may not claim it */
+    b = parse(
+        "[Personality p]\nIOProviderClass=IOPCIDevice\nIOUserClass=P\nIOUserServerName=s\n"
+        "IOPCIPrimaryMatch=0x10d38086&0xffffffff\n"
+        "[PCIEntitlement virtio]\nIOPCIPrimaryMatch=0x00001af4&0x0000ffff\n", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    DextDeviceInfo intel = pci(0x8086, 0x10d3, 0x8086, 0, 0x020000);
+    CU_ASSERT(!dext_match_explain(b->personalities->pdata[0], &intel, &why));
+    CU_ASSERT(why && g_str_has_prefix(why, "entitlement: bundle t lacks a transport.pci"));
+    g_free(why);
+    dext_bundle_free(b);
+}
+
 int main(void)
 {
     static const DextTest tests[] = {
@@ -399,6 +443,7 @@ int main(void)
         { "entitlements", test_entitlements },
         { "usb", test_usb },
         { "app-entitlements", test_app_entitlements },
+        { "match-explain", test_explain },
         { NULL, NULL },
     };
     return dext_cunit_run("personality", tests);

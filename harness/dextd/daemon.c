@@ -966,13 +966,20 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
             continue;
         }
         g_hash_table_remove(srv->pending, GUINT_TO_POINTER(m.reply_to));
-        gint32 res;
+        uint16_t want = p->kind == P_START ? DEXT_MSG_START
+                        : p->kind == P_STOP ? DEXT_MSG_STOP : DEXT_MSG_NEW_CLIENT;
+        gint32 res = -EPROTO;
         if (m.type == DEXT_MSG_ERROR) {
             const char *txt;
             g_variant_get(m.body, "(i&s)", &res, &txt);
             LOGW("%s: error reply: %s", srv->name, txt);
-        } else {
+        } else if (m.type == want) {
             g_variant_get(m.body, "(i)", &res);
+        } else {
+            /* Matched by serial only: a reply of another type is the driver
+             * breaking the protocol, not a result to read out of its body. */
+            LOGW("%s: %s reply to a pending %s: treated as failed", srv->name,
+                 dext_msg_name(m.type), dext_msg_name(want));
         }
         switch (p->kind) {
         case P_START:

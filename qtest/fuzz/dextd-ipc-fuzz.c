@@ -650,6 +650,7 @@ static void test_bad_start_reply(void)
         g_printerr("%.*s\n", 600, bad);
     }
     g_assert_null(bad);
+    g_assert_nonnull(strstr(log, "PING reply to a pending START: treated as failed"));
     g_assert_cmpstr(state, !=, "running");
     g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     g_free(state);

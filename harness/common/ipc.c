@@ -347,9 +347,8 @@ int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,
         if (n < 0) {
             return -errno;
         }
-        if (n == 0) {
-            return -ECONNRESET; /* orderly shutdown by peer */
-        }
+        /* Collect passed fds before anything else: an empty datagram (read
+         * like the peer's end) can carry fds too, and they must not leak. */
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
                 unsigned k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -357,6 +356,10 @@ int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,
                     memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
                 }
             }
+        }
+        if (n == 0) {
+            close_fds(fds, nfds);
+            return -ECONNRESET; /* orderly shutdown by peer (or an empty datagram) */
         }
         if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
             close_fds(fds, nfds);

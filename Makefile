@@ -3,11 +3,12 @@
 #   make check      ... and run every test suite
 #   make check-unit | check-qtest | check-e2e | check-boot | check-fuzz
 #   make bench      run the benchmarks (not tests: they print figures)
+#   make bench-report   ... and write docs/bench/report.md with plots
 BUILD ?= build
 DBUILD := $(BUILD)/dextlab
 MESON_TEST := meson test -C $(DBUILD) --print-errorlogs
 
-.PHONY: all check bench clean distclean check-%
+.PHONY: all check bench bench-report clean distclean check-%
 
 all:
 	@tools/setup --build
@@ -20,6 +21,9 @@ check-%: all
 
 bench: all
 	meson test -C $(DBUILD) --benchmark --verbose
+
+bench-report: all
+	tools/bench/report --build $(DBUILD) --out docs/bench
 
 clean:
 	rm -rf $(DBUILD)

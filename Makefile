@@ -8,13 +8,21 @@ BUILD ?= build
 DBUILD := $(BUILD)/dextlab
 MESON_TEST := meson test -C $(DBUILD) --print-errorlogs
 
-.PHONY: all check bench bench-report clean distclean check-%
+.PHONY: all sanitizers check check-fuzz bench bench-report clean distclean check-%
 
 all:
 	@tools/setup --build
 
-check: all
+# The fuzz suite runs the fork built with sanitizers: these targets build it
+# (once; then every build keeps it current).
+sanitizers:
+	@tools/setup --build --sanitizers
+
+check: sanitizers
 	$(MESON_TEST)
+
+check-fuzz: sanitizers
+	$(MESON_TEST) --suite fuzz
 
 check-%: all
 	$(MESON_TEST) --suite $*

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <glib.h>
 
@@ -552,6 +553,12 @@ int main(int argc, char **argv)
     }
     if (!qemu) {
         qemu = g_getenv("DEXTLAB_QEMU_ASAN");
+    }
+    if (qemu && access(qemu, X_OK) < 0) {
+        fprintf(stderr, "fuzz: no QEMU at %s: the sanitizer build of the fork "
+                "is made by 'make check-fuzz' (or tools/setup --sanitizers)\n",
+                qemu);
+        return 1;
     }
     f.seed = seed >= 0 ? (guint32)seed : g_random_int();
     f.rng = g_rand_new_with_seed(f.seed);

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Print 'N passed, N failed' from Meson's testlog.json.
+"""Print 'N passed, N failed' from one or more of Meson's testlog.json files.
 
-TAP tests (every qtest and CUnit suite here) count one result per test case
-('ok N' / 'not ok N'); other tests count once.  A test that crashed or timed
-out counts as failed even if its TAP output looked fine.  A missing log (the
-build failed before any test ran) counts as one failure.
+TAP tests (every qtest and most e2e programs here) count one result per test
+case ('ok N' / 'not ok N'); other tests count once.  A test that crashed or
+timed out counts as failed even if its TAP output looked fine.  A missing or
+empty log (the build failed before any test ran) counts as one failure.
 
-usage: test-summary.py TESTLOG.json [EXIT_CODE_OF_THE_RUN]
+usage: test-summary.py TESTLOG.json [TESTLOG.json ...] [EXIT_CODE_OF_THE_RUN]
 """
 import json
 import re
@@ -15,19 +15,17 @@ import sys
 OK_RESULTS = {"OK", "EXPECTEDFAIL"}
 SKIP_RESULTS = {"SKIP"}
 
-def main():
-    path = sys.argv[1]
-    run_rc = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    passed = failed = skipped = 0
+
+def count(path, totals):
     try:
         with open(path) as f:
             entries = [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
-        entries = None
+        entries = []
     if not entries:
-        print("no test ran" + (f" (setup or build exited {run_rc})" if run_rc else ""))
-        print("0 passed, 1 failed")
-        return 1
+        print(f"no test ran ({path})")
+        totals["failed"] += 1
+        return
     for e in entries:
         result = e.get("result", "ERROR")
         out = e.get("stdout") or ""
@@ -35,24 +33,41 @@ def main():
         tap_skip = len(re.findall(r"^ok \d+ # SKIP", out, re.M | re.I))
         tap_fail = len(re.findall(r"^not ok \d+", out, re.M))
         if tap_ok + tap_fail + tap_skip:
-            passed += tap_ok
-            skipped += tap_skip
-            failed += tap_fail
+            totals["passed"] += tap_ok
+            totals["skipped"] += tap_skip
+            totals["failed"] += tap_fail
             if result not in OK_RESULTS | SKIP_RESULTS and tap_fail == 0:
-                failed += 1        # crashed, timed out or exited non-zero
+                totals["failed"] += 1      # crashed, timed out or exited non-zero
         elif result in OK_RESULTS:
-            passed += 1
+            totals["passed"] += 1
         elif result in SKIP_RESULTS:
-            skipped += 1
+            totals["skipped"] += 1
         else:
-            failed += 1
+            totals["failed"] += 1
         if result not in OK_RESULTS | SKIP_RESULTS:
-            print(f"FAILED: {e.get('name')} ({result})")
-    line = f"{passed} passed, {failed} failed"
-    if skipped:
-        line += f", {skipped} skipped"
+            print(f"FAILED: {e.get('name')} ({result}) in {path}")
+
+
+def main():
+    args = sys.argv[1:]
+    run_rc = 0
+    if args and re.fullmatch(r"-?\d+", args[-1]):
+        run_rc = int(args.pop())
+    if not args:
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    for path in args:
+        count(path, totals)
+    if run_rc and totals["failed"] == 0:
+        print(f"the run exited {run_rc} with no failed test counted")
+        totals["failed"] += 1
+    line = f"{totals['passed']} passed, {totals['failed']} failed"
+    if totals["skipped"]:
+        line += f", {totals['skipped']} skipped"
     print(line)
-    return 1 if failed else 0
+    return 1 if totals["failed"] else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define ALLCH (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV)
+#define ALLCH (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV | \
+               DEXT_CH_PROV | DEXT_CH_PROVEV)
 
 /* The catalogue: the single source of truth for what each message carries. */
 static const DextMsgSpec specs[] = {
@@ -19,6 +20,8 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_STOP, "STOP", "(t)", "(i)", 0, 0, DEXT_CH_CTRL, false },
     { DEXT_MSG_NEW_CLIENT, "NEW_CLIENT", "(tts)", "(i)", 1, 0, DEXT_CH_CTRL, false },
     { DEXT_MSG_PING, "PING", "()", "()", 0, 0, DEXT_CH_CTRL, false },
+    { DEXT_MSG_NUB_CLIENT, "NUB_CLIENT", "(tt)", "(i)", 1, 0, DEXT_CH_CTRL, false },
+    { DEXT_MSG_NUB_RESET, "NUB_RESET", "(t)", "(i)", 0, 0, DEXT_CH_CTRL, false },
     { DEXT_MSG_HELLO, "HELLO", "(sx)", "(u)", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_PCI_OPEN, "PCI_OPEN", "(t)", "()", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_PCI_CLOSE, "PCI_CLOSE", "(t)", "()", 0, 0, DEXT_CH_RPC, false },
@@ -35,6 +38,9 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_SYNC, "SYNC", "()", "()", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_IRQ_INFO, "IRQ_INFO", "(t)", "(u)", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_IRQ_STATS, "IRQ_STATS", "()", "(tt)", 0, 0, DEXT_CH_RPC, false },
+    { DEXT_MSG_NUB_PUBLISH, "NUB_PUBLISH", "(ttssa{sv})", "(t)", 0, 0, DEXT_CH_RPC, false },
+    { DEXT_MSG_NUB_TERMINATE, "NUB_TERMINATE", "(t)", "()", 0, 0, DEXT_CH_RPC, false },
+    { DEXT_MSG_PROVIDER_OPEN, "PROVIDER_OPEN", "(t)", "()", 0, 1, DEXT_CH_RPC, false },
     { DEXT_MSG_OPEN, "OPEN", "(ss)", "(tt)", 0, 1, DEXT_CH_APP, false },
     { DEXT_MSG_REGISTRY, "REGISTRY", "(b)", "(s)", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_SERVICES, "SERVICES", "()", "(a(tsssxuu))", 0, 0, DEXT_CH_APP, false },
@@ -47,6 +53,18 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_UC_CALL, "UC_CALL", "(uatayuut)", "(atay)", 0, 0, DEXT_CH_UC, false },
     { DEXT_MSG_UC_MEMORY, "UC_MEMORY", "(uu)", "(tt)", 0, 1, DEXT_CH_UC, false },
     { DEXT_MSG_UC_ASYNC, "UC_ASYNC", "(tiat)", NULL, 0, 0, DEXT_CH_UCEV, true },
+    { DEXT_MSG_USB_INFO, "USB_INFO", "()", "(uyayay)", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_OPEN, "USB_OPEN", "()", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_CLOSE, "USB_CLOSE", "()", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_CONTROL, "USB_CONTROL", "(yyqqquay)", "(uay)", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_SET_CONFIG, "USB_SET_CONFIG", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_SELECT_ALT, "USB_SELECT_ALT", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_BUFFER_ALLOC, "USB_BUFFER_ALLOC", "(tu)", "(ttt)", 0, 1, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_BUFFER_FREE, "USB_BUFFER_FREE", "(t)", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_IO, "USB_IO", "(yttuut)", "(iut)", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_ABORT, "USB_ABORT", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_CLEAR_STALL, "USB_CLEAR_STALL", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_IO_DONE, "USB_IO_DONE", "(tiut)", NULL, 0, 0, DEXT_CH_PROVEV, true },
 };
 
 const DextMsgSpec *dext_msg_spec(uint16_t type)

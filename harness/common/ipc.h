@@ -53,6 +53,8 @@ typedef enum {
     DEXT_CH_APP  = 1u << 2, /* app -> dextd (listening socket) */
     DEXT_CH_UC   = 1u << 3, /* app -> driver (user-client socketpair) */
     DEXT_CH_UCEV = 1u << 4, /* driver -> app (async events on the same pair) */
+    DEXT_CH_PROV = 1u << 5, /* client driver -> nub publisher (provider socketpair) */
+    DEXT_CH_PROVEV = 1u << 6, /* publisher -> client driver (events on the same pair) */
 } DextChannel;
 
 typedef enum {
@@ -62,6 +64,11 @@ typedef enum {
     DEXT_MSG_STOP,          /* (t) service -> (i) */
     DEXT_MSG_NEW_CLIENT,    /* (tts) service, client, app-id + fd -> (i) */
     DEXT_MSG_PING,          /* () -> () */
+    /* Nubs published by a driver (docs/runtime/nubs.md) */
+    DEXT_MSG_NUB_CLIENT,    /* (tt) nub, client service + fd -> (i): serve the
+                             * provider protocol for that client on fd */
+    DEXT_MSG_NUB_RESET,     /* (t) nub -> (i): the nub's client crashed: reset
+                             * the device (USB: port reset, nub re-published) */
     /* RPC: driver -> dextd */
     DEXT_MSG_HELLO = 32,    /* (sx) server-name, pid -> (u) version */
     DEXT_MSG_PCI_OPEN,      /* (t) device -> () */
@@ -79,6 +86,12 @@ typedef enum {
     DEXT_MSG_SYNC,          /* () -> ()   flushes posted writes */
     DEXT_MSG_IRQ_INFO,      /* (t) device -> (u) number of MSI-X vectors */
     DEXT_MSG_IRQ_STATS,     /* () -> (tt) MSIs received, ns when the last was parsed */
+    DEXT_MSG_NUB_PUBLISH,   /* (ttssa{sv}) publishing service, parent nub (0: the
+                             * service), name, IOClass, properties -> (t) nub id */
+    DEXT_MSG_NUB_TERMINATE, /* (t) nub -> (): its clients are stopped, its
+                             * children terminated, its entry removed */
+    DEXT_MSG_PROVIDER_OPEN, /* (t) own service whose provider is a published nub
+                             * -> () + fd: a provider-protocol channel to it */
     /* APP: app -> dextd */
     DEXT_MSG_OPEN = 64,     /* (ss) by ("class"|"name"|"id"), value -> (tt) service, client + fd */
     DEXT_MSG_REGISTRY,      /* (b) json -> (s) dump */
@@ -102,6 +115,28 @@ typedef enum {
     DEXT_MSG_UC_MEMORY,     /* (uu) type, flags -> (tt) size, offset + fd */
     /* UCEV: driver -> app */
     DEXT_MSG_UC_ASYNC = 96, /* (tiat) async-ref, status, data; always POSTED */
+    /* PROV: client driver -> USB nub publisher (docs/runtime/nubs.md) */
+    DEXT_MSG_USB_INFO = 112,/* () -> (uyayay) speed, current configuration value
+                             * (0 unconfigured), device descriptor, active (or
+                             * first) configuration descriptor set */
+    DEXT_MSG_USB_OPEN,      /* () -> () exclusive open of the nub's device or
+                             * interface */
+    DEXT_MSG_USB_CLOSE,     /* () -> () */
+    DEXT_MSG_USB_CONTROL,   /* (yyqqquay) bmRequestType, bRequest, wValue, wIndex,
+                             * wLength, timeout ms, OUT data -> (uay) actual, IN data */
+    DEXT_MSG_USB_SET_CONFIG,/* (y) value -> () (device nubs) */
+    DEXT_MSG_USB_SELECT_ALT,/* (y) alternate setting -> () (interface nubs) */
+    DEXT_MSG_USB_BUFFER_ALLOC, /* (tu) capacity, direction -> (ttt) handle,
+                             * capacity, mmap offset + fd */
+    DEXT_MSG_USB_BUFFER_FREE,  /* (t) handle -> () */
+    DEXT_MSG_USB_IO,        /* (yttuut) endpoint address, buffer, offset, length,
+                             * timeout ms, async-ref (0: sync) -> (iut) status,
+                             * actual, timestamp ns (async: (0,0,0) = queued) */
+    DEXT_MSG_USB_ABORT,     /* (y) endpoint -> () */
+    DEXT_MSG_USB_CLEAR_STALL, /* (y) endpoint -> () */
+    /* PROVEV: publisher -> client driver */
+    DEXT_MSG_USB_IO_DONE = 128, /* (tiut) async-ref, status, actual, timestamp;
+                             * always POSTED */
 } DextMsgType;
 
 typedef struct {

@@ -158,6 +158,12 @@ void dext_usb_buffer_free(DextUsbBuffer *b);
 void *dext_usb_buffer_data(DextUsbBuffer *b);
 size_t dext_usb_buffer_size(DextUsbBuffer *b);
 uint64_t dext_usb_buffer_iova(DextUsbBuffer *b);
+/* The fd whose mapping (MAP_SHARED, at *@offset, dext_usb_buffer_size()
+ * bytes) is this buffer's memory: what a provider hands to a client driver
+ * process (SCM_RIGHTS dups it).  Owned by the buffer (or its platform): do
+ * not close.  xHCI: the platform's guest-RAM fd when the buffer lies in it,
+ * else -ENOTSUP; usbfs: the buffer's own memfd, offset 0. */
+int dext_usb_buffer_fd(DextUsbBuffer *b, uint64_t *offset);
 
 /* --------------------------------------------------------- device */
 
@@ -241,6 +247,34 @@ int dext_usb_pipe_abort(DextUsbPipe *p);
 /* After a STALL: reset the endpoint on the controller (pending IO
  * -ECANCELED) and CLEAR_FEATURE(ENDPOINT_HALT) on the device. */
 int dext_usb_pipe_clear_stall(DextUsbPipe *p);
+
+/* ------------------------------------------ usbfs implementation -----
+ *
+ * The same family API over Linux usbfs, for code running inside a Linux
+ * guest whose kernel (xhci_hcd) owns the controller: harness/usb/
+ * usb-usbfs.c, static library dext-usb-usbfs (dext_usb_usbfs_dep).  Link
+ * it INSTEAD of dext-usb: the opaque objects differ; descriptor parsers
+ * and match keys are shared (usb-desc.c, usb-match.c).  Differences:
+ *  - devices are the non-hub devices under @sysroot; dext_usb_device_port()
+ *    is busnum << 8 | devnum (unique while attached; a replug gets a new
+ *    devnum); speed from sysfs;
+ *  - hot-plug: a netlink uevent socket (and a periodic rescan as a
+ *    fallback) wakes the hub thread, which diffs sysfs against its list;
+ *  - buffers are memfds (dext_usb_buffer_iova() is 0); bulk and interrupt
+ *    transfers are split into URBs of at most 64 KiB (whole max packets),
+ *    a short packet ends the transfer (later URBs are cancelled);
+ *  - cfg->xhci: only timeout_ms is used; dext_usb_host_xhci() is NULL,
+ *    dext_usb_find_xhci() -ENODEV, dext_usb_host_create{,_hw}() -ENOTSUP;
+ *  - dext_usb_interface_open() claims the interface (detaching a kernel
+ *    driver bound to it), close releases it; set_configuration releases
+ *    the old configuration's interfaces as it closes them.
+ *
+ * @devroot: "/dev/bus/usb" (NULL: that), @sysroot: "/sys/bus/usb/devices"
+ * (NULL: that).  Enumerates what is attached before returning (reported
+ * through device_fn too), then follows hot-plug. */
+int dext_usb_host_create_usbfs(const char *devroot, const char *sysroot,
+                               const DextUsbHostConfig *cfg,
+                               DextUsbHost **out);
 
 G_END_DECLS
 

@@ -1461,3 +1461,56 @@ int dext_xhci_reset_ep(DextXhciSlot *s, unsigned ep_addr)
     g_mutex_unlock(&s->x->lock);
     return ret;
 }
+
+int dext_xhci_submit_raw(DextXhciSlot *s, unsigned ep_addr,
+                         const uint64_t *param, const uint32_t *status,
+                         const uint32_t *control, unsigned n)
+{
+    DextXhci *x = s->x;
+    unsigned dci = ep_dci(ep_addr);
+    XEp *ep;
+    uint32_t first = 0, used = 0;
+
+    if ((ep_addr & 0x7f) > 15 || n == 0) {
+        return -EINVAL;
+    }
+    g_mutex_lock(&x->lock);
+    ep = &s->ep[dci];
+    if (s->gone || !ep->configured) {
+        g_mutex_unlock(&x->lock);
+        return -ENODEV;
+    }
+    if (!ring_room(&ep->ring, n)) {
+        g_mutex_unlock(&x->lock);
+        return -ENOSPC;
+    }
+    /* whatever the TRBs say, the ring's own link TRB keeps its place: the
+     * ring stays ours to reclaim with a Set TR Dequeue Pointer */
+    for (unsigned i = 0; i < n; i++) {
+        uint32_t idx = ring_put(&ep->ring, param[i], status[i], control[i],
+                                false, i == 0, &used);
+
+        if (i == 0) {
+            first = idx;
+        }
+    }
+    /* counted as the controller's until an abort resets the ring */
+    ep->ring.used += used;
+    ring_release(&ep->ring, first);
+    g_mutex_unlock(&x->lock);
+    return doorbell(x, s->id, dci);
+}
+
+DextXhciSlot *dext_xhci_port_slot(DextXhci *x, unsigned port)
+{
+    DextXhciSlot *found = NULL;
+
+    g_mutex_lock(&x->lock);
+    for (unsigned i = 1; i < G_N_ELEMENTS(x->slots) && !found; i++) {
+        if (x->slots[i] && x->slots[i]->port == port && !x->slots[i]->gone) {
+            found = x->slots[i];
+        }
+    }
+    g_mutex_unlock(&x->lock);
+    return found;
+}

@@ -223,6 +223,23 @@ int dext_xhci_abort(DextXhciSlot *s, unsigned ep_addr);
 int dext_xhci_reset_ep(DextXhciSlot *s, unsigned ep_addr);
 bool dext_xhci_ep_halted(DextXhciSlot *s, unsigned ep_addr);
 
+/* Fuzzing only: the slot of the device on root @port, or NULL.  Valid
+ * until that device detaches (its slot is destroyed by the host then):
+ * the caller must know no detach can happen meanwhile. */
+DextXhciSlot *dext_xhci_port_slot(DextXhci *x, unsigned port);
+/*
+ * Fuzzing only (qtest/fuzz/dextlab-usb-fuzz.c): place @n raw TRBs
+ * (@param[i], @status[i], @control[i]; the cycle bit is replaced by the
+ * ring's) on endpoint @ep_addr's transfer ring at the enqueue pointer and
+ * ring its doorbell.  No transfer is tracked: events for them are dropped
+ * as unknown, their ring slots stay taken, and the controller's view of
+ * the ring is unknown: dext_xhci_abort() the endpoint before using it
+ * again.  -ENOSPC when @n does not fit, -ENODEV as dext_xhci_submit().
+ */
+int dext_xhci_submit_raw(DextXhciSlot *s, unsigned ep_addr,
+                         const uint64_t *param, const uint32_t *status,
+                         const uint32_t *control, unsigned n);
+
 /* Counters for tests and benchmarks */
 typedef struct DextXhciStats {
     uint64_t events;          /* event TRBs consumed */

@@ -2,14 +2,23 @@
  * Buffer memory descriptors and DMA commands.
  */
 #include "internal.h"
+#include "usb-client.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+/* Three kinds: shared (memfd, memfd >= 0), DMA (dma: a range of the
+ * guest-RAM fd from dextd) and provider-owned (release != NULL: a USB IO
+ * buffer the provider allocated and this process maps; fd_offset/prov_fd
+ * name it for sharing with an app). */
 struct DextBuffer {
     bool dma;
+    DextBufferReleaseFn release;
+    void *release_ctx;
+    uint64_t handle;
+    int prov_fd;
     uint32_t direction;
     uint64_t capacity;          /* as requested */
     uint64_t map_size;          /* mapped bytes (page-rounded) */
@@ -64,9 +73,40 @@ int dext_buffer_create(uint32_t direction, uint64_t capacity, uint64_t alignment
     b->iova = iova;
     b->fd_offset = off;
     b->memfd = -1;
+    b->prov_fd = -1;
     b->addr = p;
     *out = b;
     return 0;
+}
+
+DextBuffer *dext__buffer_new_provider(void *addr, uint64_t map_size, uint64_t capacity,
+                                      uint32_t direction, int fd, uint64_t fd_offset,
+                                      uint64_t handle, DextBufferReleaseFn release,
+                                      void *ctx)
+{
+    DextBuffer *b = g_new0(DextBuffer, 1);
+    b->direction = direction;
+    b->capacity = capacity;
+    b->map_size = map_size;
+    b->length = capacity;
+    b->fd_offset = fd_offset;
+    b->memfd = -1;
+    b->prov_fd = fd;
+    b->addr = addr;
+    b->handle = handle;
+    b->release = release;
+    b->release_ctx = ctx;
+    return b;
+}
+
+bool dext__buffer_provider(const DextBuffer *b, uint64_t *handle, void **ctx)
+{
+    if (!b || !b->release) {
+        return false;
+    }
+    *handle = b->handle;
+    *ctx = b->release_ctx;
+    return true;
 }
 
 int dext_buffer_create_shared(uint64_t capacity, DextBuffer **out)
@@ -101,6 +141,7 @@ int dext_buffer_create_shared(uint64_t capacity, DextBuffer **out)
     b->map_size = size;
     b->length = capacity;
     b->memfd = fd;
+    b->prov_fd = -1;
     b->addr = p;
     *out = b;
     return 0;
@@ -121,6 +162,13 @@ void dext_buffer_release(DextBuffer *b)
     if (b->memfd >= 0) {
         close(b->memfd);
     }
+    if (b->release) {
+        /* Unmapped first: the provider may hand the memory out again. */
+        b->release(b->release_ctx, b->handle);
+    }
+    if (b->prov_fd >= 0) {
+        close(b->prov_fd);
+    }
     g_free(b);
 }
 
@@ -129,6 +177,11 @@ int dext__buffer_share(const DextBuffer *b, int *fd, uint64_t *offset)
     if (b->memfd >= 0) {
         *fd = b->memfd;
         *offset = 0;
+        return 0;
+    }
+    if (b->prov_fd >= 0) {
+        *fd = b->prov_fd;
+        *offset = b->fd_offset;
         return 0;
     }
     int rfd = dext__ram_fd(NULL);

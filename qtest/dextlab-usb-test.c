@@ -10,7 +10,10 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/bswap.h"
 #include "libqtest.h"
+#include "libqos/pci.h"
+#include "libqos/pci-pc.h"
 #include "qapi/qmp/qdict.h"
 #include "hw/dextlab/dextlab-usb-regs.h"
 
@@ -144,6 +147,309 @@ static void test_migration_stream(void)
     rmdir(dir);
 }
 
+/* ------------------------------------------------------------------
+ * A minimal xHCI driver on libqtest (polled event ring, one slot, EP0)
+ * for what the user-space driver in harness/usb never sends: control
+ * transfer descriptors that disagree with their SETUP packet.
+ */
+
+#define XHCI_DEVFN      QPCI_DEVFN(4, 0)
+#define X_DCBAA         0x1000000ull
+#define X_ERST          0x1001000ull
+#define X_EVRING        0x1002000ull
+#define X_CMDRING       0x1003000ull
+#define X_INCTX         0x1004000ull
+#define X_OUTCTX        0x1005000ull
+#define X_EP0RING       0x1006000ull
+#define X_DATA          0x1007000ull
+#define X_EV_TRBS       64
+
+enum { TRB_SETUP = 2, TRB_DATA = 3, TRB_STATUS = 4, CMD_ENABLE_SLOT = 9,
+       CMD_ADDRESS_DEV = 11, CMD_RESET_EP = 14, CMD_SET_DEQ = 16,
+       EV_TRANSFER = 32, EV_CMD_DONE = 33 };
+#define TRB_C           (1u << 0)
+#define TRB_IOC         (1u << 5)
+#define TRB_IDT         (1u << 6)
+#define TRB_DIR_IN      (1u << 16)
+#define CC_SUCCESS      1
+#define CC_STALL        6
+
+typedef struct MiniXhci {
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar;
+    uint32_t op, rt, db;
+    uint32_t ev_deq, ev_ccs;
+    uint32_t cmd_enq, ep0_enq, ep0_pcs;
+    unsigned slot, ctx_size;
+} MiniXhci;
+
+static void trb_write(MiniXhci *x, uint64_t addr, uint64_t param,
+                      uint32_t status, uint32_t control)
+{
+    uint32_t t[4] = { cpu_to_le32(param), cpu_to_le32(param >> 32),
+                      cpu_to_le32(status), cpu_to_le32(control) };
+
+    qtest_memwrite(x->qts, addr, t, sizeof(t));
+}
+
+/* Next event of @type (others, e.g. port status changes, are skipped);
+ * *status gets its status dword, returns its control dword. */
+static uint32_t xhci_wait_event(MiniXhci *x, unsigned type, uint32_t *status)
+{
+    for (int tries = 0; tries < 2000; tries++) {
+        uint32_t t[4];
+
+        qtest_memread(x->qts, X_EVRING + 16 * x->ev_deq, t, sizeof(t));
+        if ((le32_to_cpu(t[3]) & TRB_C) != x->ev_ccs) {
+            g_usleep(1000);
+            continue;
+        }
+        if (++x->ev_deq == X_EV_TRBS) {
+            x->ev_deq = 0;
+            x->ev_ccs ^= 1;
+        }
+        qpci_io_writel(x->dev, x->bar, x->rt + 0x38,
+                       X_EVRING + 16 * x->ev_deq);
+        qpci_io_writel(x->dev, x->bar, x->rt + 0x3c, 0);
+        if (((le32_to_cpu(t[3]) >> 10) & 0x3f) == type) {
+            *status = le32_to_cpu(t[2]);
+            return le32_to_cpu(t[3]);
+        }
+    }
+    g_assert_not_reached();
+}
+
+/* A command; returns its completion code, *slot the event's slot id */
+static unsigned xhci_command(MiniXhci *x, uint64_t param, uint32_t control,
+                             unsigned *slot)
+{
+    uint32_t status, ctl;
+
+    g_assert_cmpuint(x->cmd_enq, <, 16);       /* no link TRB needed */
+    trb_write(x, X_CMDRING + 16 * x->cmd_enq++, param, 0, control | TRB_C);
+    qpci_io_writel(x->dev, x->bar, x->db, 0);
+    ctl = xhci_wait_event(x, EV_CMD_DONE, &status);
+    if (slot) {
+        *slot = ctl >> 24;
+    }
+    return status >> 24;
+}
+
+static void ep0_put(MiniXhci *x, uint64_t param, uint32_t status,
+                    uint32_t control)
+{
+    g_assert_cmpuint(x->ep0_enq, <, 60);
+    trb_write(x, X_EP0RING + 16 * x->ep0_enq++, param, status,
+              control | x->ep0_pcs);
+}
+
+/* Ring EP0's doorbell and return the completion code of the TD */
+static unsigned ep0_run(MiniXhci *x)
+{
+    uint32_t status;
+
+    qpci_io_writel(x->dev, x->bar, x->db + 4 * x->slot, 1);
+    xhci_wait_event(x, EV_TRANSFER, &status);
+    return status >> 24;
+}
+
+static uint64_t setup_packet(uint8_t rt, uint8_t req, uint16_t val,
+                             uint16_t idx, uint16_t len)
+{
+    return rt | (uint64_t)req << 8 | (uint64_t)val << 16 |
+           (uint64_t)idx << 32 | (uint64_t)len << 48;
+}
+
+/* Start the controller, reset the port the device is on, Enable Slot and
+ * Address Device: EP0 then takes control TDs */
+static void mini_xhci_start(MiniXhci *x, const char *devices)
+{
+    uint32_t caplen, hcs1, hcc1, portsc = 0, speed;
+    unsigned port = 0, nports;
+    uint64_t erst[2] = { cpu_to_le64(X_EVRING), cpu_to_le64(X_EV_TRBS) };
+    uint64_t dcbaa_entry;
+    uint32_t ctx[8];
+
+    memset(x, 0, sizeof(*x));
+    x->qts = qtest_initf("-M q35 -nodefaults -device qemu-xhci,id=xhci,"
+                         "addr=04.0 %s", devices);
+    x->bus = qpci_new_pc(x->qts, NULL);
+    x->dev = qpci_device_find(x->bus, XHCI_DEVFN);
+    g_assert_nonnull(x->dev);
+    x->bar = qpci_iomap(x->dev, 0, NULL);
+    qpci_device_enable(x->dev);
+
+    caplen = qpci_io_readl(x->dev, x->bar, 0) & 0xff;
+    hcs1 = qpci_io_readl(x->dev, x->bar, 0x04);
+    hcc1 = qpci_io_readl(x->dev, x->bar, 0x10);
+    x->db = qpci_io_readl(x->dev, x->bar, 0x14) & ~3u;
+    x->rt = qpci_io_readl(x->dev, x->bar, 0x18) & ~0x1fu;
+    x->op = caplen;
+    x->ctx_size = (hcc1 & (1u << 2)) ? 64 : 32;
+    nports = hcs1 >> 24;
+
+    qpci_io_writel(x->dev, x->bar, x->op + 0x00, 1u << 1);     /* HCRST */
+    for (int i = 0; i < 1000 &&
+         (qpci_io_readl(x->dev, x->bar, x->op) & (1u << 1)); i++) {
+        g_usleep(1000);
+    }
+    qpci_io_writel(x->dev, x->bar, x->op + 0x38, 1);           /* CONFIG */
+    qpci_io_writel(x->dev, x->bar, x->op + 0x30, X_DCBAA);
+    qpci_io_writel(x->dev, x->bar, x->op + 0x34, 0);
+    qpci_io_writel(x->dev, x->bar, x->op + 0x18, X_CMDRING | 1);
+    qpci_io_writel(x->dev, x->bar, x->op + 0x1c, 0);
+    qtest_memwrite(x->qts, X_ERST, erst, sizeof(erst));
+    qtest_memset(x->qts, X_EVRING, 0, 16 * X_EV_TRBS);
+    qpci_io_writel(x->dev, x->bar, x->rt + 0x28, 1);           /* ERSTSZ */
+    qpci_io_writel(x->dev, x->bar, x->rt + 0x38, X_EVRING);    /* ERDP */
+    qpci_io_writel(x->dev, x->bar, x->rt + 0x3c, 0);
+    qpci_io_writel(x->dev, x->bar, x->rt + 0x30, X_ERST);      /* ERSTBA */
+    qpci_io_writel(x->dev, x->bar, x->rt + 0x34, 0);
+    x->ev_ccs = 1;
+    qpci_io_writel(x->dev, x->bar, x->op + 0x00, 1);           /* RS */
+
+    for (unsigned i = 1; i <= nports && !port; i++) {
+        if (qpci_io_readl(x->dev, x->bar, x->op + 0x400 + 0x10 * (i - 1)) & 1) {
+            port = i;
+        }
+    }
+    g_assert_cmpuint(port, !=, 0);
+    /* port reset (PP | PR); wait for the port to be enabled */
+    qpci_io_writel(x->dev, x->bar, x->op + 0x400 + 0x10 * (port - 1),
+                   (1u << 9) | (1u << 4));
+    for (int i = 0; i < 1000; i++) {
+        portsc = qpci_io_readl(x->dev, x->bar, x->op + 0x400 + 0x10 * (port - 1));
+        if ((portsc & (1u << 1)) && !(portsc & (1u << 4))) {
+            break;
+        }
+        g_usleep(1000);
+    }
+    g_assert_true(portsc & (1u << 1));
+    speed = (portsc >> 10) & 0xf;
+
+    g_assert_cmpuint(xhci_command(x, 0, CMD_ENABLE_SLOT << 10, &x->slot), ==,
+                     CC_SUCCESS);
+    g_assert_cmpuint(x->slot, !=, 0);
+    dcbaa_entry = cpu_to_le64(X_OUTCTX);
+    qtest_memwrite(x->qts, X_DCBAA + 8 * x->slot, &dcbaa_entry, 8);
+    qtest_memset(x->qts, X_INCTX, 0, 33 * x->ctx_size);
+    qtest_memset(x->qts, X_OUTCTX, 0, 32 * x->ctx_size);
+    qtest_memset(x->qts, X_EP0RING, 0, 4096);
+    memset(ctx, 0, sizeof(ctx));
+    ctx[1] = cpu_to_le32(3);                    /* add slot + EP0 */
+    qtest_memwrite(x->qts, X_INCTX, ctx, sizeof(ctx));
+    memset(ctx, 0, sizeof(ctx));
+    ctx[0] = cpu_to_le32((speed << 20) | (1u << 27));
+    ctx[1] = cpu_to_le32(port << 16);
+    qtest_memwrite(x->qts, X_INCTX + x->ctx_size, ctx, sizeof(ctx));
+    memset(ctx, 0, sizeof(ctx));
+    ctx[1] = cpu_to_le32((3u << 1) | (4u << 3) | (64u << 16));  /* control */
+    ctx[2] = cpu_to_le32(X_EP0RING | 1);        /* DCS 1 */
+    ctx[4] = cpu_to_le32(8);
+    qtest_memwrite(x->qts, X_INCTX + 2 * x->ctx_size, ctx, sizeof(ctx));
+    g_assert_cmpuint(xhci_command(x, X_INCTX, (CMD_ADDRESS_DEV << 10) |
+                                  (x->slot << 24), NULL), ==, CC_SUCCESS);
+    x->ep0_pcs = 1;
+}
+
+/* READ_REG(ID) the way a driver sends it; the device must answer */
+static void mini_read_id(MiniXhci *x)
+{
+    uint32_t id = 0;
+
+    qtest_memset(x->qts, X_DATA, 0, 4);
+    ep0_put(x, setup_packet(0xc0, DEXTLAB_USB_REQ_READ_REG, 0,
+                            DEXTLAB_USB_REG_ID, 4), 8,
+            (TRB_SETUP << 10) | TRB_IDT | (3u << 16));
+    ep0_put(x, X_DATA, 4, (TRB_DATA << 10) | TRB_DIR_IN);
+    ep0_put(x, 0, 0, (TRB_STATUS << 10) | TRB_IOC);
+    g_assert_cmpuint(ep0_run(x), ==, CC_SUCCESS);
+    qtest_memread(x->qts, X_DATA, &id, 4);
+    g_assert_cmphex(le32_to_cpu(id), ==, DEXTLAB_USB_ID_VALUE);
+}
+
+/* After a STALL: Reset Endpoint, then move EP0's dequeue past the TD */
+static void mini_ep0_recover(MiniXhci *x)
+{
+    g_assert_cmpuint(xhci_command(x, 0, (CMD_RESET_EP << 10) |
+                                  (x->slot << 24) | (1u << 16), NULL), ==,
+                     CC_SUCCESS);
+    g_assert_cmpuint(xhci_command(x, (X_EP0RING + 16 * x->ep0_enq) |
+                                  x->ep0_pcs, (CMD_SET_DEQ << 10) |
+                                  (x->slot << 24) | (1u << 16), NULL), ==,
+                     CC_SUCCESS);
+}
+
+/*
+ * Regression (found by dextlab-usb-fuzz, fixed in the fork by
+ * hw/patches/0003-usb-core-control-data-stage-bounds.patch): qemu-xhci
+ * hands a control transfer to the device as one packet whose data is the
+ * Data Stage TRBs' buffers, and hw/usb/core.c do_parameter() copied
+ * wLength bytes into or out of it.  A Data TRB shorter than wLength, or
+ * none, aborted QEMU in usb_packet_copy (assertion).  Now an IN request is
+ * cut to its data stage and an OUT request without all its data STALLs;
+ * the device keeps answering.
+ */
+static void test_control_short_data_stage(void)
+{
+    MiniXhci x;
+    uint8_t echo[16];
+    unsigned cc;
+
+    mini_xhci_start(&x, "-device dextlab-usb,bus=xhci.0,id=u,"
+                        "superspeed=off");
+    mini_read_id(&x);
+
+    /* IN: wLength 4, a 2-byte data stage: the first two bytes of "DXUS" */
+    qtest_memset(x.qts, X_DATA, 0xee, 4);
+    ep0_put(&x, setup_packet(0xc0, DEXTLAB_USB_REQ_READ_REG, 0,
+                             DEXTLAB_USB_REG_ID, 4), 8,
+            (TRB_SETUP << 10) | TRB_IDT | (3u << 16));
+    ep0_put(&x, X_DATA, 2, (TRB_DATA << 10) | TRB_DIR_IN);
+    ep0_put(&x, 0, 0, (TRB_STATUS << 10) | TRB_IOC);
+    cc = ep0_run(&x);
+    g_assert_cmpuint(cc, ==, CC_SUCCESS);
+    qtest_memread(x.qts, X_DATA, echo, 4);
+    g_assert_cmphex(echo[0] | echo[1] << 8, ==,
+                    DEXTLAB_USB_ID_VALUE & 0xffff);
+    g_assert_cmphex(echo[2], ==, 0xee);
+
+    /* IN: wLength 4 and no data stage at all */
+    ep0_put(&x, setup_packet(0xc0, DEXTLAB_USB_REQ_READ_REG, 0,
+                             DEXTLAB_USB_REG_ID, 4), 8,
+            (TRB_SETUP << 10) | TRB_IDT | (3u << 16));
+    ep0_put(&x, 0, 0, (TRB_STATUS << 10) | TRB_IOC);
+    g_assert_cmpuint(ep0_run(&x), ==, CC_SUCCESS);
+    mini_read_id(&x);
+
+    /* OUT: ECHO with wLength 16 and a 4-byte data stage: STALL */
+    memset(echo, 0x5a, sizeof(echo));
+    qtest_memwrite(x.qts, X_DATA, echo, sizeof(echo));
+    ep0_put(&x, setup_packet(0x40, DEXTLAB_USB_REQ_ECHO, 0, 0, 16), 8,
+            (TRB_SETUP << 10) | TRB_IDT | (2u << 16));
+    ep0_put(&x, X_DATA, 4, TRB_DATA << 10);
+    ep0_put(&x, 0, 0, (TRB_STATUS << 10) | TRB_DIR_IN | TRB_IOC);
+    g_assert_cmpuint(ep0_run(&x), ==, CC_STALL);
+    mini_ep0_recover(&x);
+
+    /* the device still works, and the refused ECHO stored nothing */
+    mini_read_id(&x);
+    qtest_memset(x.qts, X_DATA, 0, 16);
+    ep0_put(&x, setup_packet(0xc0, DEXTLAB_USB_REQ_ECHO, 0, 0, 16), 8,
+            (TRB_SETUP << 10) | TRB_IDT | (3u << 16));
+    ep0_put(&x, X_DATA, 16, (TRB_DATA << 10) | TRB_DIR_IN);
+    ep0_put(&x, 0, 0, (TRB_STATUS << 10) | TRB_IOC);
+    g_assert_cmpuint(ep0_run(&x), ==, CC_SUCCESS);
+    qtest_memread(x.qts, X_DATA, echo, sizeof(echo));
+    g_assert_cmphex(echo[0], ==, 0);
+
+    qpci_free_pc(x.bus);
+    g_free(x.dev);
+    qtest_quit(x.qts);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -152,5 +458,7 @@ int main(int argc, char **argv)
                    test_fifo_size_property);
     qtest_add_func("/dextlab-usb/hotplug/cycles", test_hotplug_cycles);
     qtest_add_func("/dextlab-usb/migration/stream", test_migration_stream);
+    qtest_add_func("/dextlab-usb/xhci/control-short-data-stage",
+                   test_control_short_data_stage);
     return g_test_run();
 }

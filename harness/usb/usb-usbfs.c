@@ -9,8 +9,9 @@
  *   device   one usbfs fd (@devroot/BBB/DDD) and one reaper thread that
  *            polls it (POLLOUT: a completed URB can be reaped; POLLHUP /
  *            POLLERR: disconnected) and runs the completions
- *   transfer one Xfer of up to n URBs (bulk/interrupt, <= URB_MAX each);
- *            complete when every URB has been reaped
+ *   transfer one Xfer: one URB, or n URBs when it is larger than usbfs
+ *            takes (a short packet in one ends the transfer); complete
+ *            when every URB has been reaped
  *
  * Locks: d->lock (configuration, open state, EP0) before d->io_lock
  * (Xfer list, URB submission and reaping, pipe/interface state read by
@@ -41,9 +42,13 @@
 #define USB_DT_CONFIG       2
 #define USB_DT_STRING       3
 
-/* Largest URB: usbfs charges every URB to usbfs_memory_mb (16 MiB by
- * default, all processes) and copies through kernel bounce memory. */
-#define URB_MAX             (64 * 1024)
+/* Largest URB of a bulk transfer: usbfs charges every URB to
+ * usbfs_memory_mb (16 MiB by default, all users) and bounces the data
+ * through kernel memory (16 KiB scatter-gather pages when the controller
+ * can, contiguous otherwise); interrupt URBs are always contiguous. */
+#define URB_BULK_MAX        (4u << 20)
+#define URB_INTR_MAX        (64u << 10)
+#define URB_MIN             (16u << 10)
 #define DEFAULT_TIMEOUT_MS  5000
 #define RESCAN_MS           1000        /* with uevents; a fallback */
 #define RESCAN_POLL_MS      250         /* without a uevent socket */
@@ -61,7 +66,6 @@ struct DextUsbPipe {
     DextUsbInterface *iface;            /* valid while !closed */
     DextUsbEndpointDesc desc;
     unsigned char urb_type;             /* USBDEVFS_URB_TYPE_* */
-    uint32_t urb_max;                   /* whole packets, <= URB_MAX */
     bool closed;                        /* both locks to write */
     unsigned aborting;                  /* marked Xfers not yet called back */
 };
@@ -122,6 +126,7 @@ struct DextUsbHost {
     DextUsbHostConfig cfg;
     char *devroot, *sysroot;
     unsigned timeout_ms;
+    gint urb_max;                       /* bulk URB size (atomic) */
     GMutex lock;                        /* devs, scan state */
     GCond cond;
     GPtrArray *devs;                    /* DextUsbDevice, attached */
@@ -804,9 +809,6 @@ static void iface_close_pipes(DextUsbInterface *i)
 
 static void pipe_setup(DextUsbPipe *p)
 {
-    uint16_t w = p->desc.wMaxPacketSize;
-    uint32_t mps = (w & 0x7ff) * (1 + ((w >> 11) & 3));
-
     switch (p->desc.bmAttributes & 3) {
     case 2:
         p->urb_type = USBDEVFS_URB_TYPE_BULK;
@@ -817,11 +819,6 @@ static void pipe_setup(DextUsbPipe *p)
     default:
         p->urb_type = USBDEVFS_URB_TYPE_ISO;     /* not supported */
         break;
-    }
-    /* split only at packet boundaries, or the device sees short packets */
-    p->urb_max = mps ? URB_MAX - URB_MAX % mps : URB_MAX;
-    if (!p->urb_max) {
-        p->urb_max = mps;
     }
 }
 
@@ -1111,36 +1108,38 @@ const DextUsbEndpointDesc *dext_usb_pipe_descriptor(DextUsbPipe *p)
     return &p->desc;
 }
 
-int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
-                           uint32_t len, DextUsbIoFn cb, void *opaque)
+/* URB size for @p: whole packets (a split elsewhere looks like a short
+ * packet to the device), at most @limit */
+static uint32_t chunk_of(DextUsbPipe *p, uint32_t limit)
 {
-    DextUsbDevice *d = p->dev;
+    uint16_t w = p->desc.wMaxPacketSize;
+    uint32_t mps = (w & 0x7ff) * (1 + ((w >> 11) & 3));
+
+    if (!mps || limit < mps) {
+        return MAX(limit, 1u);
+    }
+    return limit - limit % mps;
+}
+
+static Xfer *xfer_build(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
+                        uint32_t len, uint32_t chunk)
+{
     bool in = p->desc.bEndpointAddress & 0x80;
     bool bulk = p->urb_type == USBDEVFS_URB_TYPE_BULK;
-    unsigned n, k;
-    Xfer *x;
-    int ret = 0;
+    unsigned n = len ? (len + chunk - 1) / chunk : 1;
+    Xfer *x = g_malloc0(sizeof(*x) + n * sizeof(x->urbs[0]));
 
-    if (!buf || !cb || offset > buf->size || len > buf->size - offset) {
-        return -EINVAL;
-    }
-    if (p->urb_type == USBDEVFS_URB_TYPE_ISO) {
-        return -ENOTSUP;
-    }
-    n = len ? (len + p->urb_max - 1) / p->urb_max : 1;
-    x = g_malloc0(sizeof(*x) + n * sizeof(x->urbs[0]));
     x->reaped = g_new0(bool, n);
     x->p = p;
-    x->cb = cb;
-    x->opaque = opaque;
-    for (k = 0; k < n; k++) {
+    x->n_urbs = n;
+    for (unsigned k = 0; k < n; k++) {
         struct usbdevfs_urb *u = &x->urbs[k];
-        uint32_t at = k * p->urb_max;
+        uint32_t at = k * chunk;
 
         u->type = p->urb_type;
         u->endpoint = p->desc.bEndpointAddress;
         u->buffer = len ? (uint8_t *)buf->ptr + offset + at : NULL;
-        u->buffer_length = MIN(len - at, p->urb_max);
+        u->buffer_length = MIN(len - at, chunk);
         u->usercontext = x;
         /* a short packet before the last URB ends the transfer: usbfs
          * then cancels the rest of it (continuations) and no later bytes
@@ -1152,6 +1151,35 @@ int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
             u->flags |= USBDEVFS_URB_BULK_CONTINUATION;
         }
     }
+    return x;
+}
+
+static void xfer_free(Xfer *x)
+{
+    g_free(x->reaped);
+    g_free(x);
+}
+
+int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
+                           uint32_t len, DextUsbIoFn cb, void *opaque)
+{
+    DextUsbDevice *d = p->dev;
+    uint32_t chunk;
+    unsigned k;
+    Xfer *x;
+    int ret = 0;
+
+    if (!buf || !cb || offset > buf->size || len > buf->size - offset) {
+        return -EINVAL;
+    }
+    if (p->urb_type == USBDEVFS_URB_TYPE_ISO) {
+        return -ENOTSUP;
+    }
+    /* one URB per transfer when it fits (the device sees the transfer as
+     * the caller made it); interrupt buffers are contiguous kernel memory */
+    chunk = chunk_of(p, p->urb_type == USBDEVFS_URB_TYPE_BULK
+                        ? (uint32_t)g_atomic_int_get(&d->h->urb_max)
+                        : URB_INTR_MAX);
     g_mutex_lock(&d->io_lock);
     if (p->closed) {
         ret = -EBADF;          /* p->iface may be gone */
@@ -1162,32 +1190,39 @@ int dext_usb_pipe_async_io(DextUsbPipe *p, DextUsbBuffer *buf, size_t offset,
     }
     if (ret < 0) {
         g_mutex_unlock(&d->io_lock);
-        g_free(x->reaped);
-        g_free(x);
         return ret;
     }
-    /* under io_lock: no other transfer's URBs interleave with ours, and
-     * the reaper cannot finish the Xfer before all parts are in */
-    for (k = 0; k < n; k++) {
-        if (ioctl(d->fd, USBDEVFS_SUBMITURB, &x->urbs[k]) < 0) {
-            ret = neg_errno();
+    for (;;) {
+        x = xfer_build(p, buf, offset, len, chunk);
+        /* under io_lock: no other transfer's URBs interleave with ours,
+         * and the reaper cannot finish the Xfer before all parts are in */
+        for (k = 0; k < x->n_urbs; k++) {
+            if (ioctl(d->fd, USBDEVFS_SUBMITURB, &x->urbs[k]) < 0) {
+                ret = neg_errno();
+                break;
+            }
+        }
+        if (k > 0 || ret != -ENOMEM || chunk <= URB_MIN) {
             break;
         }
+        /* usbfs_memory_mb, or no contiguous kernel memory: smaller parts */
+        xfer_free(x);
+        chunk = chunk_of(p, chunk / 2);
+        ret = 0;
     }
     x->n_urbs = k;
     if (k == 0) {
         g_mutex_unlock(&d->io_lock);
-        g_free(x->reaped);
-        g_free(x);
+        xfer_free(x);
         return ret == -ESHUTDOWN ? -ENODEV : ret;
     }
-    if (ret < 0) {
-        /* -EREMOTEIO: an earlier part ended short already (fine) */
-        if (ret != -EREMOTEIO) {
-            x->submit_err = ret == -ENOMEM ? -ENOMEM : -EIO;
-            xfer_discard(x, 0);
-        }
+    /* -EREMOTEIO: an earlier part ended short already (that is fine) */
+    if (ret < 0 && ret != -EREMOTEIO) {
+        x->submit_err = ret == -ENOMEM ? -ENOMEM : -EIO;
+        xfer_discard(x, 0);
     }
+    x->cb = cb;
+    x->opaque = opaque;
     x->d = dext_usb_device_ref(d);
     d->xfers = g_list_append(d->xfers, x);
     g_mutex_unlock(&d->io_lock);
@@ -1693,6 +1728,38 @@ static int uevent_socket(void)
 
 /* --------------------------------------------------------------- host */
 
+/* a quarter of what usbfs lets all its users have in flight */
+static uint32_t default_urb_max(void)
+{
+    char buf[32] = "";
+    unsigned long mb = 16;
+    int fd = open("/sys/module/usbcore/parameters/usbfs_memory_mb",
+                  O_RDONLY | O_CLOEXEC);
+
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+
+        if (n > 0) {
+            buf[n] = 0;
+            mb = strtoul(buf, NULL, 10);
+        }
+        close(fd);
+    }
+    if (mb == 0 || mb >= 16) {  /* 0: no limit */
+        return URB_BULK_MAX;
+    }
+    return MAX((uint32_t)(mb << 20) / 4, URB_MIN);
+}
+
+uint32_t dext_usb_host_usbfs_set_urb_max(DextUsbHost *h, uint32_t bytes)
+{
+    uint32_t v = bytes ? CLAMP(bytes, 1024u, URB_BULK_MAX)
+                       : default_urb_max();
+
+    g_atomic_int_set(&h->urb_max, v);
+    return v;
+}
+
 int dext_usb_host_create_usbfs(const char *devroot, const char *sysroot,
                                const DextUsbHostConfig *cfg,
                                DextUsbHost **out)
@@ -1716,6 +1783,7 @@ int dext_usb_host_create_usbfs(const char *devroot, const char *sysroot,
         ret = neg_errno();
         goto fail;
     }
+    g_atomic_int_set(&h->urb_max, default_urb_max());
     /* no uevents (no permission, a container): periodic rescans only */
     h->nl_fd = uevent_socket();
     g_mutex_init(&h->lock);

@@ -260,9 +260,14 @@ int dext_usb_pipe_clear_stall(DextUsbPipe *p);
  *    devnum); speed from sysfs;
  *  - hot-plug: a netlink uevent socket (and a periodic rescan as a
  *    fallback) wakes the hub thread, which diffs sysfs against its list;
- *  - buffers are memfds (dext_usb_buffer_iova() is 0); bulk and interrupt
- *    transfers are split into URBs of at most 64 KiB (whole max packets),
- *    a short packet ends the transfer (later URBs are cancelled);
+ *    the first scan runs on the hub thread after create returns (use
+ *    dext_usb_host_wait_devices()); devices the kernel configured already
+ *    have their interfaces (current alternate settings) before any
+ *    set_configuration; completions run on a per-device reaper thread;
+ *  - buffers are memfds (dext_usb_buffer_iova() is 0); a transfer is one
+ *    URB unless larger than usbfs takes (see set_urb_max below): then it
+ *    is split at whole max packets and a short packet in one part ends
+ *    the transfer (the later parts are cancelled, their bytes unused);
  *  - cfg->xhci: only timeout_ms is used; dext_usb_host_xhci() is NULL,
  *    dext_usb_find_xhci() -ENODEV, dext_usb_host_create{,_hw}() -ENOTSUP;
  *  - dext_usb_interface_open() claims the interface (detaching a kernel
@@ -270,11 +275,15 @@ int dext_usb_pipe_clear_stall(DextUsbPipe *p);
  *    the old configuration's interfaces as it closes them.
  *
  * @devroot: "/dev/bus/usb" (NULL: that), @sysroot: "/sys/bus/usb/devices"
- * (NULL: that).  Enumerates what is attached before returning (reported
- * through device_fn too), then follows hot-plug. */
+ * (NULL: that).  -errno if @sysroot cannot be read. */
 int dext_usb_host_create_usbfs(const char *devroot, const char *sysroot,
                                const DextUsbHostConfig *cfg,
                                DextUsbHost **out);
+/* usbfs only: the largest URB of a bulk transfer (rounded down to whole
+ * max packets per pipe; 0: the default, a quarter of usbfs_memory_mb, at
+ * most 4 MiB; clamped to 1 KiB .. 4 MiB).  Interrupt transfers split at
+ * 64 KiB.  Returns the value in force.  Mostly for tests of the split. */
+uint32_t dext_usb_host_usbfs_set_urb_max(DextUsbHost *h, uint32_t bytes);
 
 G_END_DECLS
 

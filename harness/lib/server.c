@@ -34,6 +34,13 @@ static struct {
     const DextClassOps *const *classes;
     GMutex lock;
     GHashTable *services;       /* id -> DextService* */
+    /* Nubs published by this process: id -> PubNub*.  NUB_CLIENT and
+     * NUB_RESET name only the nub; this finds the service serving it.
+     * Under lock; publishing counts NUB_PUBLISH calls in flight (a client
+     * can connect before the publishing thread has recorded its nub). */
+    GHashTable *nubs;
+    unsigned publishing;
+    GCond nub_cond;
     GMutex ram_lock;
     int ram_fd;
     uint64_t ram_size;
@@ -106,6 +113,12 @@ int dext__ram_fd(uint64_t *size)
 
 /* ---- services ----------------------------------------------------------- */
 
+typedef struct {
+    uint64_t id;
+    uint64_t parent;            /* 0: published under the service itself */
+    DextService *svc;
+} PubNub;
+
 uint64_t dext_service_id(const DextService *svc) { return svc->id; }
 const char *dext_service_class(const DextService *svc) { return svc->class_name; }
 DextQueue *dext_service_queue(DextService *svc) { return svc->queue; }
@@ -149,6 +162,140 @@ int dext_service_provider_u64(const DextService *svc, const char *key, uint64_t 
     }
     g_variant_unref(v);
     return rc;
+}
+
+/* ---- nubs ---------------------------------------------------------------- */
+
+int dext_service_publish_nub(DextService *svc, uint64_t parent_nub, const char *name,
+                             const char *io_class, const char *props_text, uint64_t *nub_id)
+{
+    GVariant *props;
+    if (!svc || !name || !io_class || !nub_id) {
+        return -EINVAL;
+    }
+    if (props_text) {
+        GError *e = NULL;
+        props = g_variant_parse(G_VARIANT_TYPE("a{sv}"), props_text, NULL, NULL, &e);
+        if (!props) {
+            DEXT_ERROR("nub %s: properties are not an a{sv} text: %s", name, e->message);
+            g_error_free(e);
+            return -EINVAL;
+        }
+    } else {
+        props = g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE("{sv}"), NULL, 0));
+    }
+    g_mutex_lock(&srv.lock);
+    srv.publishing++;
+    g_mutex_unlock(&srv.lock);
+    DextMsg r;
+    int rc = dext__rpc(DEXT_MSG_NUB_PUBLISH,
+                       g_variant_new("(ttss@a{sv})", (guint64)svc->id, (guint64)parent_nub,
+                                     name, io_class, props), false, &r);
+    g_variant_unref(props);
+    g_mutex_lock(&srv.lock);
+    if (rc == 0) {
+        guint64 id;
+        g_variant_get(r.body, "(t)", &id);
+        dext_msg_clear(&r);
+        PubNub *n = g_new0(PubNub, 1);
+        n->id = id;
+        n->parent = parent_nub;
+        n->svc = svc;
+        g_hash_table_replace(srv.nubs, &n->id, n);
+        *nub_id = id;
+    }
+    srv.publishing--;
+    g_cond_broadcast(&srv.nub_cond);
+    g_mutex_unlock(&srv.lock);
+    return rc;
+}
+
+/* Forget @id and every nub under it.  srv.lock held. */
+static void forget_nub_locked(uint64_t id)
+{
+    GList *kids = NULL;
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, srv.nubs);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        PubNub *n = v;
+        if (n->parent == id) {
+            kids = g_list_prepend(kids, GSIZE_TO_POINTER(n->id));
+        }
+    }
+    for (GList *l = kids; l; l = l->next) {
+        forget_nub_locked(GPOINTER_TO_SIZE(l->data));
+    }
+    g_list_free(kids);
+    g_hash_table_remove(srv.nubs, &id);
+}
+
+/* Forget every nub of @svc (dextd terminates them when it stops). */
+static void forget_service_nubs(DextService *svc)
+{
+    g_mutex_lock(&srv.lock);
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, srv.nubs);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        if (((PubNub *)v)->svc == svc) {
+            g_hash_table_iter_remove(&it);
+        }
+    }
+    g_mutex_unlock(&srv.lock);
+}
+
+int dext_service_terminate_nub(DextService *svc, uint64_t nub_id)
+{
+    if (!svc || !nub_id) {
+        return -EINVAL;
+    }
+    int rc = dext__rpc(DEXT_MSG_NUB_TERMINATE, g_variant_new("(t)", (guint64)nub_id), false,
+                       NULL);
+    if (rc == 0 || rc == -ENOENT) {
+        g_mutex_lock(&srv.lock);
+        PubNub *n = g_hash_table_lookup(srv.nubs, &nub_id);
+        if (n && n->svc == svc) {
+            forget_nub_locked(nub_id);
+        }
+        g_mutex_unlock(&srv.lock);
+    }
+    return rc;
+}
+
+int dext__provider_open(DextService *svc, int *fd)
+{
+    DextMsg r;
+    if (!svc || !fd) {
+        return -EINVAL;
+    }
+    int rc = dext__rpc(DEXT_MSG_PROVIDER_OPEN, g_variant_new("(t)", (guint64)svc->id), false, &r);
+    if (rc < 0) {
+        return rc;
+    }
+    *fd = dext_msg_take_fd(&r, 0);
+    dext_msg_clear(&r);
+    return *fd >= 0 ? 0 : -EPROTO;
+}
+
+void dext__service_add_stop_hook(DextService *svc, DextStopHookFn fn, void *ctx)
+{
+    DextStopHook h = { .fn = fn, .ctx = ctx };
+    g_mutex_lock(&svc->uc_lock);
+    g_array_append_val(svc->stop_hooks, h);
+    g_mutex_unlock(&svc->uc_lock);
+}
+
+static void run_stop_hooks(DextService *svc, int phase)
+{
+    g_mutex_lock(&svc->uc_lock);
+    GArray *hooks = g_array_copy(svc->stop_hooks);
+    g_mutex_unlock(&svc->uc_lock);
+    for (guint i = 0; i < hooks->len; i++) {
+        DextStopHook *h = &g_array_index(hooks, DextStopHook, i);
+        h->fn(svc, phase, h->ctx);
+    }
+    g_array_free(hooks, TRUE);
 }
 
 /* ---- user clients ------------------------------------------------------- */
@@ -529,6 +676,25 @@ static void run_new_client(void *data)
     c->rc = c->svc->ops->new_user_client(c->svc, c->uc);
 }
 
+typedef struct {
+    DextService *svc;
+    uint64_t nub, client;
+    int fd;
+    int rc;
+} NubCtx;
+
+static void run_nub_client(void *data)
+{
+    NubCtx *c = data;
+    c->rc = c->svc->ops->nub_client(c->svc, c->nub, c->client, c->fd);
+}
+
+static void run_nub_reset(void *data)
+{
+    NubCtx *c = data;
+    c->rc = c->svc->ops->nub_reset(c->svc, c->nub);
+}
+
 static void service_free(DextService *svc)
 {
     if (svc->pci) {
@@ -541,6 +707,7 @@ static void service_free(DextService *svc)
         dext_queue_destroy(svc->queue);
     }
     g_ptr_array_free(svc->ucs, TRUE);
+    g_array_free(svc->stop_hooks, TRUE);
     g_mutex_clear(&svc->uc_lock);
     g_variant_unref(svc->props);
     g_free(svc->class_name);
@@ -578,6 +745,7 @@ static int handle_start(DextMsg *m)
     svc->ops = ops;
     svc->props = props;
     svc->ucs = g_ptr_array_new();
+    svc->stop_hooks = g_array_new(FALSE, FALSE, sizeof(DextStopHook));
     g_mutex_init(&svc->uc_lock);
     char *qn = g_strdup_printf("%s.default", cls);
     int rc = dext_queue_create(qn, &svc->queue);
@@ -594,6 +762,9 @@ static int handle_start(DextMsg *m)
     }
     if (c.rc < 0) {
         DEXT_WARN("%s Start failed: %s", cls, g_strerror(-c.rc));
+        run_stop_hooks(svc, 0);
+        run_stop_hooks(svc, 1);
+        forget_service_nubs(svc);
         service_free(svc);
         return c.rc;
     }
@@ -607,11 +778,14 @@ static int handle_start(DextMsg *m)
 static void stop_service(DextService *svc)
 {
     reap_clients(svc, true);
+    run_stop_hooks(svc, 0);
     OpCtx c = { .svc = svc };
     if (dext_queue_dispatch_sync(svc->queue, run_stop, &c, CALLBACK_MS) < 0) {
         DEXT_ERROR("%s Stop did not return in %d ms", svc->class_name, CALLBACK_MS);
         _exit(70);
     }
+    run_stop_hooks(svc, 1);
+    forget_service_nubs(svc);
     DEXT_INFO("%s stopped (service %" G_GUINT64_FORMAT ")", svc->class_name, svc->id);
     service_free(svc);
 }
@@ -682,6 +856,66 @@ static int handle_new_client(DextMsg *m)
     return 0;
 }
 
+/* The service that published @nub, waiting (bounded) for publish calls
+ * in flight to record theirs. */
+static DextService *nub_service(uint64_t nub)
+{
+    gint64 end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+    DextService *svc = NULL;
+    g_mutex_lock(&srv.lock);
+    for (;;) {
+        PubNub *n = g_hash_table_lookup(srv.nubs, &nub);
+        if (n) {
+            svc = n->svc;
+            break;
+        }
+        if (!srv.publishing || !g_cond_wait_until(&srv.nub_cond, &srv.lock, end)) {
+            break;
+        }
+    }
+    g_mutex_unlock(&srv.lock);
+    return svc;
+}
+
+static int handle_nub_client(DextMsg *m)
+{
+    guint64 nub, client;
+    g_variant_get(m->body, "(tt)", &nub, &client);
+    int fd = dext_msg_take_fd(m, 0);
+    DextService *svc = nub_service(nub);
+    if (!svc || !svc->ops->nub_client) {
+        DEXT_WARN("provider channel for nub %" G_GUINT64_FORMAT " refused: %s", nub,
+                  svc ? "the class serves no nub clients" : "not a nub of this process");
+        close(fd);
+        return svc ? -EOPNOTSUPP : -ENOENT;
+    }
+    NubCtx c = { .svc = svc, .nub = nub, .client = client, .fd = fd };
+    if (dext_queue_dispatch_sync(svc->queue, run_nub_client, &c, CALLBACK_MS) < 0) {
+        DEXT_ERROR("%s nub_client did not return in %d ms", svc->class_name, CALLBACK_MS);
+        _exit(70);
+    }
+    return c.rc;
+}
+
+static int handle_nub_reset(DextMsg *m)
+{
+    guint64 nub;
+    g_variant_get(m->body, "(t)", &nub);
+    DextService *svc = nub_service(nub);
+    if (!svc) {
+        return -ENOENT;
+    }
+    if (!svc->ops->nub_reset) {
+        return -EOPNOTSUPP;
+    }
+    NubCtx c = { .svc = svc, .nub = nub, .fd = -1 };
+    if (dext_queue_dispatch_sync(svc->queue, run_nub_reset, &c, CALLBACK_MS) < 0) {
+        DEXT_ERROR("%s nub_reset did not return in %d ms", svc->class_name, CALLBACK_MS);
+        _exit(70);
+    }
+    return c.rc;
+}
+
 static int env_fd(const char *name)
 {
     const char *s = g_getenv(name);
@@ -705,6 +939,7 @@ int dext_server_main(int argc, char **argv, const DextClassOps *const *classes)
     srv.ctrl_fd = env_fd("DEXT_CONTROL_FD");
     srv.rpc_fd = env_fd("DEXT_RPC_FD");
     srv.services = g_hash_table_new(g_int64_hash, g_int64_equal);
+    srv.nubs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
     if (srv.ctrl_fd < 0 || srv.rpc_fd < 0) {
         DEXT_ERROR("not started by dextd (DEXT_CONTROL_FD/DEXT_RPC_FD missing)");
         return 2;
@@ -751,6 +986,14 @@ int dext_server_main(int argc, char **argv, const DextClassOps *const *classes)
             break;
         case DEXT_MSG_NEW_CLIENT:
             rc = handle_new_client(&m);
+            dext_msg_init_reply(&rep, &m, g_variant_new("(i)", rc));
+            break;
+        case DEXT_MSG_NUB_CLIENT:
+            rc = handle_nub_client(&m);
+            dext_msg_init_reply(&rep, &m, g_variant_new("(i)", rc));
+            break;
+        case DEXT_MSG_NUB_RESET:
+            rc = handle_nub_reset(&m);
             dext_msg_init_reply(&rep, &m, g_variant_new("(i)", rc));
             break;
         case DEXT_MSG_PING:

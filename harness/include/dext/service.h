@@ -15,8 +15,8 @@
  *       return dext_server_main(argc, argv, classes);
  *   }
  *
- * Threading: start, stop and new_user_client run on the service's default
- * queue (dext_service_queue()), one at a time.  Start runs before anything
+ * Threading: start, stop, new_user_client, nub_client and nub_reset run
+ * on the service's default queue (dext_service_queue()), one at a time.  Start runs before anything
  * else for the service; stop runs after every user client is closed.  A
  * Start that returns a negative errno fails cleanly: dextd logs it, the
  * device is released and stop is NOT called.  Callbacks are bounded: one
@@ -47,6 +47,16 @@ typedef struct DextClassOps {
      * userclient.h) and return 0, or refuse with -errno.  NULL: the class
      * offers no user clients (-EOPNOTSUPP to the app). */
     int (*new_user_client)(DextService *svc, DextUserClient *uc);
+    /* Publishers only (docs/runtime/nubs.md).  A client driver of @nub
+     * (a nub this service published) connected: serve the provider
+     * protocol on @fd, which the callee now owns (also on error: close
+     * it).  Return 0, or -errno to refuse (the client's PROVIDER_OPEN gets
+     * it).  NULL: refused with -EOPNOTSUPP.  Runs on the service queue. */
+    int (*nub_client)(DextService *svc, uint64_t nub, uint64_t client_service, int fd);
+    /* The client driver of @nub crashed (or hung and was killed): reset
+     * the device; it may terminate @nub and publish new nubs.  Runs on the
+     * service queue.  NULL: nothing is reset (dextd logs it). */
+    int (*nub_reset)(DextService *svc, uint64_t nub);
 } DextClassOps;
 
 /* Run the server: connect to dextd over the inherited control channel,
@@ -71,6 +81,25 @@ int dext_service_provider_u64(const DextService *svc, const char *key, uint64_t 
 /* The provider as a PCI device, or NULL if the provider is not PCI.
  * Borrowed: valid until stop returns. */
 DextPciDevice *dext_service_pci(DextService *svc);
+
+/* Publish a nub (a provider object other drivers match against, e.g.
+ * IOUSBHostDevice) into dextd's registry under this service
+ * (@parent_nub 0) or under a live nub this service published.
+ * @props_text: GVariant text of type a{sv} (NULL: none), e.g.
+ *   "{'idVendor': <uint16 0x1234>, 'idProduct': <uint16 0x46f4>}".
+ * dextd matches personalities against the nub and starts what wins; their
+ * Start may run before this call returns.  The bundle needs the
+ * entitlement publishes=<IOClass> (-EPERM).  Errors: -EINVAL (bad text,
+ * class, name or properties), -ENOENT (parent), -ENOSPC (256 live nubs),
+ * -ESHUTDOWN (dextd gone).  Any thread.  A service's nubs are terminated
+ * when it stops. */
+int dext_service_publish_nub(DextService *svc, uint64_t parent_nub, const char *name,
+                             const char *io_class, const char *props_text,
+                             uint64_t *nub_id);
+/* Terminate a nub this service published: its children first, each
+ * client driver on it gets Stop, the entry leaves the registry.
+ * Asynchronous: returns once dextd has accepted it.  Any thread. */
+int dext_service_terminate_nub(DextService *svc, uint64_t nub_id);
 
 #ifdef __cplusplus
 }

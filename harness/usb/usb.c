@@ -118,7 +118,7 @@ uint64_t dext_usb_buffer_iova(DextUsbBuffer *b)
 int dext_usb_buffer_fd(DextUsbBuffer *b, uint64_t *offset)
 {
     DextPlatform *p = b->h->p;
-    uint64_t map_size = 0, fd_size = 0;
+    uint64_t map_size = 0, fd_size = 0, at;
     uint8_t *base;
     int fd;
 
@@ -128,13 +128,14 @@ int dext_usb_buffer_fd(DextUsbBuffer *b, uint64_t *offset)
         return -ENOTSUP;
     }
     base = dext_platform_memory_map(p, &map_size);
-    if (!base || (uint8_t *)b->dma.ptr < base ||
-        (uint8_t *)b->dma.ptr - base > map_size ||
-        b->size > map_size - ((uint8_t *)b->dma.ptr - base) ||
-        map_size > fd_size) {
+    if (!base || (uint8_t *)b->dma.ptr < base || map_size > fd_size) {
         return -ENOTSUP;
     }
-    *offset = (uint64_t)((uint8_t *)b->dma.ptr - base);
+    at = (uint64_t)((uint8_t *)b->dma.ptr - base);
+    if (at > map_size || b->size > map_size - at) {
+        return -ENOTSUP;
+    }
+    *offset = at;
     return fd;
 }
 

@@ -145,7 +145,8 @@ static int rawrpc_start(DextService *svc)
     }
     /* 1: a well-framed message of unknown type */
     int n = encode(DEXT_MSG_SYNC, NULL, buf);
-    buf[6] = 0x77;
+    buf[6] = 0xee;      /* type 0x7eee: far from the catalogue (0x77 became */
+    buf[7] = 0x7e;      /* USB_BUFFER_FREE, refused for its channel instead) */
     rc = raw_rpc(buf, n);
     fails += rc != -EOPNOTSUPP;
     DEXT_INFO("rawrpc: unknown type -> %d", rc);

@@ -69,6 +69,11 @@ typedef struct DextPlatformOps {
 
     void (*set_event_cb)(DextPlatform *p, DextPlatformEventFn fn, void *op);
 
+    /* DMA memory: make [iova, iova + size) of the pool reachable by devices
+     * before dext_platform_dma_alloc hands it out (VFIO maps the pool into
+     * the IOMMU on first use).  NULL: the whole pool always is. */
+    int (*dma_prepare)(DextPlatform *p, uint64_t iova, uint64_t size);
+
     /* Virtual time (see platform.h); NULL: -ENOTSUP. */
     int (*clock_step)(DextPlatform *p, uint64_t ns, uint64_t *now_ns);
     int (*clock_follow)(DextPlatform *p, unsigned period_us);

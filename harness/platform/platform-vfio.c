@@ -7,9 +7,12 @@
  * regions (pread/pwrite where mmap is refused), interrupts as eventfds given
  * to VFIO_DEVICE_SET_IRQS (the kernel signals the caller's eventfd itself:
  * no thread of ours sits on the interrupt path), reset through
- * VFIO_DEVICE_RESET.  DMA memory is one memfd pool mapped into the
- * container's IOVA space once; the allocator in platform.c then hands out
- * IOVAs and fd offsets exactly as on qtest, so drivers cannot tell.
+ * VFIO_DEVICE_RESET.  DMA memory is one memfd pool with one IOVA window in
+ * the container; the allocator in platform.c hands out IOVAs and fd offsets
+ * exactly as on qtest, so drivers cannot tell.  The window is mapped into
+ * the IOMMU 2 MiB chunk by chunk as allocations first reach it, not up
+ * front: pinning means allocating and zeroing every page, and the whole
+ * 128 MiB took most of a second of dextd's start in a TCG guest.
  *
  * Why one container for every group: one IOVA space means one pool mapping
  * serves every device, and a buffer shared by two drivers has one address.
@@ -36,6 +39,8 @@
 
 #define VFIO_DEFAULT_POOL   (128ull << 20)
 #define VFIO_MAX_POOL       (1ull << 30)
+/* IOMMU mapping granule of the pool (pool sizes are multiples of it) */
+#define VFIO_POOL_CHUNK     (2ull << 20)
 /* IOVAs start at 1 GiB: a device address is then never mistaken for a
  * small guest-physical one in logs, and stays clear of low reserved
  * regions. */
@@ -91,8 +96,10 @@ typedef struct VfioPlatform {
     GArray *groups;          /* VfioGroup */
     GPtrArray *vf;           /* VfioFn *, same order as p.fns */
     GMutex irq_lock;
-    bool pool_mapped;
+    bool pool_mapped;        /* IOVA window reserved (chunks map lazily) */
     uint64_t pool_iova, pool_size;
+    GMutex map_lock;         /* protects chunk_mapped */
+    bool *chunk_mapped;      /* per VFIO_POOL_CHUNK of the pool */
 } VfioPlatform;
 
 static VfioPlatform *VP(DextPlatform *p)
@@ -624,7 +631,6 @@ static int iova_pick(VfioPlatform *v, uint64_t len, uint64_t *iova)
 static int setup_pool(VfioPlatform *v, uint64_t size)
 {
     DextPlatform *p = &v->p;
-    struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
     int r;
 
     p->mem_fd = memfd_create("dextlab-dma", MFD_CLOEXEC);
@@ -632,8 +638,9 @@ static int setup_pool(VfioPlatform *v, uint64_t size)
         return dext_platform_set_error(p, -errno, "DMA pool memfd: %s",
                                        g_strerror(errno));
     }
-    p->mem_map = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_POPULATE, p->mem_fd, 0);
+    /* no MAP_POPULATE: pages are allocated when a chunk is pinned */
+    p->mem_map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                      p->mem_fd, 0);
     if (p->mem_map == MAP_FAILED) {
         p->mem_map = NULL;
         return dext_platform_set_error(p, -errno, "DMA pool mmap: %s",
@@ -648,21 +655,64 @@ static int setup_pool(VfioPlatform *v, uint64_t size)
         return dext_platform_set_error(p, r, "no IOVA window of 0x%" PRIx64
                                        " bytes", size);
     }
-    m.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-    m.vaddr = (uintptr_t)p->mem_map;
-    m.iova = v->pool_iova;
-    m.size = size;
-    if (ioctl(v->container, VFIO_IOMMU_MAP_DMA, &m) < 0) {
-        return dext_platform_set_error(p, -errno, "VFIO_IOMMU_MAP_DMA 0x%"
-                                       PRIx64 "+0x%" PRIx64 ": %s",
-                                       (uint64_t)m.iova, size,
-                                       g_strerror(errno));
-    }
+    v->chunk_mapped = g_new0(bool, size / VFIO_POOL_CHUNK);
     v->pool_mapped = true;
     v->pool_size = size;
     p->mem_iova = v->pool_iova;
     p->dma = dext_range_alloc_new(v->pool_iova, size, 4096);
     return p->dma ? 0 : -EINVAL;
+}
+
+/* Map the pool's chunks [first, last) into the IOMMU (one ioctl). */
+static int map_chunks(VfioPlatform *v, uint64_t first, uint64_t last)
+{
+    struct vfio_iommu_type1_dma_map m = {
+        .argsz = sizeof(m),
+        .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        .vaddr = (uintptr_t)v->p.mem_map + first * VFIO_POOL_CHUNK,
+        .iova = v->pool_iova + first * VFIO_POOL_CHUNK,
+        .size = (last - first) * VFIO_POOL_CHUNK,
+    };
+
+    if (ioctl(v->container, VFIO_IOMMU_MAP_DMA, &m) < 0) {
+        return dext_platform_set_error(&v->p, -errno, "VFIO_IOMMU_MAP_DMA 0x%"
+                                       PRIx64 "+0x%" PRIx64 ": %s",
+                                       (uint64_t)m.iova, (uint64_t)m.size,
+                                       g_strerror(errno));
+    }
+    for (uint64_t c = first; c < last; c++) {
+        v->chunk_mapped[c] = true;
+    }
+    return 0;
+}
+
+/* Chunks stay mapped until destroy: allocations come and go, and the pool
+ * is bounded, so unmapping would only cost unpinning and re-pinning. */
+static int vfio_dma_prepare(DextPlatform *p, uint64_t iova, uint64_t size)
+{
+    VfioPlatform *v = VP(p);
+    uint64_t c, end, run = UINT64_MAX;
+    int r = 0;
+
+    if (!v->pool_mapped || !size || iova < v->pool_iova ||
+        iova - v->pool_iova > v->pool_size - size) {
+        return dext_platform_set_error(p, -EINVAL, "dma_prepare 0x%" PRIx64
+                                       "+0x%" PRIx64 ": outside the pool",
+                                       iova, size);
+    }
+    c = (iova - v->pool_iova) / VFIO_POOL_CHUNK;
+    end = (iova - v->pool_iova + size - 1) / VFIO_POOL_CHUNK + 1;
+    g_mutex_lock(&v->map_lock);
+    for (; c <= end && r == 0; c++) {
+        if (c < end && !v->chunk_mapped[c]) {
+            run = run == UINT64_MAX ? c : run;
+        } else if (run != UINT64_MAX) {
+            r = map_chunks(v, run, c);
+            run = UINT64_MAX;
+        }
+    }
+    g_mutex_unlock(&v->map_lock);
+    return r;
 }
 
 /* ------------------------------------------------------------- ops */
@@ -695,6 +745,7 @@ static void vfio_destroy(DextPlatform *p)
         close_function(v->vf->pdata[i]);
     }
     if (v->pool_mapped) {
+        /* type1v2 unmaps every whole mapping in the window, holes allowed */
         struct vfio_iommu_type1_dma_unmap u = {
             .argsz = sizeof(u), .iova = v->pool_iova, .size = v->pool_size,
         };
@@ -717,6 +768,8 @@ static void vfio_destroy(DextPlatform *p)
         g_array_free(v->groups, TRUE);
     }
     g_mutex_clear(&v->irq_lock);
+    g_mutex_clear(&v->map_lock);
+    g_free(v->chunk_mapped);
     g_free(v->sysfs);
     dext_platform_fini_common(p);
     g_free(v);
@@ -1302,6 +1355,7 @@ static const DextPlatformOps vfio_ops = {
     .irq_unbind = vfio_irq_unbind,
     .intx_level = vfio_intx_level,
     .irq_forget = vfio_irq_forget,
+    .dma_prepare = vfio_dma_prepare,
 };
 
 /* ------------------------------------------------------------ create */
@@ -1337,6 +1391,7 @@ int dext_platform_vfio_create(const DextVfioDesc *desc, DextPlatform **out)
     v->groups = g_array_new(FALSE, FALSE, sizeof(VfioGroup));
     v->vf = g_ptr_array_new();
     g_mutex_init(&v->irq_lock);
+    g_mutex_init(&v->map_lock);
 
     bind = desc->bind;
     if (!bind && g_getenv("DEXT_VFIO_BIND")) {
@@ -1385,7 +1440,8 @@ int dext_platform_vfio_create(const DextVfioDesc *desc, DextPlatform **out)
     }
     if (v->pool_mapped) {
         dext_platform_log(p, G_LOG_LEVEL_INFO, "DMA pool: %" PRIu64 " MiB at "
-                          "IOVA 0x%" PRIx64, pool >> 20, v->pool_iova);
+                          "IOVA 0x%" PRIx64 " (IOMMU-mapped on first use)",
+                          pool >> 20, v->pool_iova);
     }
     *out = p;
     return 0;

@@ -715,6 +715,12 @@ int dext_platform_dma_alloc(DextPlatform *p, uint64_t size, uint64_t align,
                                        G_GINT64_MODIFIER "x): %s", size, align,
                                        g_strerror(-r));
     }
+    if (p->ops->dma_prepare && (r = p->ops->dma_prepare(p, a, rs)) < 0) {
+        g_mutex_lock(&p->lock);
+        dext_range_release(p->dma, a);
+        g_mutex_unlock(&p->lock);
+        return r;
+    }
     /* the allocator hands out device addresses; the fd offset is relative
      * to mem_iova (0 on qtest: guest-physical == file offset) */
     memset((uint8_t *)p->mem_map + (a - p->mem_iova), 0, rs);

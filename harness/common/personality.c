@@ -270,6 +270,7 @@ void dext_bundle_free(DextBundle *b)
     g_ptr_array_free(b->pci_entitlements, TRUE);
     g_array_free(b->usb_vendors, TRUE);
     g_strfreev(b->uc_apps);
+    g_strfreev(b->publishes);
     g_free(b);
 }
 
@@ -278,9 +279,110 @@ static const char *const usb_key_names[DEXT_USB_NKEYS] = {
     "bInterfaceSubClass", "bInterfaceProtocol", "bConfigurationValue",
     "bInterfaceNumber",
 };
+static const char *const nub_classes[] = { "IOUSBHostDevice", "IOUSBHostInterface", NULL };
+
+bool dext_nub_class_known(const char *io_class)
+{
+    for (const char *const *c = nub_classes; *c; c++) {
+        if (io_class && !strcmp(*c, io_class)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool dext_bundle_may_publish(const DextBundle *b, const char *io_class)
+{
+    if (!b || !b->publishes || !io_class) {
+        return false;
+    }
+    for (char **c = b->publishes; *c; c++) {
+        if (!strcmp(*c, io_class)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Integer value of any integer GVariant type, if it fits 32 bits. */
+static bool variant_u32(GVariant *v, uint32_t *out)
+{
+    int64_t x;
+    if (g_variant_is_of_type(v, G_VARIANT_TYPE_BYTE)) {
+        x = g_variant_get_byte(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT16)) {
+        x = g_variant_get_int16(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT16)) {
+        x = g_variant_get_uint16(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT32)) {
+        x = g_variant_get_int32(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32)) {
+        x = g_variant_get_uint32(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT64)) {
+        x = g_variant_get_int64(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64)) {
+        uint64_t u = g_variant_get_uint64(v);
+        x = u > UINT32_MAX ? -1 : (int64_t)u;
+    } else {
+        return false;
+    }
+    if (x < 0 || x > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)x;
+    return true;
+}
+
 static const uint32_t usb_key_max[DEXT_USB_NKEYS] = {
     0xffff, 0xffff, 0xffff, 0xff, 0xff, 0xff, 0xff, 0xff,
 };
+
+int dext_nub_device_info(const char *io_class, GVariant *props, DextDeviceInfo *out,
+                         char **why)
+{
+    memset(out, 0, sizeof(*out));
+    if (!io_class || !strcmp(io_class, "IOUSBHostDevice")) {
+        out->kind = DEXT_PROVIDER_USB_DEVICE;
+    } else if (!strcmp(io_class, "IOUSBHostInterface")) {
+        out->kind = DEXT_PROVIDER_USB_INTERFACE;
+    } else {
+        *why = g_strdup_printf("unknown nub class %s", io_class);
+        return -EINVAL;
+    }
+    if (!props || !g_variant_is_of_type(props, G_VARIANT_TYPE("a{sv}"))) {
+        *why = g_strdup("properties are not an a{sv}");
+        return -EINVAL;
+    }
+    for (unsigned k = 0; k < DEXT_USB_NKEYS; k++) {
+        bool iface_key = k == DEXT_USB_IF_CLASS || k == DEXT_USB_IF_SUBCLASS ||
+                         k == DEXT_USB_IF_PROTOCOL || k == DEXT_USB_IF_NUMBER;
+        GVariant *v = g_variant_lookup_value(props, usb_key_names[k], NULL);
+        if (!v) {
+            continue;
+        }
+        uint32_t x;
+        bool ok = variant_u32(v, &x);
+        g_variant_unref(v);
+        if (!ok || x > usb_key_max[k]) {
+            *why = g_strdup_printf("property %s is not an integer in 0..0x%x", usb_key_names[k],
+                                   usb_key_max[k]);
+            return -EINVAL;
+        }
+        /* interface keys only match interfaces, as in DriverKit */
+        if (iface_key && out->kind != DEXT_PROVIDER_USB_INTERFACE) {
+            continue;
+        }
+        out->usb[k] = x;
+        out->usb_has[k] = true;
+    }
+    if (!out->usb_has[DEXT_USB_ID_VENDOR] || !out->usb_has[DEXT_USB_ID_PRODUCT]) {
+        *why = g_strdup("a USB nub needs idVendor and idProduct");
+        return -EINVAL;
+    }
+    out->vendor = out->usb[DEXT_USB_ID_VENDOR];
+    out->device = out->usb[DEXT_USB_ID_PRODUCT];
+    return 0;
+}
 
 static char *get_value(GKeyFile *kf, const Src *s, const char *g, const char *k,
                        GError **err)
@@ -550,9 +652,37 @@ static bool parse_entitlements(GKeyFile *kf, const Src *s, const char *g, DextBu
             g_strfreev(tok);
             g_strfreev(b->uc_apps);
             b->uc_apps = (char **)g_ptr_array_free(a, FALSE);
+        } else if (!strcmp(k, "publishes")) {
+            char **tok = g_strsplit_set(v, " \t", -1);
+            GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+            for (char **t = tok; *t; t++) {
+                if (!**t) {
+                    continue;
+                }
+                bool dup = false;
+                for (guint j = 0; j < a->len; j++) {
+                    dup |= !strcmp(a->pdata[j], *t);
+                }
+                if (!dext_nub_class_known(*t) || dup) {
+                    set_err(err, s->file, line, dup ? "publishes: %s listed twice"
+                            : "publishes: \"%s\" is not a class drivers may publish "
+                              "(IOUSBHostDevice, IOUSBHostInterface)", *t);
+                    g_ptr_array_free(a, TRUE);
+                    g_strfreev(tok);
+                    g_free(v);
+                    goto out;
+                }
+                g_ptr_array_add(a, g_strdup(*t));
+            }
+            g_strfreev(tok);
+            g_ptr_array_set_free_func(a, NULL);
+            g_ptr_array_add(a, NULL);
+            g_strfreev(b->publishes);
+            b->publishes = (char **)g_ptr_array_free(a, FALSE);
         } else {
             set_err(err, s->file, line, "unknown entitlement %s (transport.usb, "
-                    "userclient-access; PCI match dictionaries go in [PCIEntitlement NAME])", k);
+                    "userclient-access, publishes; PCI match dictionaries go in "
+                    "[PCIEntitlement NAME])", k);
             g_free(v);
             goto out;
         }

@@ -16,6 +16,8 @@
  *   [Entitlements]
  *   transport.usb=0x1234 0x46f4    idVendor values this bundle may claim
  *   userclient-access=org.dextlab.e2e-app ...   app ids (or *) allowed to open
+ *   publishes=IOUSBHostDevice IOUSBHostInterface  nub classes this bundle's
+ *                                  drivers may publish (docs/runtime/nubs.md)
  *   [PCIEntitlement any-name]      one match dictionary the bundle may claim
  *   IOPCIPrimaryMatch=0x11e81234&0xffffffff
  *
@@ -93,6 +95,7 @@ struct DextBundle {
     GPtrArray *pci_entitlements; /* DextPciMatch*, owned */
     GArray *usb_vendors;      /* uint32 idVendor values */
     char **uc_apps;           /* app ids allowed to open user clients; "*" any */
+    char **publishes;         /* nub IOClass names it may publish; NULL: none */
 };
 
 /* Device facts matching looks at.  Built by dextd from the registry. */
@@ -128,6 +131,19 @@ bool dext_bundle_entitled(const DextBundle *b, const DextDeviceInfo *dev,
  * masked values, then the bundle's entitlement.  Winning among several
  * matches (IOProbeScore, specificity) is decided by dext_match_select(). */
 bool dext_match_explain(const DextPersonality *p, const DextDeviceInfo *dev, char **why);
+/* Nubs (docs/runtime/nubs.md).  Is io_class one drivers may publish
+ * (IOUSBHostDevice, IOUSBHostInterface)?  May b publish it? */
+bool dext_nub_class_known(const char *io_class);
+bool dext_bundle_may_publish(const DextBundle *b, const char *io_class);
+/* Matching facts of a published USB nub from its properties (a{sv}):
+ * idVendor, idProduct, bcdDevice, bConfigurationValue and, for
+ * IOUSBHostInterface only, bInterfaceNumber/Class/SubClass/Protocol, each
+ * of any integer type within the key's range.  vendor/device also get
+ * idVendor/idProduct (for listings).  -EINVAL with *why (g_free) for an
+ * unknown class, a key out of range or of a non-integer type, or a
+ * missing idVendor/idProduct. */
+int dext_nub_device_info(const char *io_class, GVariant *props, DextDeviceInfo *out,
+                         char **why);
 /* Is app_id allowed to open user clients of b? */
 bool dext_bundle_allows_app(const DextBundle *b, const char *app_id);
 

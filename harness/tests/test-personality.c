@@ -105,6 +105,11 @@ static const struct {
     { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\ntransport.usb=0x1 zz\n", 7, "bad idVendor" },
     { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[PCIEntitlement e]\n", 6, "is empty" },
     { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[PCIEntitlement e]\nidVendor=1\n", 7, "PCI match keys only" },
+    { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\npublishes=IOUSBHostDevice IOPCIDevice\n", 7, "IOPCIDevice\" is not a class drivers may publish" },
+    { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\npublishes=iousbhostdevice\n", 7, "not a class" },
+    { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\n\npublishes=IOUSBHostInterface  IOUSBHostInterface\n", 8, "listed twice" },
+    { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\npublishes=\n", 7, "empty value" },
+    { "[Personality A]\nIOProviderClass=IOPCIDevice\nIOUserClass=x\nIOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\npublishes=IOUSBHostDevice\npublishes=IOUSBHostInterface\n", 8, "duplicate key publishes" },
     { "[Bundle]\nExecutable=../evil\n", 2, "inside the bundle" },
     { "[Bundle]\nExecutable=x\n", 1, "no [Personality" },
     { "# only comments\n", 1, "no [Personality" },
@@ -432,6 +437,97 @@ static void test_explain(void)
     dext_bundle_free(b);
 }
 
+/* publishes= and the matching facts of a published USB nub */
+static void test_nubs(void)
+{
+    GError *err = NULL;
+    DextBundle *b = parse(
+        "[Personality p]\nIOProviderClass=IOPCIDevice\nIOUserClass=P\nIOUserServerName=s\n"
+        "IOPCIMatch=1\n[Entitlements]\npublishes=IOUSBHostDevice\tIOUSBHostInterface\n", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT(dext_bundle_may_publish(b, "IOUSBHostDevice"));
+    CU_ASSERT(dext_bundle_may_publish(b, "IOUSBHostInterface"));
+    CU_ASSERT(!dext_bundle_may_publish(b, "IOPCIDevice"));
+    CU_ASSERT(!dext_bundle_may_publish(b, NULL));
+    dext_bundle_free(b);
+    b = parse("[Personality p]\nIOProviderClass=IOPCIDevice\nIOUserClass=P\n"
+              "IOUserServerName=s\nIOPCIMatch=1\n[Entitlements]\npublishes=IOUSBHostDevice\n",
+              &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT(dext_bundle_may_publish(b, "IOUSBHostDevice"));
+    CU_ASSERT(!dext_bundle_may_publish(b, "IOUSBHostInterface"));
+    dext_bundle_free(b);
+    b = parse("[Personality p]\nIOProviderClass=IOPCIDevice\nIOUserClass=P\n"
+              "IOUserServerName=s\nIOPCIMatch=1\n", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT(!dext_bundle_may_publish(b, "IOUSBHostDevice"));
+    dext_bundle_free(b);
+    CU_ASSERT(dext_nub_class_known("IOUSBHostInterface"));
+    CU_ASSERT(!dext_nub_class_known("IOService"));
+
+    /* an interface nub: every key, of assorted integer types */
+    DextDeviceInfo info;
+    char *why = NULL;
+    GVariant *props = g_variant_ref_sink(g_variant_parse(G_VARIANT_TYPE("a{sv}"),
+        "{'idVendor': <uint16 0x1234>, 'idProduct': <uint32 0x46f4>, 'bcdDevice': <int64 0x100>,"
+        " 'bConfigurationValue': <byte 1>, 'bInterfaceNumber': <byte 2>,"
+        " 'bInterfaceClass': <0xff>, 'bInterfaceSubClass': <uint64 0>,"
+        " 'bInterfaceProtocol': <int16 3>, 'USB Product Name': <'x'>}", NULL, NULL, NULL));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(props);
+    CU_ASSERT_EQUAL(dext_nub_device_info("IOUSBHostInterface", props, &info, &why), 0);
+    CU_ASSERT_EQUAL(info.kind, DEXT_PROVIDER_USB_INTERFACE);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_ID_VENDOR], 0x1234);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_ID_PRODUCT], 0x46f4);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_BCD_DEVICE], 0x100);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_IF_NUMBER], 2);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_IF_CLASS], 0xff);
+    CU_ASSERT(info.usb_has[DEXT_USB_IF_SUBCLASS] && info.usb[DEXT_USB_IF_SUBCLASS] == 0);
+    CU_ASSERT_EQUAL(info.usb[DEXT_USB_IF_PROTOCOL], 3);
+    CU_ASSERT_EQUAL(info.vendor, 0x1234);
+    CU_ASSERT_EQUAL(info.device, 0x46f4);
+    /* the same properties on a device nub: interface keys do not apply */
+    CU_ASSERT_EQUAL(dext_nub_device_info("IOUSBHostDevice", props, &info, &why), 0);
+    CU_ASSERT_EQUAL(info.kind, DEXT_PROVIDER_USB_DEVICE);
+    CU_ASSERT(!info.usb_has[DEXT_USB_IF_CLASS] && !info.usb_has[DEXT_USB_IF_NUMBER]);
+    CU_ASSERT(info.usb_has[DEXT_USB_CONFIG_VALUE]);
+    /* a personality matches it, and the bundle's entitlement decides */
+    b = parse("[Personality c]\nIOProviderClass=IOUSBHostInterface\nIOUserClass=C\n"
+              "IOUserServerName=s\nidVendor=0x1234\nidProduct=0x46f4\nbInterfaceNumber=2\n"
+              "[Entitlements]\ntransport.usb=0x1234\n", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(dext_nub_device_info("IOUSBHostInterface", props, &info, &why), 0);
+    CU_ASSERT(dext_match_explain(b->personalities->pdata[0], &info, &why));
+    g_free(why);
+    why = NULL;
+    dext_bundle_free(b);
+    g_variant_unref(props);
+
+    static const char *const bad[] = {
+        "{'idVendor': <uint16 1>}",                                   /* no idProduct */
+        "{'idProduct': <uint16 1>}",                                  /* no idVendor */
+        "{'idVendor': <0x10000>, 'idProduct': <1>}",                  /* range */
+        "{'idVendor': <-1>, 'idProduct': <1>}",                       /* negative */
+        "{'idVendor': <'x'>, 'idProduct': <1>}",                      /* type */
+        "{'idVendor': <1>, 'idProduct': <1>, 'bInterfaceClass': <uint64 0x100000000>}",
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        props = g_variant_ref_sink(g_variant_parse(G_VARIANT_TYPE("a{sv}"), bad[i], NULL, NULL,
+                                                   NULL));
+        CU_ASSERT_PTR_NOT_NULL_FATAL(props);
+        CU_ASSERT_EQUAL(dext_nub_device_info("IOUSBHostInterface", props, &info, &why), -EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(why);
+        g_free(why);
+        why = NULL;
+        g_variant_unref(props);
+    }
+    props = g_variant_ref_sink(g_variant_parse(G_VARIANT_TYPE("a{sv}"),
+                                               "{'idVendor': <1>, 'idProduct': <1>}", NULL, NULL,
+                                               NULL));
+    CU_ASSERT_EQUAL(dext_nub_device_info("IOPCIDevice", props, &info, &why), -EINVAL);
+    g_free(why);
+    g_variant_unref(props);
+}
+
 int main(void)
 {
     static const DextTest tests[] = {
@@ -444,6 +540,7 @@ int main(void)
         { "usb", test_usb },
         { "app-entitlements", test_app_entitlements },
         { "match-explain", test_explain },
+        { "nubs-publishes-and-properties", test_nubs },
         { NULL, NULL },
     };
     return dext_cunit_run("personality", tests);

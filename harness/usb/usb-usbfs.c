@@ -1629,8 +1629,9 @@ static void rescan(DextUsbHost *h)
         }
         ret = enumerate(h, s->name, s->busnum, s->devnum, &d);
         if (ret < 0) {
-            /* ENOENT: the node is not there yet; the uevent follows */
-            if (ret != -ENOENT &&
+            /* ENOENT: the node is not there yet, ENODEV: the device is
+             * going or being reset; the uevent follows either way */
+            if (ret != -ENOENT && ret != -ENODEV &&
                 g_hash_table_add(h->failed, g_strdup(key))) {
                 g_warning("usbfs: %s: enumeration failed: %s", s->name,
                           g_strerror(-ret));

@@ -909,6 +909,13 @@ int main(int argc, char **argv)
         "usb-ss-events", "usb-ss-altsetting", "usb-ss-bulk-alt1",
         "usb-all-devices",
     };
+    /* the USB family API on usbfs (images/selftest/dxl-usbfs-test.c):
+     * usbfs-<hs|ss>-<check> for each, then the host-wide ones */
+    static const char *const usbfs_checks[] = {
+        "open", "descriptors", "match-keys", "control", "control-stall",
+        "bulk", "bulk-split-short", "bulk-1m", "events", "edeadlk", "stall",
+        "abort", "buffer-fd", "altsetting", "bulk-throughput", "hotplug",
+    };
     unsigned i;
     int ret;
 
@@ -934,6 +941,20 @@ int main(int argc, char **argv)
                                                 usbtests[i]);
         g_test_add_data_func(path, usbtests[i], test_selftest);
     }
+    g_test_add_data_func("/boot/dextlab-usb/usbfs/usbfs-all-enumerate",
+                         "usbfs-all-enumerate", test_selftest);
+    for (i = 0; i < 2 * G_N_ELEMENTS(usbfs_checks); i++) {
+        g_autofree char *name = g_strdup_printf("usbfs-%s-%s",
+            i < G_N_ELEMENTS(usbfs_checks) ? "hs" : "ss",
+            usbfs_checks[i % G_N_ELEMENTS(usbfs_checks)]);
+        g_autofree char *path = g_strdup_printf("/boot/dextlab-usb/usbfs/%s",
+                                                name);
+
+        /* the name outlives this loop: glib keeps the pointer */
+        g_test_add_data_func(path, g_intern_string(name), test_selftest);
+    }
+    g_test_add_data_func("/boot/dextlab-usb/usbfs/usbfs-all-destroy",
+                         "usbfs-all-destroy", test_selftest);
     for (i = 0; i < G_N_ELEMENTS(selftests); i++) {
         g_autofree char *path = g_strdup_printf("/boot/dextlab-dma/selftest/%s",
                                                 selftests[i]);

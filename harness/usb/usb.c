@@ -57,6 +57,7 @@ struct DextUsbDevice {
 };
 
 #define HUB_QUIT 0x10000u
+#define HUB_RESET 0x20000u                /* | port + 1: reset it */
 
 struct DextUsbHost {
     DextPlatform *p;
@@ -65,7 +66,8 @@ struct DextUsbHost {
     GMutex lock;                        /* devices[], busy */
     GCond cond;
     DextUsbDevice *devices[256];        /* by root port */
-    GAsyncQueue *notes;                 /* port numbers (+1), HUB_QUIT */
+    GAsyncQueue *notes;                 /* port numbers (+1), HUB_QUIT,
+                                         * HUB_RESET | port + 1 */
     GThread *hub;
     unsigned busy;
 };
@@ -876,7 +878,7 @@ static void detach_port(DextUsbHost *h, unsigned port)
     dext_usb_device_unref(d);
 }
 
-static void handle_port(DextUsbHost *h, unsigned port)
+static void handle_port(DextUsbHost *h, unsigned port, bool reset)
 {
     uint32_t sc = 0;
     bool present, changed;
@@ -887,7 +889,8 @@ static void handle_port(DextUsbHost *h, unsigned port)
         return;
     }
     present = sc & 1;
-    changed = sc & (1u << 17);          /* CSC */
+    /* a reset is a detach + enumerate (which resets the port) */
+    changed = reset || (sc & (1u << 17));          /* CSC */
     dext_xhci_port_ack(h->x, port);
     g_mutex_lock(&h->lock);
     d = h->devices[port];
@@ -922,7 +925,7 @@ static gpointer hub_thread(gpointer opaque)
         if (v == HUB_QUIT) {
             break;
         }
-        handle_port(h, v - 1);
+        handle_port(h, (v & ~HUB_RESET) - 1, v & HUB_RESET);
         g_mutex_lock(&h->lock);
         h->busy--;
         g_cond_broadcast(&h->cond);
@@ -940,6 +943,30 @@ static void port_note_counted(void *opaque, unsigned port, uint32_t portsc)
     h->busy++;
     g_mutex_unlock(&h->lock);
     port_note(opaque, port, portsc);
+}
+
+int dext_usb_device_reset_port(DextUsbDevice *d)
+{
+    DextUsbHost *h = d->h;
+    bool ours;
+
+    if (!d->attached) {
+        return -ENODEV;        /* also: the host may be gone */
+    }
+    g_mutex_lock(&h->lock);
+    ours = d->attached && h->devices[d->port] == d;
+    if (ours) {
+        h->busy++;
+    }
+    g_mutex_unlock(&h->lock);
+    if (!ours) {
+        return -ENODEV;
+    }
+    /* the hub thread owns attach/detach: it detaches this device (IO
+     * -ECANCELED, device_fn(false)) and enumerates the port again, whose
+     * first step is the port reset */
+    g_async_queue_push(h->notes, GUINT_TO_POINTER(HUB_RESET | (d->port + 1)));
+    return 0;
 }
 
 static int host_create(DextPlatform *p, DextPciAddr addr,

@@ -183,6 +183,15 @@ void dext_usb_device_match_keys(DextUsbDevice *d, DextUsbMatchKeys *out);
 int dext_usb_device_open(DextUsbDevice *d);
 void dext_usb_device_close(DextUsbDevice *d);
 
+/* Reset the device's port and enumerate it again (what a provider does
+ * when the device's client driver crashed): on the host's hub thread the
+ * device is detached as on an unplug (IO completes -ECANCELED, device_fn
+ * reports it detached), the port is reset and whatever is connected is
+ * enumerated as a new DextUsbDevice (device_fn attached).  Returns at once
+ * (dext_usb_host_wait_devices() waits for the hub); -ENODEV if the device
+ * is detached already. */
+int dext_usb_device_reset_port(DextUsbDevice *d);
+
 /* Synchronous control request on EP0 (any caller; no open needed for
  * standard IN requests, open needed otherwise).  @data of @wLength bytes
  * (<= 4096); *actual gets the data stage length.  A STALL returns -EPIPE

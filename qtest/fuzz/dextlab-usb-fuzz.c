@@ -1512,7 +1512,7 @@ int main(int argc, char **argv)
     DextPciAddr xaddr;
     uint64_t next_check = CHECK_EVERY;
     uint32_t hcs1;
-    gint64 t0, end;
+    gint64 t0, end, next_note;
     double elapsed;
     PipeStats tot = { 0 };
 
@@ -1593,6 +1593,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     t0 = g_get_monotonic_time();
     end = t0 + (gint64)(seconds * G_USEC_PER_SEC);
+    next_note = t0 + 60 * G_USEC_PER_SEC;
     while (max_ops ? f.ops < (uint64_t)max_ops : g_get_monotonic_time() < end) {
         FuzzOp op = pick_op(&f);
         unsigned n = fuzz_one(&f, op);
@@ -1603,6 +1604,14 @@ int main(int argc, char **argv)
             f.want_check = false;
             check_alive(&f, false);
             next_check = f.ops + CHECK_EVERY;
+            if (g_get_monotonic_time() >= next_note) {
+                /* long runs: a sign of life every minute */
+                printf("fuzz: %" PRIu64 " ops, %.0f s, %" PRIu64
+                       " host re-creations\n", f.ops,
+                       (g_get_monotonic_time() - t0) / 1e6, f.host_restarts);
+                fflush(stdout);
+                next_note = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+            }
         }
     }
     check_alive(&f, false);

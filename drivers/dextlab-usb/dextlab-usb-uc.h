@@ -37,6 +37,13 @@
 #define DXU_UC_SERVER       "org.dextlab.dextlab-usb"
 #define DXU_UC_VERSION      1
 
+/* DXU_UC_SEL_INFO speed values (dext/usb.h DEXT_USBHOST_SPEED_*, the xHCI
+ * port speed IDs). */
+#define DXU_SPEED_FULL      1
+#define DXU_SPEED_LOW       2
+#define DXU_SPEED_HIGH      3
+#define DXU_SPEED_SUPER     4
+
 #define DXU_UC_MEM_WINDOW   0       /* client memory type: the window, read/write */
 
 #define DXU_UC_WINDOW_MIN   4096u
@@ -46,7 +53,7 @@
 #define DXU_UC_MAX_SUBS     8           /* event subscriptions per client */
 
 enum {
-    /* out[8]: version, speed (DEXT_USBHOST_SPEED_*), alternate setting,
+    /* out[8]: version, speed (DXU_SPEED_*), alternate setting,
      * device FIFO size, window bytes, bulk wMaxPacketSize, interrupt
      * wMaxPacketSize, device VERSION register. */
     DXU_UC_SEL_INFO = 0,
@@ -83,6 +90,11 @@ enum {
     DXU_UC_SEL_STATS = 12,
     /* Drop the device FIFO's content (RESET_FIFO), e.g. after a stall. */
     DXU_UC_SEL_RESET_FIFO = 13,
+    /* async.  in[3]: in offset, len (1..XFER_MAX), tag.  One bulk IN read
+     * of what the FIFO holds (completion as a loopback's, OUT fields 0).
+     * Pends while the FIFO is empty: until data comes, the pipe is
+     * aborted, the device goes away or the driver stops. */
+    DXU_UC_SEL_BULK_IN = 14,
     DXU_UC_SEL_COUNT
 };
 

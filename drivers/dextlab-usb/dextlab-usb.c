@@ -31,6 +31,9 @@
 #include "hw/dextlab/dextlab-usb-regs.h"
 #include "dextlab-usb-uc.h"
 
+G_STATIC_ASSERT(DXU_SPEED_HIGH == DEXT_USBHOST_SPEED_HIGH);
+G_STATIC_ASSERT(DXU_SPEED_SUPER == DEXT_USBHOST_SPEED_SUPER);
+
 #define EV_READS        4               /* interrupt reads kept armed */
 #define EV_SLOT         64              /* bytes per read (>= any interrupt mps) */
 #define MAX_IOS         768             /* bulk transfers in flight, all clients */
@@ -402,6 +405,40 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     return 0;
 }
 
+static int m_bulk_in(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    Client *cl = ctx;
+    Drv *d = cl->d;
+    uint64_t off = a->scalar_in[0], len = a->scalar_in[1];
+    if (!cl->win) {
+        return -ENXIO;
+    }
+    if (len == 0 || len > DXU_UC_XFER_MAX || !range_ok(off, len, dext_buffer_capacity(cl->win))) {
+        return -EINVAL;
+    }
+    if (cl->inflight >= DXU_UC_MAX_INFLIGHT || d->ios + 1 > MAX_IOS) {
+        return -EAGAIN;
+    }
+    Req *r = g_new0(Req, 1);
+    r->cl = cl;
+    r->ref = a->async_ref;
+    r->tag = a->scalar_in[2];
+    r->win = cl->win;
+    r->in_len = (uint32_t)len;
+    r->chunks = 1;
+    r->t_submit = dext_time_ns();
+    int rc = xfer_submit(d, r, true, off, (uint32_t)len);
+    if (rc < 0) {
+        g_free(r);
+        return rc;
+    }
+    cl->ref++;
+    cl->inflight++;
+    d->st.lb_requests++;
+    a->scalar_out[0] = 1;
+    return 0;
+}
+
 /* ---- user client ------------------------------------------------------------- */
 
 static int m_info(DextUserClient *uc, void *ctx, DextMethodArgs *a)
@@ -619,6 +656,7 @@ static const DextMethod methods[DXU_UC_SEL_COUNT] = {
     [DXU_UC_SEL_SELECT_ALT] = { m_select_alt, 1, 0, 0, 0, false },
     [DXU_UC_SEL_STATS] = { m_stats, 0, 0, 0, sizeof(struct dxu_uc_stats), false },
     [DXU_UC_SEL_RESET_FIFO] = { m_reset_fifo, 0, 0, 0, 0, false },
+    [DXU_UC_SEL_BULK_IN] = { m_bulk_in, 3, 0, 1, 0, true },
 };
 
 static int uc_memory(DextUserClient *uc, void *ctx, uint32_t type, DextBuffer **out, bool *ro)

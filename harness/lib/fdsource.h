@@ -19,5 +19,10 @@ void dext_fd_source_destroy(DextFdSource *s);
  * serial guarantee), else enqueue.  Used by event sources to save a thread
  * wake-up on the interrupt path. */
 int dext_queue_run_or_dispatch(DextQueue *q, DextBlockFn fn, void *ctx);
+/* Internal: run fn inline on the calling thread if q is idle, holding q
+ * (blocks dispatched meanwhile wait, then run in order) and return 0;
+ * -EBUSY (nothing run) if q has work or is stopping.  No bound: the caller
+ * watches for a hang itself (server.c's watchdog). */
+int dext__queue_try_run(DextQueue *q, DextBlockFn fn, void *ctx);
 
 #endif

@@ -55,8 +55,9 @@ static gpointer queue_thread(gpointer data)
     DextQueue *q = data;
     g_mutex_lock(&q->lock);
     for (;;) {
-        /* Wait for work and for any inline runner to finish. */
-        while ((!q->head || q->running) && !(q->stopping && !q->head)) {
+        /* Wait for work and for any inline runner to finish (also before
+         * stopping: an inline runner still uses q). */
+        while (q->running || (!q->head && !q->stopping)) {
             g_cond_wait(&q->cond, &q->lock);
         }
         if (!q->head) {
@@ -73,7 +74,7 @@ static gpointer queue_thread(gpointer data)
         g_free(it);
         g_mutex_lock(&q->lock);
         q->running = false;
-        g_cond_broadcast(&q->cond);
+        /* No broadcast: only this thread waits on q->cond. */
     }
     g_mutex_unlock(&q->lock);
     return NULL;
@@ -158,20 +159,34 @@ int dext_queue_dispatch_async(DextQueue *q, DextBlockFn fn, void *ctx)
     return 0;
 }
 
-int dext_queue_run_or_dispatch(DextQueue *q, DextBlockFn fn, void *ctx)
+int dext__queue_try_run(DextQueue *q, DextBlockFn fn, void *ctx)
 {
     g_mutex_lock(&q->lock);
-    if (!q->head && !q->running && !q->stopping) {
-        q->running = true;
+    if (q->head || q->running || q->stopping) {
         g_mutex_unlock(&q->lock);
-        run_block(q, fn, ctx);
-        g_mutex_lock(&q->lock);
-        q->running = false;
+        return -EBUSY;
+    }
+    /* Holding the queue: its thread takes nothing until we are done, and
+     * blocks queued meanwhile run after us, in order. */
+    q->running = true;
+    g_mutex_unlock(&q->lock);
+    run_block(q, fn, ctx);
+    g_mutex_lock(&q->lock);
+    q->running = false;
+    if (q->head || q->stopping) {
+        /* Only then can the queue's thread be waiting on us: an idle
+         * queue's thread needs no wake-up (saves a futex call per block). */
         g_cond_broadcast(&q->cond);
-        g_mutex_unlock(&q->lock);
-        return 0;
     }
     g_mutex_unlock(&q->lock);
+    return 0;
+}
+
+int dext_queue_run_or_dispatch(DextQueue *q, DextBlockFn fn, void *ctx)
+{
+    if (dext__queue_try_run(q, fn, ctx) == 0) {
+        return 0;
+    }
     return dext_queue_dispatch_async(q, fn, ctx);
 }
 
@@ -330,6 +345,7 @@ struct DextFdSource {
     GThread *thread;
     gint enabled;
     gint inflight;       /* deliveries queued or running */
+    bool draining;       /* destroy waits for inflight to reach 0 */
     GMutex lock;
     GCond cond;
 };
@@ -350,7 +366,9 @@ static void deliver(void *data)
     g_free(d);
     g_mutex_lock(&s->lock);
     s->inflight--;
-    g_cond_broadcast(&s->cond);
+    if (s->draining) {
+        g_cond_broadcast(&s->cond); /* not per interrupt: a futex call */
+    }
     g_mutex_unlock(&s->lock);
 }
 
@@ -467,6 +485,7 @@ void dext_fd_source_destroy(DextFdSource *s)
      * destroy runs on the source's own queue they cannot, so do not wait. */
     if (dext_queue_current() != s->q) {
         g_mutex_lock(&s->lock);
+        s->draining = true;
         gint64 end = g_get_monotonic_time() + SYNC_DEFAULT_MS * 1000;
         while (s->inflight && g_cond_wait_until(&s->cond, &s->lock, end)) {
         }

@@ -11,6 +11,7 @@
  * Each user client has its own socket to the app and a thread serving it.
  */
 #include "internal.h"
+#include "fdsource.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -355,6 +356,74 @@ int dext_user_client_complete_async(DextUserClient *uc, uint64_t async_ref, int 
     return rc;
 }
 
+/*
+ * User-client calls run on the connection's thread when the service queue
+ * is idle, holding the queue (dext__queue_try_run: still serial with the
+ * queue's other work), instead of two thread hand-offs per call through
+ * dext_queue_dispatch_sync.  Such a call has no dispatch bound to time out
+ * on, so a watchdog thread looks once a second for one running longer than
+ * CALLBACK_MS and ends the process as a timed-out dispatch does (dextd sees
+ * the exit and applies its policy).
+ */
+typedef struct {
+    GList link;                 /* in wd.calls while the call runs */
+    gint64 deadline;            /* g_get_monotonic_time() */
+    const char *what;
+    uint32_t sel;
+    const char *cls;
+} WdCall;
+
+static struct {
+    GMutex lock;
+    GQueue calls;               /* WdCall, earliest deadline first */
+    GThread *thread;            /* NULL: calls are always dispatched */
+} wd;
+
+static gpointer wd_thread(gpointer data)
+{
+    for (;;) {
+        g_usleep(G_USEC_PER_SEC);
+        g_mutex_lock(&wd.lock);
+        WdCall *c = wd.calls.head ? wd.calls.head->data : NULL;
+        if (c && g_get_monotonic_time() >= c->deadline) {
+            DEXT_ERROR("%s %u of %s did not finish in %d ms: giving up on the process",
+                       c->what, c->sel, c->cls, CALLBACK_MS);
+            _exit(70);
+        }
+        g_mutex_unlock(&wd.lock);
+    }
+    return NULL;
+}
+
+/* Run fn(ctx) on the client's service queue and wait for it: inline when
+ * the queue is idle, else dispatched; a hang ends the process either way. */
+static void uc_run(DextUserClient *uc, DextBlockFn fn, void *ctx, const char *what,
+                   uint32_t sel)
+{
+    DextQueue *q = uc->svc->queue;
+    if (wd.thread) {
+        WdCall c = { .link.data = &c, .what = what, .sel = sel, .cls = uc->svc->class_name };
+        g_mutex_lock(&wd.lock);
+        /* same bound for every call: pushing in time order keeps the
+         * earliest deadline at the head */
+        c.deadline = g_get_monotonic_time() + (gint64)CALLBACK_MS * 1000;
+        g_queue_push_tail_link(&wd.calls, &c.link);
+        g_mutex_unlock(&wd.lock);
+        int rc = dext__queue_try_run(q, fn, ctx);
+        g_mutex_lock(&wd.lock);
+        g_queue_unlink(&wd.calls, &c.link);
+        g_mutex_unlock(&wd.lock);
+        if (rc == 0) {
+            return;
+        }
+    }
+    if (dext_queue_dispatch_sync(q, fn, ctx, CALLBACK_MS) < 0) {
+        DEXT_ERROR("%s %u of %s did not finish in %d ms: giving up on the process", what, sel,
+                   uc->svc->class_name, CALLBACK_MS);
+        _exit(70); /* a hung driver: dextd sees the exit and applies its policy */
+    }
+}
+
 typedef struct {
     DextUserClient *uc;
     const DextMethod *meth;
@@ -445,12 +514,7 @@ static void uc_call(DextUserClient *uc, DextMsg *m)
         },
     };
     memset(scalars_out, 0, sizeof(scalars_out));
-    int rc = dext_queue_dispatch_sync(uc->svc->queue, run_method, &c, CALLBACK_MS);
-    if (rc < 0) {
-        DEXT_ERROR("selector %u of %s did not finish in %d ms: giving up on the process",
-                   sel, uc->svc->class_name, CALLBACK_MS);
-        _exit(70); /* a hung driver: dextd sees the exit and applies its policy */
-    }
+    uc_run(uc, run_method, &c, "selector", sel);
     if (c.rc < 0) {
         reply_error(uc, m, c.rc, "selector %u failed: %s", sel, g_strerror(-c.rc));
         goto out;
@@ -497,9 +561,7 @@ static void uc_memory(DextUserClient *uc, DextMsg *m)
     guint32 type, flags;
     g_variant_get(m->body, "(uu)", &type, &flags);
     MemCtx c = { .uc = uc, .type = type };
-    if (dext_queue_dispatch_sync(uc->svc->queue, run_memory, &c, CALLBACK_MS) < 0) {
-        _exit(70);
-    }
+    uc_run(uc, run_memory, &c, "client memory of type", type);
     if (c.rc < 0 || !c.buf) {
         reply_error(uc, m, c.rc < 0 ? c.rc : -EINVAL, "no client memory of type %u", type);
         return;
@@ -835,6 +897,10 @@ static int handle_new_client(DextMsg *m)
     if (c.rc == 0 && !uc->table) {
         DEXT_ERROR("%s new_user_client set no dispatch table", svc->class_name);
         c.rc = -EPROTO;
+    }
+    if (c.rc == 0 && !wd.thread) {
+        /* without it (no thread to spare) calls are simply dispatched */
+        wd.thread = g_thread_try_new("dext-uc-wd", wd_thread, NULL, NULL);
     }
     if (c.rc == 0) {
         uc->thread = g_thread_try_new("dext-uc", uc_thread, uc, NULL);

@@ -16,7 +16,8 @@
  *
  * It starts its own dextd (env DEXTD, DEXTLAB_DMA_BUNDLE) on a one-device
  * q35 machine.  --data FILE writes the throughput table for gnuplot
- * (tools/bench/dextlab-dma-e2e-bench.gp).  --quick: fewer points.
+ * (tools/bench/dextlab-dma-e2e-bench.gp).  --quick: fewer points;
+ * --sizes 1M,4M --depths 4,16: only those points (e.g. for a profile).
  */
 #include "dxl-app.h"
 
@@ -214,6 +215,25 @@ static void eventfd_floor(unsigned n, uint64_t *p50, uint64_t *p99)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* "4K,1M,16M" -> bytes; false on a malformed list. */
+static bool parse_sizes(const char *s, uint64_t *out, unsigned *n, unsigned max)
+{
+    char **v = g_strsplit(s, ",", -1);
+    bool ok = true;
+    *n = 0;
+    for (char **p = v; *p && ok; p++) {
+        char *end;
+        uint64_t x = g_ascii_strtoull(*p, &end, 10);
+        uint64_t mul = *end == 'K' ? 1024 : *end == 'M' ? 1024 * 1024 : *end ? 0 : 1;
+        ok = x && mul && (!*end || !end[1]) && *n < max;
+        if (ok) {
+            out[(*n)++] = x * mul;
+        }
+    }
+    g_strfreev(v);
+    return ok && *n;
+}
+
 static void job_for(DxlJob *j, uint64_t size, unsigned depth)
 {
     memset(j, 0, sizeof(*j));
@@ -230,12 +250,14 @@ static void job_for(DxlJob *j, uint64_t size, unsigned depth)
 int main(int argc, char **argv)
 {
     gboolean quick = FALSE;
-    char *data_path = NULL;
+    char *data_path = NULL, *sizes_arg = NULL, *depths_arg = NULL;
     double secs = 0.4;
     GOptionEntry entries[] = {
         { "quick", 0, 0, G_OPTION_ARG_NONE, &quick, "fewer points, shorter runs", NULL },
         { "data", 0, 0, G_OPTION_ARG_FILENAME, &data_path, "throughput table for gnuplot", "FILE" },
         { "time", 't', 0, G_OPTION_ARG_DOUBLE, &secs, "seconds per point (0.4)", "S" },
+        { "sizes", 0, 0, G_OPTION_ARG_STRING, &sizes_arg, "only these request sizes", "4K,1M" },
+        { "depths", 0, 0, G_OPTION_ARG_STRING, &depths_arg, "only these depths", "4,16" },
         { NULL },
     };
     GOptionContext *ctx = g_option_context_new("- dextlab-dma end-to-end benchmark");
@@ -272,18 +294,37 @@ int main(int argc, char **argv)
     static const uint64_t sizes_all[] = { 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,
                                           4 << 20, 16 << 20 };
     static const uint64_t sizes_quick[] = { 4 << 10, 64 << 10, 1 << 20, 16 << 20 };
-    static const unsigned depths[] = { 1, 4, 16, 64 };
+    static const unsigned depths_all[] = { 1, 4, 16, 64 };
     const uint64_t *sizes = quick ? sizes_quick : sizes_all;
     unsigned nsizes = quick ? G_N_ELEMENTS(sizes_quick) : G_N_ELEMENTS(sizes_all);
+    uint64_t sizes_sel[16], depths_sel[G_N_ELEMENTS(depths_all)];
+    unsigned depths[G_N_ELEMENTS(depths_all)], ndepths = G_N_ELEMENTS(depths_all);
+    memcpy(depths, depths_all, sizeof(depths));
+    if (sizes_arg) {
+        if (!parse_sizes(sizes_arg, sizes_sel, &nsizes, G_N_ELEMENTS(sizes_sel))) {
+            fprintf(stderr, "bad --sizes %s\n", sizes_arg);
+            return 2;
+        }
+        sizes = sizes_sel;
+    }
+    if (depths_arg) {
+        if (!parse_sizes(depths_arg, depths_sel, &ndepths, G_N_ELEMENTS(depths_sel))) {
+            fprintf(stderr, "bad --depths %s\n", depths_arg);
+            return 2;
+        }
+        for (unsigned i = 0; i < ndepths; i++) {
+            depths[i] = (unsigned)MIN(depths_sel[i], 64u);
+        }
+    }
     FILE *df = data_path ? fopen(data_path, "w") : NULL;
-    GString *rows[G_N_ELEMENTS(depths)];
-    for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
+    GString *rows[G_N_ELEMENTS(depths_all)];
+    for (unsigned di = 0; di < ndepths; di++) {
         rows[di] = g_string_new(NULL);
     }
     printf("\n%-9s %5s %12s %13s %7s %10s\n", "size", "depth", "e2e MiB/s", "memcpy MiB/s",
            "ratio", "req/s");
     for (unsigned si = 0; si < nsizes; si++) {
-        for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
+        for (unsigned di = 0; di < ndepths; di++) {
             /* Three alternating rounds of (driver, memcpy), medians of each:
              * a busy machine shifts both sides of a round alike. */
             DxlJob j;
@@ -331,7 +372,7 @@ int main(int argc, char **argv)
         }
     }
     /* one gnuplot data block (index) per depth */
-    for (unsigned di = 0; di < G_N_ELEMENTS(depths); di++) {
+    for (unsigned di = 0; di < ndepths; di++) {
         if (df) {
             fprintf(df, "# depth %u: size_bytes depth e2e_MiBs memcpy_MiBs ratio req_per_s\n%s\n\n",
                     depths[di], rows[di]->str);
@@ -405,5 +446,7 @@ int main(int argc, char **argv)
     dxl_app_close(&a);
     stop_dextd();
     g_free(data_path);
+    g_free(sizes_arg);
+    g_free(depths_arg);
     return 0;
 }

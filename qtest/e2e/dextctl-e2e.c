@@ -8,6 +8,8 @@
  * folders), DEXT_MACHINE.  On failure the dextd log (with every driver's
  * output) is kept and its path printed.
  */
+#include "e2e-dextd.h"
+
 #include <errno.h>
 #include <glib.h>
 #include <glib/gstdio.h>
@@ -21,10 +23,9 @@
 #include <unistd.h>
 
 static struct {
-    GPid pid;
-    char *dir;
-    char *sock;
-    char *log;
+    E2eDextd *d;
+    const char *sock;
+    const char *dir;        /* dextd's work folder, for scratch files too */
     const char *ctl;
     char *test_bundle;      /* build folder of dext-test */
 } dd;
@@ -116,62 +117,27 @@ static char **wait_row(const char *addr, const char *driver, const char *st, uns
     }
 }
 
-/* A failed assertion aborts before main's epilogue: the abort handler
- * still names the log that explains it (dextd's own lines, QEMU's error
- * tail, and every driver's output, tagged with its pid). */
-static char abort_note[512];
-
-static void on_abort(int sig)
-{
-    if (abort_note[0]) {
-        ssize_t n = write(STDERR_FILENO, abort_note, strlen(abort_note));
-        (void)n;
-    }
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
 static void start_dextd(void)
 {
-    const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
-               *machine = g_getenv("DEXT_MACHINE");
+    const char *drivers = g_getenv("DEXT_DRIVERS"), *machine = g_getenv("DEXT_MACHINE");
     dd.ctl = g_getenv("DEXTCTL");
-    g_assert_nonnull(dextd);
     g_assert_nonnull(drivers);
     g_assert_nonnull(machine);
     g_assert_nonnull(dd.ctl);
-    dd.dir = g_dir_make_tmp("dextctl-e2e-XXXXXX", NULL);
-    dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
-    dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
-    snprintf(abort_note, sizeof(abort_note),
-             "%s: failed; dextd log (dextd, QEMU errors, driver output): %s\n", "dextctl-e2e",
-             dd.log);
-    signal(SIGABRT, on_abort);
-    GString *dargs = g_string_new(NULL);
     char **dl = g_strsplit(drivers, ":", -1);
     for (char **x = dl; *x; x++) {
-        if (**x) {
-            g_string_append_printf(dargs, " --drivers '%s'", *x);
-            if (g_str_has_suffix(*x, "/dext-test")) {
-                dd.test_bundle = g_strdup(*x);
-            }
+        if (g_str_has_suffix(*x, "/dext-test")) {
+            dd.test_bundle = g_strdup(*x);
         }
     }
     g_strfreev(dl);
     g_assert_nonnull(dd.test_bundle);
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s'%s "
-                                "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
-                                dargs->str, dd.sock, dd.log);
-    g_string_free(dargs, TRUE);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent,
-                                NULL, &dd.pid, NULL));
-    g_free(cmd);
-    gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    while (!g_file_test(dd.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
-        g_usleep(20000);
-    }
-    g_assert_true(g_file_test(dd.sock, G_FILE_TEST_EXISTS));
+    E2eDextdConfig cfg = { .name = "dextctl-e2e", .machine = machine, .drivers_path = drivers };
+    GError *e = NULL;
+    dd.d = e2e_dextd_start(&cfg, &e);
+    g_assert_no_error(e);
+    dd.sock = e2e_dextd_socket(dd.d);
+    dd.dir = e2e_dextd_dir(dd.d);
 }
 
 /* list: a matched device shows its driver, server, running state, the
@@ -348,8 +314,7 @@ static void test_restart_follow(void)
     g_assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     g_spawn_close_pid(fpid);
     /* not counted by the crash policy */
-    char *log = NULL;
-    g_file_get_contents(dd.log, &log, NULL, NULL);
+    char *log = e2e_dextd_read_log(dd.d);
     g_assert_nonnull(strstr(log, "killing: restart requested (dextctl)"));
     g_assert_null(strstr(log, "relaunch policy for org.dextlab.dext-test"));
     g_free(log);
@@ -443,14 +408,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dextctl/unentitled", test_unentitled);
     g_test_add_func("/dextctl/unload-load", test_unload_load);
     int rc = g_test_run();
-    kill(dd.pid, SIGTERM);
-    int st = 0;
-    waitpid(dd.pid, &st, 0);
-    if (rc || !WIFEXITED(st) || WEXITSTATUS(st)) {
-        fprintf(stderr, "dextctl-e2e: dextd log (with every driver's output) kept in %s\n", dd.log);
-    } else {
-        g_unlink(dd.log);
-        g_rmdir(dd.dir);
-    }
+    int st = e2e_dextd_stop(dd.d, 0);
+    bool dextd_failed = !WIFEXITED(st) || WEXITSTATUS(st);
+    e2e_dextd_free(dd.d, rc || dextd_failed);
     return rc ? rc : (WIFEXITED(st) ? WEXITSTATUS(st) : 1);
 }

@@ -8,6 +8,7 @@
  * uc-probe-* helpers).  Each test path names the behaviour it guards.
  */
 #include "dext/client.h"
+#include "e2e-dextd.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -17,24 +18,21 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-static struct {
-    GPid pid;
-    char *dir;
-    char *sock;
-    char *log;
-} dd;
+static E2eDextd *dd;
+
+static const char *sock(void)
+{
+    return e2e_dextd_socket(dd);
+}
 
 static char *read_log(void)
 {
-    char *s = NULL;
-    g_file_get_contents(dd.log, &s, NULL, NULL);
-    return s ? s : g_strdup("");
+    return e2e_dextd_read_log(dd);
 }
 
 static unsigned count_substr(const char *hay, const char *needle)
@@ -50,7 +48,7 @@ static unsigned count_substr(const char *hay, const char *needle)
 static char *service_line(const char *cls)
 {
     char *out = NULL;
-    if (dext_daemon_services(dd.sock, &out) < 0) {
+    if (dext_daemon_services(sock(), &out) < 0) {
         return NULL;
     }
     char **lines = g_strsplit(out, "\n", -1);
@@ -97,87 +95,17 @@ static bool wait_state(const char *cls, const char *state, unsigned ms)
     return false;
 }
 
-static void die_with_parent(gpointer data)
-{
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-}
-
-/* A failed assertion aborts before main's epilogue: the abort handler
- * still names the log that explains it (dextd's own lines, QEMU's error
- * tail, and every driver's output, tagged with its pid). */
-static char abort_note[512];
-
-static void on_abort(int sig)
-{
-    if (abort_note[0]) {
-        ssize_t n = write(STDERR_FILENO, abort_note, strlen(abort_note));
-        (void)n;
-    }
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
 static void start_dextd(void)
 {
-    const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
-               *machine = g_getenv("DEXT_MACHINE");
-    g_assert_nonnull(dextd);
+    const char *drivers = g_getenv("DEXT_DRIVERS"), *machine = g_getenv("DEXT_MACHINE");
     g_assert_nonnull(drivers);
     g_assert_nonnull(machine);
-    dd.dir = g_dir_make_tmp("dextd-e2e-XXXXXX", NULL);
-    dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
-    dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
-    snprintf(abort_note, sizeof(abort_note),
-             "%s: failed; dextd log (dextd, QEMU errors, driver output): %s\n", "dextd-e2e",
-             dd.log);
-    signal(SIGABRT, on_abort);
     /* DEXT_DRIVERS: ':'-separated bundle folders (only this test's
      * bundles: other suites' drivers in build/drivers must not compete). */
-    GString *dargs = g_string_new(NULL);
-    char **dl = g_strsplit(drivers, ":", -1);
-    for (char **x = dl; *x; x++) {
-        if (**x) {
-            g_string_append_printf(dargs, " --drivers '%s'", *x);
-        }
-    }
-    g_strfreev(dl);
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s'%s "
-                                "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
-                                dargs->str, dd.sock, dd.log);
-    g_string_free(dargs, TRUE);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    E2eDextdConfig cfg = { .name = "dextd-e2e", .machine = machine, .drivers_path = drivers };
     GError *e = NULL;
-    /* A failed assertion aborts this process: dextd (and through it QEMU
-     * and the drivers) must not outlive it. */
-    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
-                                &dd.pid, &e));
-    g_free(cmd);
-    gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    while (!g_file_test(dd.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
-        g_usleep(20000);
-    }
-    g_assert_true(g_file_test(dd.sock, G_FILE_TEST_EXISTS));
-}
-
-static int stop_dextd(void)
-{
-    int status = -1;
-    if (dd.pid <= 0) {
-        return -1;
-    }
-    kill(dd.pid, SIGTERM);
-    gint64 end = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
-    while (waitpid(dd.pid, &status, WNOHANG) == 0) {
-        if (g_get_monotonic_time() > end) {
-            kill(dd.pid, SIGKILL);
-            waitpid(dd.pid, &status, 0);
-            status = -1;
-            break;
-        }
-        g_usleep(20000);
-    }
-    dd.pid = 0;
-    return status;
+    dd = e2e_dextd_start(&cfg, &e);
+    g_assert_no_error(e);
 }
 
 /* --- matching and registry ------------------------------------------------ */
@@ -218,8 +146,8 @@ static JsonObject *find_entry(JsonObject *o, const char *name)
 static void test_registry(void)
 {
     char *j = NULL, *t = NULL;
-    g_assert_cmpint(dext_daemon_registry(dd.sock, 1, &j), ==, 0);
-    g_assert_cmpint(dext_daemon_registry(dd.sock, 0, &t), ==, 0);
+    g_assert_cmpint(dext_daemon_registry(sock(), 1, &j), ==, 0);
+    g_assert_cmpint(dext_daemon_registry(sock(), 0, &t), ==, 0);
     JsonParser *p = json_parser_new();
     g_assert_true(json_parser_load_from_data(p, j, -1, NULL));
     JsonObject *root = json_node_get_object(json_parser_get_root(p));
@@ -254,7 +182,7 @@ static void test_registry(void)
 static DextConnection *open_test(void)
 {
     DextConnection *c = NULL;
-    int rc = dext_client_open(dd.sock, "class", "DextTestDriver", &c);
+    int rc = dext_client_open(sock(), "class", "DextTestDriver", &c);
     g_assert_cmpint(rc, ==, 0);
     return c;
 }
@@ -457,7 +385,7 @@ static void test_dma_round_trip(void)
 static void test_two_instances(void)
 {
     char *out = NULL;
-    g_assert_cmpint(dext_daemon_services(dd.sock, &out), ==, 0);
+    g_assert_cmpint(dext_daemon_services(sock(), &out), ==, 0);
     char **lines = g_strsplit(out, "\n", -1);
     char *pid = NULL;
     unsigned n = 0;
@@ -471,7 +399,7 @@ static void test_two_instances(void)
                 pid = g_strdup(f[4]);
             }
             DextConnection *c = NULL;
-            g_assert_cmpint(dext_client_open(dd.sock, "id", f[0], &c), ==, 0);
+            g_assert_cmpint(dext_client_open(sock(), "id", f[0], &c), ==, 0);
             g_assert_cmpuint(dext_client_service_id(c), ==, g_ascii_strtoull(f[0], NULL, 10));
             uint64_t st[6];
             uint32_t k = 6;
@@ -499,7 +427,7 @@ static void test_two_instances(void)
 static int run_probe(const char *name)
 {
     char *path = g_build_filename(g_getenv("DEXT_PROBES"), name, NULL);
-    char *argv[] = { path, dd.sock, "class", "DextTestDriver", NULL };
+    char *argv[] = { path, (char *)sock(), "class", "DextTestDriver", NULL };
     int status = -1;
     GError *e = NULL;
     g_assert_true(g_spawn_sync(NULL, argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL,
@@ -520,9 +448,9 @@ static void test_app_entitlements(void)
     g_free(log);
     /* by server name works for the entitled e2e app */
     DextConnection *c = NULL;
-    g_assert_cmpint(dext_client_open(dd.sock, "name", "org.dextlab.dext-test", &c), ==, 0);
+    g_assert_cmpint(dext_client_open(sock(), "name", "org.dextlab.dext-test", &c), ==, 0);
     dext_client_close(c);
-    g_assert_cmpint(dext_client_open(dd.sock, "class", "NoSuchDriver", &c), ==, -ENOENT);
+    g_assert_cmpint(dext_client_open(sock(), "class", "NoSuchDriver", &c), ==, -ENOENT);
 }
 
 /* --- lifecycle -------------------------------------------------------------- */
@@ -543,7 +471,7 @@ static void test_fail_start(void)
     g_assert_nonnull(strstr(log, "org.dextlab.dext-failstart: freed 1 DMA allocations"));
     g_free(log);
     char *j = NULL;
-    g_assert_cmpint(dext_daemon_registry(dd.sock, 1, &j), ==, 0);
+    g_assert_cmpint(dext_daemon_registry(sock(), 1, &j), ==, 0);
     JsonParser *p = json_parser_new();
     g_assert_true(json_parser_load_from_data(p, j, -1, NULL));
     JsonObject *net = find_entry(json_node_get_object(json_parser_get_root(p)), "0000:02:00.0");
@@ -576,7 +504,7 @@ static void test_crash_relaunch(void)
     g_assert_nonnull(strstr(log, "giving up"));
     g_free(log);
     char *j = NULL;
-    g_assert_cmpint(dext_daemon_registry(dd.sock, 1, &j), ==, 0);
+    g_assert_cmpint(dext_daemon_registry(sock(), 1, &j), ==, 0);
     JsonParser *p = json_parser_new();
     g_assert_true(json_parser_load_from_data(p, j, -1, NULL));
     JsonObject *x = find_entry(json_node_get_object(json_parser_get_root(p)), "0000:03:00.0");
@@ -606,7 +534,7 @@ static unsigned count_fds(pid_t pid)
 static JsonObject *registry_entry(JsonParser *p, const char *name)
 {
     char *j = NULL;
-    g_assert_cmpint(dext_daemon_registry(dd.sock, 1, &j), ==, 0);
+    g_assert_cmpint(dext_daemon_registry(sock(), 1, &j), ==, 0);
     g_assert_true(json_parser_load_from_data(p, j, -1, NULL));
     g_free(j);
     return find_entry(json_node_get_object(json_parser_get_root(p)), name);
@@ -626,7 +554,7 @@ static void test_stop_start_cycles(void)
     char *idarg = g_strdup_printf("%" G_GUINT64_FORMAT, id);
     /* refused for an app without dextd-control */
     char *path = g_build_filename(g_getenv("DEXT_PROBES"), "uc-probe-intruder", NULL);
-    char *argv[] = { path, dd.sock, "ctl", idarg, "stop", NULL };
+    char *argv[] = { path, (char *)sock(), "ctl", idarg, "stop", NULL };
     int status = -1;
     g_assert_true(g_spawn_sync(NULL, argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL,
                                &status, NULL));
@@ -639,7 +567,7 @@ static void test_stop_start_cycles(void)
     g_assert_cmpint(dma_running, >, 0);
     unsigned fds0 = 0;
     for (int cycle = 0; cycle < 3; cycle++) {
-        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "stop"), ==, 0);
+        g_assert_cmpint(dext_daemon_service_ctl(sock(), id, "stop"), ==, 0);
         g_assert_true(wait_state("DextTestDriver", "stopped", 10000));
         /* The process keeps running: it hosts the second device's service. */
         gint64 end;
@@ -654,21 +582,21 @@ static void test_stop_start_cycles(void)
                         dma_running / 2);
         /* App connections of the queries above close asynchronously: give
          * dextd a moment to see their hang-ups before counting. */
-        unsigned fds = count_fds(dd.pid);
+        unsigned fds = count_fds(e2e_dextd_pid(dd));
         if (cycle == 0) {
             g_usleep(200000);
-            fds0 = count_fds(dd.pid);
+            fds0 = count_fds(e2e_dextd_pid(dd));
         } else {
             end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
-            while ((fds = count_fds(dd.pid)) > fds0 && g_get_monotonic_time() < end) {
+            while ((fds = count_fds(e2e_dextd_pid(dd))) > fds0 && g_get_monotonic_time() < end) {
                 g_usleep(20000);
             }
             g_assert_cmpuint(fds, <=, fds0);
         }
         /* double stop is refused */
-        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "stop"), ==, -EINVAL);
+        g_assert_cmpint(dext_daemon_service_ctl(sock(), id, "stop"), ==, -EINVAL);
 
-        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, id, "start"), ==, 0);
+        g_assert_cmpint(dext_daemon_service_ctl(sock(), id, "start"), ==, 0);
         g_assert_true(wait_state("DextTestDriver", "running", 20000));
         drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
         g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, dma_running);
@@ -688,7 +616,7 @@ static void test_stop_start_cycles(void)
     /* Both services stopped: the process hosts nothing and exits, all its
      * DMA memory is back; starting them relaunches it. */
     char *out = NULL;
-    g_assert_cmpint(dext_daemon_services(dd.sock, &out), ==, 0);
+    g_assert_cmpint(dext_daemon_services(sock(), &out), ==, 0);
     char **lines = g_strsplit(out, "\n", -1);
     GArray *both = g_array_new(FALSE, FALSE, sizeof(guint64));
     for (char **x = lines; *x; x++) {
@@ -703,7 +631,7 @@ static void test_stop_start_cycles(void)
     g_free(out);
     g_assert_cmpuint(both->len, ==, 2);
     for (guint i = 0; i < both->len; i++) {
-        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, g_array_index(both, guint64, i), "stop"),
+        g_assert_cmpint(dext_daemon_service_ctl(sock(), g_array_index(both, guint64, i), "stop"),
                         ==, 0);
     }
     gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
@@ -719,7 +647,7 @@ static void test_stop_start_cycles(void)
     drv = json_object_get_object_member(registry_entry(p, "DextTestDriver"), "properties");
     g_assert_cmpint(json_object_get_int_member(drv, "server-dma-allocations"), ==, 0);
     for (guint i = 0; i < both->len; i++) {
-        g_assert_cmpint(dext_daemon_service_ctl(dd.sock, g_array_index(both, guint64, i), "start"),
+        g_assert_cmpint(dext_daemon_service_ctl(sock(), g_array_index(both, guint64, i), "start"),
                         ==, 0);
     }
     g_assert_true(wait_state("DextTestDriver", "running", 20000));
@@ -768,7 +696,7 @@ static void test_daemon_garbage(void)
     for (int i = 0; i < 200; i++) {
         int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        strcpy(sa.sun_path, dd.sock);
+        strcpy(sa.sun_path, sock());
         g_assert_cmpint(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
         uint8_t buf[256];
         size_t n = g_rand_int_range(r, 0, sizeof(buf));
@@ -788,7 +716,7 @@ static void test_daemon_garbage(void)
     }
     g_rand_free(r);
     char *out = NULL;
-    g_assert_cmpint(dext_daemon_services(dd.sock, &out), ==, 0);
+    g_assert_cmpint(dext_daemon_services(sock(), &out), ==, 0);
     g_assert_nonnull(strstr(out, "DextTestDriver"));
     g_free(out);
 }
@@ -798,7 +726,7 @@ static void test_daemon_garbage(void)
 static void test_shutdown(void)
 {
     DextConnection *c = open_test();
-    int status = stop_dextd();
+    int status = e2e_dextd_stop(dd, 0);
     g_assert_true(WIFEXITED(status));
     g_assert_cmpint(WEXITSTATUS(status), ==, 0);
     uint64_t in[2] = { 1, 2 }, out[2];
@@ -834,15 +762,6 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/e2e/ipc/daemon-garbage", test_daemon_garbage);
     g_test_add_func("/dextd/e2e/shutdown/orderly-stop", test_shutdown);
     int rc = g_test_run();
-    if (dd.pid > 0) {
-        stop_dextd();
-    }
-    if (rc != 0 || g_getenv("DEXT_E2E_KEEP")) {
-        fprintf(stderr, "dextd log kept in %s\n", dd.log);
-    } else {
-        unlink(dd.log);
-        unlink(dd.sock);
-        rmdir(dd.dir);
-    }
+    e2e_dextd_free(dd, rc != 0);
     return rc;
 }

@@ -15,6 +15,7 @@
  * behaviour it guards.
  */
 #include "dxl-app.h"
+#include "e2e-dextd.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -32,8 +33,9 @@
 #include "hw/dextlab/dextlab-dma-regs.h"
 
 static struct {
-    GPid pid;
-    char *dir, *sock, *log, *qmp_path;
+    E2eDextd *d;
+    char *dir, *qmp_path;
+    const char *sock;
     int qmp;
     uint64_t id[2];             /* service ids of dma0, dma1 */
     char *idstr[2];
@@ -47,9 +49,7 @@ static const char *const dev_qom[2] = {
 
 static char *read_log(void)
 {
-    char *s = NULL;
-    g_file_get_contents(t.log, &s, NULL, NULL);
-    return s ? s : g_strdup("");
+    return e2e_dextd_read_log(t.d);
 }
 
 /* Lines "id class server state pid launches starts" of our class. */
@@ -231,8 +231,8 @@ static bool valgrind_clean(void)
     return ok && logs > 0;
 }
 
-/* dextd (and with it QEMU and the driver) must not outlive a test that
- * failed an assertion: it would hold meson's pipes open until the timeout. */
+/* A process of the test's (the tool) must not outlive a test that failed
+ * an assertion: it would hold meson's pipes open until the timeout. */
 static void die_with_parent(gpointer unused)
 {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -240,15 +240,14 @@ static void die_with_parent(gpointer unused)
 
 static void start_dextd(void)
 {
-    const char *dextd = g_getenv("DEXTD"), *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
-    g_assert_nonnull(dextd);
+    const char *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
     g_assert_nonnull(bundle);
+    /* the machine file names the QMP socket in the work folder: made here,
+     * handed to the E2eDextd */
     t.dir = g_dir_make_tmp("dxl-e2e-XXXXXX", NULL);
     if (g_getenv("DEXTLAB_DMA_VALGRIND")) {
         bundle = valgrind_bundle(bundle, g_getenv("DEXTLAB_DMA_VALGRIND"));
     }
-    t.sock = g_build_filename(t.dir, "dextd.sock", NULL);
-    t.log = g_build_filename(t.dir, "dextd.log", NULL);
     t.qmp_path = g_build_filename(t.dir, "qmp.sock", NULL);
     char *machine = g_build_filename(t.dir, "dma2.machine", NULL);
     char *desc = g_strdup_printf(
@@ -259,38 +258,19 @@ static void start_dextd(void)
         "[Device rp1]\nArgs=pcie-root-port,id=rp1,chassis=2,slot=2\n"
         "[Device dma1]\nArgs=dextlab-dma,id=dma1,bus=rp1\n", t.qmp_path);
     g_assert_true(g_file_set_contents(machine, desc, -1, NULL));
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
-                                "--socket '%s' --verbose 2>'%s'", dextd, machine, bundle,
-                                t.sock, t.log);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    g_assert_true(g_spawn_async(NULL, argv, NULL,
-                                G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL,
-                                die_with_parent, NULL, &t.pid, NULL));
-    gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    while (!g_file_test(t.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
-        g_usleep(20000);
-    }
-    g_assert_true(g_file_test(t.sock, G_FILE_TEST_EXISTS));
-    g_free(cmd);
+    E2eDextdConfig cfg = {
+        .name = "dextlab-dma-e2e",
+        .machine = machine,
+        .drivers = (const char *const[]){ bundle, NULL },
+        .dir = t.dir,
+    };
+    GError *e = NULL;
+    t.d = e2e_dextd_start(&cfg, &e);
+    g_assert_no_error(e);
+    t.sock = e2e_dextd_socket(t.d);
     g_free(desc);
     g_free(machine);
     qmp_connect();
-}
-
-static int stop_dextd(void)
-{
-    int status = -1;
-    kill(t.pid, SIGTERM);
-    gint64 end = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
-    while (waitpid(t.pid, &status, WNOHANG) == 0) {
-        if (g_get_monotonic_time() > end) {
-            kill(t.pid, SIGKILL);
-            waitpid(t.pid, &status, 0);
-            return -1;
-        }
-        g_usleep(20000);
-    }
-    return status;
 }
 
 static void open_dev(DxlApp *a, int dev, uint64_t window)
@@ -758,7 +738,7 @@ static void test_app_dies_midflight(void)
 {
     const char *tool = g_getenv("DEXTLAB_DMA_TOOL");
     /* the tool itself (no shell in between): SIGKILL must hit the app */
-    char *argv[] = { (char *)tool, "-S", t.sock, "-D", t.idstr[1], "copy", "-q", "all",
+    char *argv[] = { (char *)tool, "-S", (char *)t.sock, "-D", t.idstr[1], "copy", "-q", "all",
                      "-s", "8M", "-n", "100000", "-d", "4", "--no-verify", NULL };
     GPid pid;
     uint64_t dma_before = dma_allocations();
@@ -793,7 +773,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-dma/e2e/app-dies-midflight", test_app_dies_midflight);
     int rc = g_test_run();
     close(t.qmp);
-    int status = stop_dextd();
+    int status = e2e_dextd_stop(t.d, 0);
     char *log = read_log();
     /* no driver crash, no "unexpected completion" anywhere in the run */
     if (strstr(log, "unexpected completion") || strstr(log, "crashed")) {
@@ -807,13 +787,7 @@ int main(int argc, char **argv)
         g_printerr("dextd exit status 0x%x\n", status);
         rc = 1;
     }
-    if (rc == 0) {
-        char *cmd = g_strdup_printf("rm -rf '%s'", t.dir);
-        (void)!system(cmd);
-        g_free(cmd);
-    } else {
-        g_printerr("dextd log kept in %s\n", t.log);
-    }
+    e2e_dextd_free(t.d, rc != 0);
     g_free(log);
     return rc;
 }

@@ -248,7 +248,7 @@ static bool loop_once(Dev *v, uint32_t len, uint32_t ask, unsigned seed,
     if (!ok) {
         dext_usb_pipe_abort(v->out);
         dext_usb_pipe_abort(v->in);
-        snprintf(why, wlen, "len=%u timeout out_done=%u in_done=%u", len,
+        snprintf(why, wlen, "len=%u timed_out=1 out_done=%u in_done=%u", len,
                  out.done, in.done);
         return false;
     }
@@ -773,7 +773,7 @@ static void check_stall(Dev *v)
     reg_read(v, DEXTLAB_USB_REG_STALLS, &stalls1);
     result("stall", !f_in && !f_out && io_in == -EPIPE && io_out == -EPIPE &&
            !c_in && !c_out && loop_ok && stalls1 - stalls0 >= 2,
-           "force=%d,%d in=%d out=%d clear=%d,%d stalls=+%u loop=%d %s",
+           "force=%d,%d io_in=%d io_out=%d clear=%d,%d stalls=+%u loop=%d %s",
            f_in, f_out, io_in, io_out, c_in, c_out, stalls1 - stalls0,
            loop_ok, why);
 }
@@ -802,7 +802,7 @@ static void check_abort(Dev *v)
     result("abort", sub == 0 && ab == 0 && done_at_return == 1 &&
            in.status == -ECANCELED && in.actual == 0 && to == -ETIMEDOUT &&
            got == 0 && to_ms >= 290 && loop_ok,
-           "submit=%d abort=%d completed_before_return=%u status=%d "
+           "submit=%d abort=%d completed_before_return=%u io_status=%d "
            "timeout=%d after_ms=%.0f actual=%u loop=%d %s", sub, ab,
            done_at_return, in.status, to, to_ms, got, loop_ok, why);
 }
@@ -835,7 +835,7 @@ static void check_buffer_fd(Dev *v)
                           !memcmp(dext_usb_buffer_data(v->ib), m, 8192);
             } else {
                 dext_usb_pipe_abort(v->in);
-                snprintf(why, sizeof(why), "loop_failed");
+                snprintf(why, sizeof(why), "loop_failed=1");
             }
         }
         munmap(m, 8192);

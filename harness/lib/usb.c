@@ -495,6 +495,10 @@ static void stop_hook(DextService *svc, int phase, void *ctx)
     chan_unref(ch);
 }
 
+static int usb_request(UsbState *st, uint8_t bmRequestType, uint8_t bRequest, uint16_t wValue,
+                       uint16_t wIndex, void *data, uint16_t wLength, uint32_t *actual,
+                       unsigned timeout_ms);
+
 static int state_get(DextService *svc, bool want_iface, UsbState **out)
 {
     int rc, fd = -1;
@@ -542,6 +546,16 @@ static int state_get(DextService *svc, bool want_iface, UsbState **out)
         DEXT_ERROR("USB provider: interface %u is not in the configuration", st->ifnum);
         rc = -EPROTO;
         goto fail_chan;
+    }
+    if (want_iface) {
+        /* A previous client may have left another alternate setting:
+         * ask the device (GET_INTERFACE needs no open). */
+        uint8_t alt = 0;
+        uint32_t n = 0;
+        if (usb_request(st, 0x81, 10 /* GET_INTERFACE */, 0, st->ifnum, &alt, 1, &n, 0) == 0 &&
+            n == 1 && dext__usb_find_interface(st->cfg, st->cfg_len, st->ifnum, alt) >= 0) {
+            st->alt = alt;
+        }
     }
     dext__service_add_stop_hook(svc, stop_hook, st);
     svc->usb = st;

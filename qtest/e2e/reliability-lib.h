@@ -1,17 +1,19 @@
 /*
  * Helpers shared by the reliability tests (qtest/e2e/reliability-*.c) and
- * the dextd fuzzers (qtest/fuzz/dextd-*-fuzz.c): start one dextd on the
- * reliability machine with a chosen set of driver bundles, query it, and
- * look at its processes and file descriptors through /proc.
+ * the dextd fuzzers (qtest/fuzz/dextd-*-fuzz.c, personality-fuzz.c): start
+ * one dextd (through e2e-dextd) on the reliability machine with a chosen
+ * set of driver bundles, query it, and look at its processes and file
+ * descriptors through /proc.
  *
  * Environment (set by meson): DEXTD (daemon binary), DEXT_DRIVERS (the
- * build's bundle folder), DEXT_REL_MACHINE (machine file).  Header-only:
- * each test is one program.
+ * build's bundle folder), DEXT_REL_MACHINE (machine file).  Header-only
+ * over e2e_dextd_dep: each test is one program.
  */
 #ifndef DEXT_RELIABILITY_LIB_H
 #define DEXT_RELIABILITY_LIB_H
 
 #include "dext/client.h"
+#include "e2e-dextd.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -22,41 +24,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 typedef struct {
-    GPid pid;
-    char *dir;
-    char *sock;
-    char *log;
-    char *flags;     /* folder for dext-hostile-dma's hang flags */
+    E2eDextd *d;
+    const char *sock;   /* dextd's app socket */
+    const char *dir;    /* its work folder: bundles/, flags/, the log */
+    char *flags;        /* folder for dext-hostile-dma's hang flags */
 } RelDextd;
 
-static void rel_die_with_parent(gpointer data)
-{
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-}
-
-/* Start dextd with the bundles named in `bundles` (NULL-terminated) and
- * extra "K=V" environment entries; waits (bounded) for its socket. */
+/* Start dextd with the bundles named in `bundles` (NULL-terminated, from
+ * DEXT_DRIVERS, linked into the work folder's bundles/) and extra "K=V"
+ * environment entries; waits (bounded) for its socket.  false (the reason
+ * printed) if dextd failed to start. */
 static inline bool rel_dextd_start(RelDextd *r, const char *const *bundles,
                                    const char *const *extra_env)
 {
-    const char *dextd = g_getenv("DEXTD"), *drivers = g_getenv("DEXT_DRIVERS"),
-               *machine = g_getenv("DEXT_REL_MACHINE");
-    g_assert_nonnull(dextd);
+    const char *drivers = g_getenv("DEXT_DRIVERS"), *machine = g_getenv("DEXT_REL_MACHINE");
     g_assert_nonnull(drivers);
     g_assert_nonnull(machine);
     memset(r, 0, sizeof(*r));
-    r->dir = g_dir_make_tmp("dextd-rel-XXXXXX", NULL);
-    g_assert_nonnull(r->dir);
-    r->sock = g_build_filename(r->dir, "dextd.sock", NULL);
-    r->log = g_build_filename(r->dir, "dextd.log", NULL);
-    r->flags = g_build_filename(r->dir, "flags", NULL);
+    char *dir = g_dir_make_tmp("dextd-rel-XXXXXX", NULL);
+    g_assert_nonnull(dir);
+    r->flags = g_build_filename(dir, "flags", NULL);
     g_mkdir(r->flags, 0700);
-    char *bdir = g_build_filename(r->dir, "bundles", NULL);
+    char *bdir = g_build_filename(dir, "bundles", NULL);
     g_mkdir(bdir, 0700);
     for (const char *const *b = bundles; *b; b++) {
         char *target = g_build_filename(drivers, *b, NULL), *link = g_build_filename(bdir, *b, NULL);
@@ -64,44 +57,40 @@ static inline bool rel_dextd_start(RelDextd *r, const char *const *bundles,
         g_free(target);
         g_free(link);
     }
-    char **envp = g_get_environ();
-    envp = g_environ_setenv(envp, "DEXT_HOSTILE_FLAGS", r->flags, TRUE);
+    GPtrArray *env = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(env, g_strdup_printf("DEXT_HOSTILE_FLAGS=%s", r->flags));
     for (const char *const *e = extra_env; e && *e; e++) {
-        char **kv = g_strsplit(*e, "=", 2);
-        envp = g_environ_setenv(envp, kv[0], kv[1] ? kv[1] : "", TRUE);
-        g_strfreev(kv);
+        g_ptr_array_add(env, g_strdup(*e));
     }
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
-                                "--socket '%s' --verbose >/dev/null 2>'%s'", dextd, machine,
-                                bdir, r->sock, r->log);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+    g_ptr_array_add(env, NULL);
+    char *name = g_path_get_basename(g_get_prgname() ? g_get_prgname() : "dextd-rel");
+    E2eDextdConfig cfg = {
+        .name = name,
+        .machine = machine,
+        .drivers = (const char *const[]){ bdir, NULL },
+        .env = (const char *const *)env->pdata,
+        .dir = dir,
+        .start_timeout_ms = 60000,
+    };
     GError *e = NULL;
-    bool ok = g_spawn_async(NULL, argv, envp, G_SPAWN_DO_NOT_REAP_CHILD, rel_die_with_parent,
-                            NULL, &r->pid, &e);
-    if (!ok) {
-        g_printerr("cannot start dextd: %s\n", e->message);
+    r->d = e2e_dextd_start(&cfg, &e);
+    if (!r->d) {
+        g_printerr("%s\n", e->message);
         g_error_free(e);
+    } else {
+        r->sock = e2e_dextd_socket(r->d);
+        r->dir = e2e_dextd_dir(r->d);
     }
-    g_free(cmd);
+    g_free(name);
+    g_ptr_array_free(env, TRUE);
     g_free(bdir);
-    g_strfreev(envp);
-    gint64 end = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    while (ok && !g_file_test(r->sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
-        int st;
-        if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
-            r->pid = 0;
-            return false;
-        }
-        g_usleep(20000);
-    }
-    return ok && g_file_test(r->sock, G_FILE_TEST_EXISTS);
+    g_free(dir);
+    return r->d != NULL;
 }
 
 static inline char *rel_log(const RelDextd *r)
 {
-    char *s = NULL;
-    g_file_get_contents(r->log, &s, NULL, NULL);
-    return s ? s : g_strdup("");
+    return e2e_dextd_read_log(r->d);
 }
 
 static inline unsigned rel_count(const char *hay, const char *needle)
@@ -116,45 +105,25 @@ static inline unsigned rel_count(const char *hay, const char *needle)
 /* dextd still running (not reaped)? */
 static inline bool rel_alive(RelDextd *r)
 {
-    int st;
-    return r->pid > 0 && waitpid(r->pid, &st, WNOHANG) == 0;
+    return r->d && e2e_dextd_running(r->d);
+}
+
+static inline GPid rel_pid(const RelDextd *r)
+{
+    return r->d ? e2e_dextd_pid(r->d) : 0;
 }
 
 /* SIGTERM, bounded wait; returns the wait status or -1 (had to SIGKILL). */
 static inline int rel_dextd_stop(RelDextd *r, unsigned ms)
 {
-    int status = -1;
-    if (r->pid <= 0) {
-        return -1;
-    }
-    kill(r->pid, SIGTERM);
-    gint64 end = g_get_monotonic_time() + (gint64)ms * 1000;
-    while (waitpid(r->pid, &status, WNOHANG) == 0) {
-        if (g_get_monotonic_time() > end) {
-            kill(r->pid, SIGKILL);
-            waitpid(r->pid, &status, 0);
-            status = -1;
-            break;
-        }
-        g_usleep(20000);
-    }
-    r->pid = 0;
-    return status;
+    return r->d ? e2e_dextd_stop(r->d, ms) : -1;
 }
 
+/* Stop dextd if needed; keep: leave the work folder (its log named),
+ * otherwise remove it. */
 static inline void rel_cleanup(RelDextd *r, bool keep)
 {
-    if (!keep && r->dir) {
-        char *cmd = g_strdup_printf("rm -rf '%s'", r->dir);
-        if (system(cmd)) {
-        }
-        g_free(cmd);
-    } else if (r->dir) {
-        g_printerr("# dextd files kept in %s\n", r->dir);
-    }
-    g_free(r->dir);
-    g_free(r->sock);
-    g_free(r->log);
+    e2e_dextd_free(r->d, keep);
     g_free(r->flags);
     memset(r, 0, sizeof(*r));
 }

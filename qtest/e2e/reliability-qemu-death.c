@@ -75,7 +75,7 @@ static void test_kill_qemu(void)
     g_assert_true(rel_dextd_start(&dd, bundles, NULL));
     g_assert_true(rel_wait_state(&dd, CLS, "running", 30000));
     int drv = (int)rel_service_num(&dd, CLS, 4);
-    GArray *q = rel_children(dd.pid, "qemu");
+    GArray *q = rel_children(rel_pid(&dd), "qemu");
     g_assert_cmpuint(q->len, ==, 1);
     int qemu = g_array_index(q, int, 0);
     g_array_free(q, TRUE);
@@ -92,22 +92,13 @@ static void test_kill_qemu(void)
     gint64 t0 = g_get_monotonic_time();
     g_assert_cmpint(kill(qemu, SIGKILL), ==, 0);
     int status = 0;
-    bool exited = false;
-    while (g_get_monotonic_time() - t0 < EXIT_BOUND_S * G_USEC_PER_SEC) {
-        if (waitpid(dd.pid, &status, WNOHANG) == dd.pid) {
-            exited = true;
-            break;
-        }
-        g_usleep(20000);
-    }
+    bool exited = e2e_dextd_wait_exit(dd.d, EXIT_BOUND_S * 1000, &status);
     double secs = (g_get_monotonic_time() - t0) / 1e6;
     char *log = rel_log(&dd);
     if (!exited) {
         g_printerr("%s\n", log);
-        kill(dd.pid, SIGKILL);
-        waitpid(dd.pid, &status, 0);
+        rel_dextd_stop(&dd, 1);
     }
-    dd.pid = 0;
     g_assert_true(exited);
     g_printerr("# dextd exited %.2f s after QEMU was killed, status %d%s\n", secs,
                WIFEXITED(status) ? WEXITSTATUS(status) : -1,

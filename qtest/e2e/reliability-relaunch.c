@@ -306,11 +306,11 @@ static void test_cycles(void)
     Load l;
     load_start(&l);
     g_assert_true(wait_copies(&l, 5, 20000));
-    GArray *q0 = rel_children(dd.pid, "qemu");
+    GArray *q0 = rel_children(rel_pid(&dd), "qemu");
     g_assert_cmpuint(q0->len, ==, 1);
     int qemu = g_array_index(q0, int, 0);
     g_array_free(q0, TRUE);
-    int fds0 = rel_fd_count(dd.pid);
+    int fds0 = rel_fd_count(rel_pid(&dd));
     long dma0 = registry_dma_allocations();
     g_assert_cmpint(dma0, >, 0);
     gint64 t0 = g_get_monotonic_time();
@@ -331,10 +331,10 @@ static void test_cycles(void)
     load_stop(&l);
     /* Settled: compare with the start. */
     g_usleep(200000);
-    GArray *kids = rel_children(dd.pid, NULL);
+    GArray *kids = rel_children(rel_pid(&dd), NULL);
     g_assert_cmpuint(kids->len, ==, 2); /* QEMU + the driver; no zombies */
     g_array_free(kids, TRUE);
-    int fds1 = rel_fd_count(dd.pid);
+    int fds1 = rel_fd_count(rel_pid(&dd));
     long dma1 = registry_dma_allocations();
     g_printerr("# %d kill/relaunch cycles in %.1f s (%d give-ups restarted), %" G_GINT64_FORMAT
                " copies verified, %" G_GINT64_FORMAT " calls failed with ECONNRESET; dextd fds "

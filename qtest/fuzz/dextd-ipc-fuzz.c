@@ -537,13 +537,13 @@ static void test_live(void)
     g_assert_true(rel_dextd_start(&dd, bundles, env));
     g_assert_true(rel_wait_state(&dd, "HostileDmaDriver", "running", 30000));
     g_assert_true(rel_wait_state(&dd, "HostileRawDriver", "running", 30000));
-    if (!rel_sanitized(dd.pid)) {
+    if (!rel_sanitized(rel_pid(&dd))) {
         g_printerr("# dextd is NOT built with ASan (set up a build with -Db_sanitize=address,undefined)\n");
         g_assert_false(opt.require_asan);
     } else {
         g_printerr("# dextd runs with ASan+UBSan\n");
     }
-    int fds0 = rel_fd_count(dd.pid);
+    int fds0 = rel_fd_count(rel_pid(&dd));
 
     gint64 t0 = g_get_monotonic_time();
     gint64 deadline = t0 + (gint64)opt.seconds * G_USEC_PER_SEC;
@@ -572,13 +572,13 @@ static void test_live(void)
     g_assert_true(rel_alive(&dd));
     /* No fd leak in dextd from all those connections and refused fds
      * (connections the app just closed may take a moment to be reaped). */
-    int fds1 = rel_fd_count(dd.pid);
+    int fds1 = rel_fd_count(rel_pid(&dd));
     for (int i = 0; i < 100 && fds1 > fds0; i++) {
         g_usleep(30000);
-        fds1 = rel_fd_count(dd.pid);
+        fds1 = rel_fd_count(rel_pid(&dd));
     }
     if (fds1 > fds0) {
-        char *cmd = g_strdup_printf("ls -l /proc/%d/fd >&2", (int)dd.pid);
+        char *cmd = g_strdup_printf("ls -l /proc/%d/fd >&2", (int)rel_pid(&dd));
         if (system(cmd)) {
         }
         g_free(cmd);

@@ -334,17 +334,9 @@ static void test_dextd(void)
         g_free(stem);
         g_free(base);
     }
-    char *cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' --drivers '%s' "
-                                "--socket '%s' --verbose >/dev/null 2>'%s'", g_getenv("DEXTD"),
-                                g_getenv("DEXT_REL_MACHINE"), bfold, dd.sock, dd.log);
-    char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    g_assert_true(g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, rel_die_with_parent,
-                                NULL, &dd.pid, NULL));
-    g_free(cmd);
-    gint64 end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    while (!g_file_test(dd.sock, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < end) {
-        g_usleep(20000);
-    }
+    GError *err = NULL;
+    g_assert_true(e2e_dextd_restart(dd.d, &err));
+    g_assert_no_error(err);
     g_assert_true(rel_wait_state(&dd, "HostileDmaDriver", "running", 30000));
     char *log = rel_log(&dd);
     for (guint i = 0; i < files->len; i++) {

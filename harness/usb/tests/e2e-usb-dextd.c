@@ -7,71 +7,56 @@
  */
 #include <errno.h>
 #include <stdbool.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <glib.h>
 
 #include "dext/client.h"
 #include "dextlab-xhci-uc.h"
+#include "e2e-dextd.h"
 #include "hw/dextlab/dextlab-usb-regs.h"
 
 static struct {
-    GPid pid;
-    char *dir, *sock, *log;
+    E2eDextd *d;
+    const char *sock;
     DextConnection *c;
 } dd;
 
-static void die_with_parent(gpointer data)
-{
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-}
-
 static void dump_log(void)
 {
-    g_autofree char *text = NULL;
+    g_autofree char *text = e2e_dextd_read_log(dd.d);
 
-    if (dd.log && g_file_get_contents(dd.log, &text, NULL, NULL)) {
-        fprintf(stderr, "---- dextd log ----\n%s\n", text);
-    }
+    fprintf(stderr, "---- dextd log ----\n%s\n", text);
 }
 
 static bool start(void)
 {
-    const char *dextd = g_getenv("DEXTD"), *bundle = g_getenv("DEXT_XHCI_BUNDLE"),
-               *machine = g_getenv("DEXT_USB_MACHINE");
-    g_autofree char *cmd = NULL;
-    char *argv[] = { "/bin/sh", "-c", NULL, NULL };
+    const char *bundle = g_getenv("DEXT_XHCI_BUNDLE"), *machine = g_getenv("DEXT_USB_MACHINE");
+    E2eDextdConfig cfg = {
+        .name = "usb-dextd",
+        .machine = machine,
+        .drivers = (const char *const[]){ bundle, NULL },
+    };
+    g_autoptr(GError) err = NULL;
     gint64 end;
     int ret = -ENOENT;
 
-    if (!dextd || !bundle || !machine) {
+    if (!g_getenv("DEXTD") || !bundle || !machine) {
         fprintf(stderr, "DEXTD, DEXT_XHCI_BUNDLE, DEXT_USB_MACHINE needed\n");
         return false;
     }
-    dd.dir = g_dir_make_tmp("usb-dextd-XXXXXX", NULL);
-    dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
-    dd.log = g_build_filename(dd.dir, "dextd.log", NULL);
-    cmd = g_strdup_printf("exec '%s' --platform qtest --machine '%s' "
-                          "--drivers '%s' --socket '%s' --verbose "
-                          ">/dev/null 2>'%s'", dextd, machine, bundle,
-                          dd.sock, dd.log);
-    argv[2] = cmd;
-    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
-                       die_with_parent, NULL, &dd.pid, NULL)) {
+    dd.d = e2e_dextd_start(&cfg, &err);
+    if (!dd.d) {
+        fprintf(stderr, "%s\n", err->message);   /* names and quotes the log */
         return false;
     }
+    dd.sock = e2e_dextd_socket(dd.d);
     /* the service appears once dextd matched and the driver started */
     end = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
     while (g_get_monotonic_time() < end) {
-        if (g_file_test(dd.sock, G_FILE_TEST_EXISTS)) {
-            ret = dext_client_open(dd.sock, "name", DXHCI_SERVER_NAME, &dd.c);
-            if (ret == 0) {
-                return true;
-            }
+        ret = dext_client_open(dd.sock, "name", DXHCI_SERVER_NAME, &dd.c);
+        if (ret == 0) {
+            return true;
         }
         g_usleep(50000);
     }
@@ -83,24 +68,13 @@ static bool start(void)
 
 static void stop(bool failed)
 {
-    int status;
-
     if (dd.c) {
         dext_client_close(dd.c);
     }
-    if (dd.pid > 0) {
-        kill(dd.pid, SIGTERM);
-        waitpid(dd.pid, &status, 0);
-    }
-    if (failed) {
+    if (failed && dd.d) {
         dump_log();
     }
-    unlink(dd.sock);
-    unlink(dd.log);
-    rmdir(dd.dir);
-    g_free(dd.dir);
-    g_free(dd.sock);
-    g_free(dd.log);
+    e2e_dextd_free(dd.d, failed);
 }
 
 static unsigned list(DxhciUcDev *devs)
@@ -204,8 +178,8 @@ static void test_tool(void)
     const char *tool = g_getenv("DEXT_USB_TOOL");
     g_autofree char *out = NULL, *err = NULL;
     int status = -1;
-    char *argv_list[] = { (char *)tool, "--socket", dd.sock, "list", NULL };
-    char *argv_loop[] = { (char *)tool, "--socket", dd.sock, "loop", "1",
+    char *argv_list[] = { (char *)tool, "--socket", (char *)dd.sock, "list", NULL };
+    char *argv_loop[] = { (char *)tool, "--socket", (char *)dd.sock, "loop", "1",
                           "4096", "8", NULL };
 
     g_assert_nonnull(tool);
@@ -228,7 +202,7 @@ int main(int argc, char **argv)
 
     g_test_init(&argc, &argv, NULL);
     if (!start()) {
-        stop(false);           /* start() already showed the log */
+        e2e_dextd_free(dd.d, true);  /* start() already showed the log */
         return 1;
     }
     g_test_add_func("/dextlab-usb/dextd/enumerated", test_enumerated);

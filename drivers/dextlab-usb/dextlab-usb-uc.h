@@ -26,6 +26,9 @@
  *             subscription's async reference; a final completion with
  *             status -ECANCELED ends a subscription (stop, unsubscribe).
  *
+ * A control request the device refuses (STALL: unknown register, read-only
+ * register, bad value) fails the call with -EREMOTEIO.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef DEXTLAB_USB_UC_H
@@ -71,7 +74,7 @@ enum {
     DXU_UC_SEL_UNSUBSCRIBE = 4,
     /* in[1]: register number; out[1]: value (READ_REG). */
     DXU_UC_SEL_REG_READ = 5,
-    /* in[2]: register number, value (WRITE_REG; -EPIPE if the device
+    /* in[2]: register number, value (WRITE_REG; -EREMOTEIO if the device
      * refuses it). */
     DXU_UC_SEL_REG_WRITE = 6,
     /* in[1]: Hz (0..8000) of TICK events. */

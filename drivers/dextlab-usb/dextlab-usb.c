@@ -95,12 +95,20 @@ struct Drv {
 
 /* ---- device access --------------------------------------------------------- */
 
+/* A control request the device STALLed is -EREMOTEIO at the user-client
+ * boundary: libdextclient reads a method's -EPIPE as the connection
+ * breaking. */
+static int uc_err(int rc)
+{
+    return rc == -EPIPE ? -EREMOTEIO : rc;
+}
+
 static int vendor_out(Drv *d, uint8_t req, uint16_t value, uint16_t index, void *data,
                       uint16_t len)
 {
     d->st.control_requests++;
-    return dext_usbhost_interface_request(d->intf, 0x40, req, value, index, data, len, NULL,
-                                          CTRL_MS);
+    return uc_err(dext_usbhost_interface_request(d->intf, 0x40, req, value, index, data, len,
+                                                 NULL, CTRL_MS));
 }
 
 static int reg_read(Drv *d, uint16_t reg, uint32_t *v)
@@ -521,7 +529,7 @@ static int m_reg_read(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     if (rc == 0) {
         a->scalar_out[0] = v;
     }
-    return rc;
+    return uc_err(rc);
 }
 
 static int m_reg_write(DextUserClient *uc, void *ctx, DextMethodArgs *a)
@@ -589,7 +597,7 @@ static int m_clear_stall(DextUserClient *uc, void *ctx, DextMethodArgs *a)
         ev_disarm(d);
         dext_usbhost_pipe_abort(p);
     }
-    int rc = dext_usbhost_pipe_clear_stall(p);
+    int rc = uc_err(dext_usbhost_pipe_clear_stall(p));
     if (rc == 0) {
         d->st.clears++;
     }
@@ -624,7 +632,7 @@ static int m_select_alt(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     } else {
         DEXT_ERROR("pipes after alternate setting %u: %s", (unsigned)alt, g_strerror(-rc2));
     }
-    return rc < 0 ? rc : rc2;
+    return uc_err(rc < 0 ? rc : rc2);
 }
 
 static int m_stats(DextUserClient *uc, void *ctx, DextMethodArgs *a)

@@ -445,7 +445,7 @@ static void stop_hook(DextService *svc, int phase, void *ctx)
             int rc = chan_call(ch, DEXT_MSG_USB_ABORT,
                                g_variant_new("(y)", g_array_index(eps, uint8_t, i)), NULL,
                                DEXT_IPC_TIMEOUT_MS);
-            if (rc < 0) {
+            if (rc < 0 && rc != -ESHUTDOWN) {
                 DEXT_WARN("abort of endpoint 0x%02x at stop: %s", g_array_index(eps, uint8_t, i),
                           g_strerror(-rc));
             }

@@ -162,6 +162,7 @@ static void test_migration_stream(void)
 #define X_OUTCTX        0x1005000ull
 #define X_EP0RING       0x1006000ull
 #define X_DATA          0x1007000ull
+#define X_INTRRING      0x1008000ull
 #define X_EV_TRBS       64
 
 enum { TRB_SETUP = 2, TRB_DATA = 3, TRB_STATUS = 4, CMD_ENABLE_SLOT = 9,
@@ -182,7 +183,7 @@ typedef struct MiniXhci {
     uint32_t op, rt, db;
     uint32_t ev_deq, ev_ccs;
     uint32_t cmd_enq, ep0_enq, ep0_pcs;
-    unsigned slot, ctx_size;
+    unsigned slot, ctx_size, port, speed;
 } MiniXhci;
 
 static void trb_write(MiniXhci *x, uint64_t addr, uint64_t param,
@@ -328,6 +329,8 @@ static void mini_xhci_start(MiniXhci *x, const char *devices)
     }
     g_assert_true(portsc & (1u << 1));
     speed = (portsc >> 10) & 0xf;
+    x->port = port;
+    x->speed = speed;
 
     g_assert_cmpuint(xhci_command(x, 0, CMD_ENABLE_SLOT << 10, &x->slot), ==,
                      CC_SUCCESS);
@@ -450,6 +453,88 @@ static void test_control_short_data_stage(void)
     qtest_quit(x.qts);
 }
 
+/* A request without data stage (SETUP, STATUS IN); its completion code */
+static unsigned mini_control_nodata(MiniXhci *x, uint8_t rt, uint8_t req,
+                                    uint16_t val, uint16_t idx)
+{
+    ep0_put(x, setup_packet(rt, req, val, idx, 0), 8,
+            (TRB_SETUP << 10) | TRB_IDT);
+    ep0_put(x, 0, 0, (TRB_STATUS << 10) | TRB_DIR_IN | TRB_IOC);
+    return ep0_run(x);
+}
+
+/*
+ * Regression (found by dextlab-usb-fuzz on the UBSan fork, fixed by
+ * hw/patches/0004-xhci-endpoint-interval-range.patch): qemu-xhci computed
+ * 1 << Interval from the endpoint context's 8-bit Interval field, valid
+ * 0-15; 41 shifted an int by more than its width (undefined behaviour,
+ * a UBSan abort).  Now it is taken as 15 (2^15 x 125 us = 4.096 s) and
+ * the interrupt endpoint works at that interval.  The UB itself only
+ * shows on the sanitizer fork (suite fuzz runs this path there too).
+ */
+static void test_endpoint_interval_out_of_range(void)
+{
+    MiniXhci x;
+    uint32_t ctx[8], status = 0, ctl = 0;
+    uint8_t rec[DEXTLAB_USB_EVENT_SIZE];
+    bool done = false;
+
+    mini_xhci_start(&x, "-device dextlab-usb,bus=xhci.0,id=u,"
+                        "superspeed=off");
+    g_assert_cmpuint(mini_control_nodata(&x, 0x00, 9 /* SET_CONFIGURATION */,
+                                         DEXTLAB_USB_CONFIG_VALUE, 0), ==,
+                     CC_SUCCESS);
+
+    /* Configure Endpoint: interrupt IN 0x82 (DCI 5), Interval 41 */
+    qtest_memset(x.qts, X_INCTX, 0, 33 * x.ctx_size);
+    qtest_memset(x.qts, X_INTRRING, 0, 4096);
+    memset(ctx, 0, sizeof(ctx));
+    ctx[1] = cpu_to_le32((1u << 0) | (1u << 5));
+    qtest_memwrite(x.qts, X_INCTX, ctx, sizeof(ctx));
+    memset(ctx, 0, sizeof(ctx));
+    ctx[0] = cpu_to_le32((x.speed << 20) | (5u << 27));
+    ctx[1] = cpu_to_le32(x.port << 16);
+    qtest_memwrite(x.qts, X_INCTX + x.ctx_size, ctx, sizeof(ctx));
+    memset(ctx, 0, sizeof(ctx));
+    ctx[0] = cpu_to_le32(41u << 16);
+    ctx[1] = cpu_to_le32((3u << 1) | (7u << 3) |
+                         (DEXTLAB_USB_INTR_MPS(0) << 16));
+    ctx[2] = cpu_to_le32(X_INTRRING | 1);
+    ctx[4] = cpu_to_le32(DEXTLAB_USB_INTR_MPS(0) |
+                         (DEXTLAB_USB_INTR_MPS(0) << 16));
+    qtest_memwrite(x.qts, X_INCTX + (1 + 5) * x.ctx_size, ctx, sizeof(ctx));
+    g_assert_cmpuint(xhci_command(&x, X_INCTX, (12u << 10) | (x.slot << 24),
+                                  NULL), ==, CC_SUCCESS);
+
+    /* one event record, then an interrupt IN transfer collects it */
+    g_assert_cmpuint(mini_control_nodata(&x, 0x40,
+                                         DEXTLAB_USB_REQ_TRIGGER_EVENTS, 1,
+                                         0x1234), ==, CC_SUCCESS);
+    qtest_memset(x.qts, X_DATA + 0x100, 0, sizeof(rec));
+    trb_write(&x, X_INTRRING, X_DATA + 0x100, sizeof(rec),
+              (1u << 10) | TRB_IOC | TRB_C);
+    qpci_io_writel(x.dev, x.bar, x.db + 4 * x.slot, 5);
+    for (int i = 0; i < 100 && !done; i++) {
+        uint32_t t[4];
+
+        qtest_clock_step(x.qts, 100 * 1000 * 1000);
+        qtest_memread(x.qts, X_EVRING + 16 * x.ev_deq, t, sizeof(t));
+        done = (le32_to_cpu(t[3]) & TRB_C) == x.ev_ccs;
+    }
+    g_assert_true(done);
+    ctl = xhci_wait_event(&x, EV_TRANSFER, &status);
+    g_assert_cmpuint(status >> 24, ==, CC_SUCCESS);
+    g_assert_cmpuint((ctl >> 16) & 0x1f, ==, 5);
+    qtest_memread(x.qts, X_DATA + 0x100, rec, sizeof(rec));
+    g_assert_cmpuint(rec[0], ==, DEXTLAB_USB_EVT_SOFT);
+    g_assert_cmphex(ldl_le_p(rec + 8), ==, 0x1234u << 16);
+
+    mini_read_id(&x);
+    qpci_free_pc(x.bus);
+    g_free(x.dev);
+    qtest_quit(x.qts);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -460,5 +545,7 @@ int main(int argc, char **argv)
     qtest_add_func("/dextlab-usb/migration/stream", test_migration_stream);
     qtest_add_func("/dextlab-usb/xhci/control-short-data-stage",
                    test_control_short_data_stage);
+    qtest_add_func("/dextlab-usb/xhci/endpoint-interval-out-of-range",
+                   test_endpoint_interval_out_of_range);
     return g_test_run();
 }

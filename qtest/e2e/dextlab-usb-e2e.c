@@ -681,6 +681,12 @@ static void test_crash_relaunch(void)
     g_ptr_array_free(s, TRUE);
     g_assert_cmpstr(t.pid, !=, old_pid);
     g_free(old_pid);
+    /* dextd reset both devices the dead driver had (not a PCI FLR) */
+    char *log = e2e_dextd_read_log(t.d);
+    char **parts = g_strsplit(log, "NUB_RESET", -1);
+    g_assert_cmpuint(g_strv_length(parts), >=, 3);
+    g_strfreev(parts);
+    g_free(log);
     for (int dev = SS; dev <= HS; dev++) {
         open_dev(&a, dev, 2 << 20);
         uint32_t v;

@@ -751,6 +751,15 @@ static double bench_num(const DxlBoot *b, const char *name, const char *key)
     return v ? g_ascii_strtod(v, NULL) : -1;
 }
 
+/* a figure carried by a result line (dxl-usbfs-test's throughput) */
+static double result_num(const DxlBoot *b, const char *name, const char *key)
+{
+    const DxlResult *r = dxl_boot_result(b, name);
+    const char *v = r ? dxl_result_get(r, key) : NULL;
+
+    return v ? g_ascii_strtod(v, NULL) : -1;
+}
+
 /*
  * Alternate bare and full boots (DEXTLAB_BENCH_ROUNDS, default 3) of the
  * same machine and kernel, only /init differing, and report medians: single
@@ -769,6 +778,9 @@ static int bench(void)
     double refd[MAX_ROUNDS], rrtt[MAX_ROUNDS], refr[MAX_ROUNDS];
     double pirq[MAX_ROUNDS], pefd[MAX_ROUNDS];   /* platform layer alone */
     double rup[MAX_ROUNDS];   /* guest uptime when dextd's driver answered */
+    /* USB family API on usbfs: bulk loopback and memcpy, hs then ss */
+    double ub[2][MAX_ROUNDS], uc[2][MAX_ROUNDS];
+    unsigned nu = 0;
     int failed = 0;
 
     printf("boot (%s, q35 + intel-iommu + dextlab-dma + qemu-xhci with 2 "
@@ -832,6 +844,19 @@ static int bench(void)
                rirq[n], refd[n], rrtt[n], refr[n]);
         printf("           platform (VFIO backend): MSI-X -> eventfd p50 %.1f "
                "vs eventfd one-way %.1f us\n", pirq[n], pefd[n]);
+        ub[0][nu] = result_num(b1, "usbfs-hs-bulk-throughput", "usb_mib_s");
+        uc[0][nu] = result_num(b1, "usbfs-hs-bulk-throughput",
+                               "memcpy_mib_s");
+        ub[1][nu] = result_num(b1, "usbfs-ss-bulk-throughput", "usb_mib_s");
+        uc[1][nu] = result_num(b1, "usbfs-ss-bulk-throughput",
+                               "memcpy_mib_s");
+        if (ub[0][nu] > 0 && uc[0][nu] > 0 && ub[1][nu] > 0 &&
+            uc[1][nu] > 0) {
+            printf("           USB family API on usbfs: bulk loopback %.1f "
+                   "(high speed) / %.1f (SuperSpeed) vs memcpy %.0f / %.0f "
+                   "MiB/s\n", ub[0][nu], ub[1][nu], uc[0][nu], uc[1][nu]);
+            nu++;
+        }
         n++;
     }
     if (!n) {
@@ -874,6 +899,14 @@ static int bench(void)
         printf("  platform layer (dext_platform_irq_bind on VFIO): device "
                "MSI-X -> eventfd p50 %.1f us vs eventfd one-way p50 %.1f us: "
                "%.2fx\n", mi, me, mi / me);
+        for (unsigned k = 0; k < 2 && nu; k++) {
+            double mb = median(ub[k], nu), mc2 = median(uc[k], nu);
+
+            /* 64 KiB transfers (the FIFO), 4 in flight each way */
+            printf("  USB family API on usbfs (dxl-usbfs-test), %s bulk "
+                   "loopback %.1f MiB/s vs guest memcpy %.0f MiB/s: %.3fx\n",
+                   k ? "SuperSpeed" : "high-speed", mb, mc2, mb / mc2);
+        }
     }
     return failed;
 }

@@ -51,6 +51,7 @@ typedef struct {
     UsbState *st;
     uint64_t ref;
     uint8_t ep;
+    uint32_t length;            /* asked for: bounds the reported actual */
     DextQueue *q;
     DextUsbCompletion fn;
     void *ctx;
@@ -200,7 +201,7 @@ static void reader_event(Chan *ch, DextMsg *m)
     if (status > 0) {
         status = -EIO;
     }
-    io_complete(io, status, actual, ts);
+    io_complete(io, status, MIN(actual, io->length), ts);
 }
 
 static gpointer reader_thread(gpointer data)
@@ -1004,6 +1005,7 @@ int dext_usbhost_pipe_async_io(DextUsbHostPipe *p, DextBuffer *buf, uint64_t off
     Io *io = g_new0(Io, 1);
     io->st = st;
     io->ep = p->addr;
+    io->length = length;
     io->q = q ? q : dext_service_queue(st->svc);
     io->fn = done;
     io->ctx = ctx;

@@ -186,7 +186,9 @@ static char *nub_props(ProvDev *pd, int ifnum)
     return txt;
 }
 
-/* Publish one nub of @pd (not holding p->lock: the callback is an RPC). */
+/* Publish one nub of @pd (not holding p->lock: the callback is an RPC).
+ * When publishing fails the nub exists all the same with id 0: not in
+ * the registry, but served to the publisher itself (serve_port). */
 static ProvNub *nub_publish(DextUsbProvider *p, ProvDev *pd, int ifnum,
                             uint64_t parent)
 {
@@ -196,15 +198,18 @@ static ProvNub *nub_publish(DextUsbProvider *p, ProvDev *pd, int ifnum,
         : g_strdup_printf("if%d", ifnum);
     uint64_t id = 0;
     ProvNub *n;
-    int ret;
+    int ret = -ENOENT;
 
-    ret = p->ops.publish(p->opaque, parent, name,
-                         ifnum < 0 ? "IOUSBHostDevice" : "IOUSBHostInterface",
-                         props, &id);
+    /* an interface of an unpublished device stays local too */
+    if (ifnum < 0 || parent) {
+        ret = p->ops.publish(p->opaque, parent, name,
+                             ifnum < 0 ? "IOUSBHostDevice"
+                                       : "IOUSBHostInterface", props, &id);
+    }
     if (ret < 0 || id == 0) {
-        g_warning("usb-provider: publish %s: %s", name,
+        g_warning("usb-provider: publish %s: %s (served locally only)", name,
                   g_strerror(ret < 0 ? -ret : EINVAL));
-        return NULL;
+        id = 0;
     }
     n = g_new0(ProvNub, 1);
     n->ref = 1;                 /* p->nubs */
@@ -213,7 +218,9 @@ static ProvNub *nub_publish(DextUsbProvider *p, ProvDev *pd, int ifnum,
     n->dev = dext_usb_device_ref(pd->dev);
     n->ifnum = ifnum;
     g_mutex_lock(&p->lock);
-    g_hash_table_insert(p->nubs, &n->id, n);
+    if (id) {
+        g_hash_table_insert(p->nubs, &n->id, n);
+    }
     g_cond_broadcast(&p->cond);
     g_mutex_unlock(&p->lock);
     return n;
@@ -245,11 +252,9 @@ static void publish_interfaces(DextUsbProvider *p, ProvDev *pd,
     for (unsigned k = 0; k < n && pd->devnub; k++) {
         ProvNub *in = nub_publish(p, pd, nums[k], pd->devnub->id);
 
-        if (in) {
-            g_mutex_lock(&p->lock);
-            g_ptr_array_add(pd->ifnubs, in);
-            g_mutex_unlock(&p->lock);
-        }
+        g_mutex_lock(&p->lock);
+        g_ptr_array_add(pd->ifnubs, in);
+        g_mutex_unlock(&p->lock);
     }
 }
 
@@ -312,7 +317,9 @@ static void nubs_gone_locked(DextUsbProvider *p, ProvNub **nubs, unsigned n,
         nubs[k]->gone = true;
         nubs[k]->pd = NULL;
         nubs[k]->owner = NULL;
-        g_hash_table_remove(p->nubs, &nubs[k]->id);
+        if (nubs[k]->id) {
+            g_hash_table_remove(p->nubs, &nubs[k]->id);
+        }
     }
     for (unsigned k = 0; k < p->chans->len; k++) {
         ProvChan *c = g_ptr_array_index(p->chans, k);
@@ -337,7 +344,7 @@ static void nubs_retire(DextUsbProvider *p, ProvNub **nubs, unsigned n,
         chan_unref(c);
     }
     for (unsigned k = 0; k < n; k++) {
-        if (terminate) {
+        if (terminate && nubs[k]->id) {
             int ret = p->ops.terminate(p->opaque, nubs[k]->id);
 
             if (ret < 0 && ret != -ENOENT) {
@@ -1270,7 +1277,35 @@ out:
     return NULL;
 }
 
-int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd)
+/* the nub of the device on @port (@ifnum < 0: its device nub); p->lock */
+static ProvNub *nub_by_port(DextUsbProvider *p, unsigned port, int ifnum)
+{
+    GHashTableIter it;
+    gpointer k, v;
+
+    g_hash_table_iter_init(&it, p->devs);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        ProvDev *pd = v;
+
+        if (dext_usb_device_port(pd->dev) != port) {
+            continue;
+        }
+        if (ifnum < 0) {
+            return pd->devnub;
+        }
+        for (unsigned j = 0; j < pd->ifnubs->len; j++) {
+            ProvNub *n = g_ptr_array_index(pd->ifnubs, j);
+
+            if (n->ifnum == ifnum) {
+                return n;
+            }
+        }
+    }
+    return NULL;
+}
+
+static int serve(DextUsbProvider *p, uint64_t nub, bool by_port,
+                 unsigned port, int ifnum, int fd)
 {
     ProvChan *c;
     ProvNub *n;
@@ -1279,8 +1314,12 @@ int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd)
     int wake, fl;
 
     g_mutex_lock(&p->lock);
-    n = g_hash_table_lookup(p->nubs, &nub);
-    if (p->closing || (!n && !p->publishing)) {
+    n = by_port ? nub_by_port(p, port, ifnum)
+                : g_hash_table_lookup(p->nubs, &nub);
+    if (n) {
+        nub = n->id;
+    }
+    if (p->closing || (!n && (by_port || !p->publishing))) {
         int ret = p->closing ? -ESHUTDOWN : -ENOENT;
 
         g_mutex_unlock(&p->lock);
@@ -1323,6 +1362,21 @@ int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd)
     }
     g_thread_unref(t);
     return 0;
+}
+
+int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd)
+{
+    if (nub == 0) {
+        close(fd);
+        return -ENOENT;
+    }
+    return serve(p, nub, false, 0, 0, fd);
+}
+
+int dext_usb_provider_serve_port(DextUsbProvider *p, unsigned port, int ifnum,
+                                 int fd)
+{
+    return serve(p, 0, true, port, ifnum, fd);
 }
 
 int dext_usb_provider_reset(DextUsbProvider *p, uint64_t nub)

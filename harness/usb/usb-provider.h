@@ -89,6 +89,12 @@ void dext_usb_provider_device_fn(void *provider, DextUsbDevice *dev,
  * channel runs on its own thread.  -ENOENT: not a live nub of this
  * provider; -ESHUTDOWN after shutdown. */
 int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd);
+/* The same for the publisher's own use (e.g. its user client): a channel
+ * to the device on root @port, its device nub (@ifnum < 0) or the nub of
+ * interface @ifnum, whether publishing it worked or not (a nub that could
+ * not be published is kept with id 0: served here only).  -ENOENT. */
+int dext_usb_provider_serve_port(DextUsbProvider *p, unsigned port, int ifnum,
+                                 int fd);
 /* The client of @nub crashed: abort the IO of the nub's device, reset its
  * port and enumerate it again (asynchronous: the old nubs are terminated
  * and new ones published from the hub thread).  -ENOENT unknown nub. */

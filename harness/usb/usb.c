@@ -124,8 +124,13 @@ int dext_usb_buffer_fd(DextUsbBuffer *b, uint64_t *offset)
     uint8_t *base;
     int fd;
 
-    /* only the platform backend's buffers live in a shareable fd: guest
-     * RAM, which the platform maps once (ptr = map + fd offset) */
+    /* a backend that knows (libdext: the buffer's guest-RAM range) */
+    fd = dext_xhci_dma_fd(b->h->x, &b->dma, offset);
+    if (fd != -ENOTSUP) {
+        return fd;
+    }
+    /* the platform backend's buffers live in guest RAM, which the
+     * platform maps once (ptr = map + fd offset) */
     if (!p || dext_platform_memory_fd(p, &fd, &fd_size) < 0) {
         return -ENOTSUP;
     }

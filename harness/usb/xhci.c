@@ -227,6 +227,11 @@ void dext_xhci_dma_free(DextXhci *x, DextXhciDma *d)
     xh_dma_free(x, d);
 }
 
+int dext_xhci_dma_fd(DextXhci *x, const DextXhciDma *d, uint64_t *offset)
+{
+    return x->ops->dma_fd ? x->ops->dma_fd(x->hw, d, offset) : -ENOTSUP;
+}
+
 static int rd32(DextXhci *x, uint64_t off, uint32_t *v)
 {
     int ret = x->ops->read32(x->hw, off, v);

@@ -101,6 +101,10 @@ typedef struct DextXhciHwOps {
     void (*irq_unbind)(void *hw);
     bool (*alive)(void *hw);
     void (*destroy)(void *hw);   /* free the backend state (may be NULL) */
+    /* optional: the fd (borrowed) whose MAP_SHARED mapping at *@offset
+     * (page-aligned) is @d's memory, for handing buffers to another
+     * process; NULL or -ENOTSUP: not shareable */
+    int (*dma_fd)(void *hw, const DextXhciDma *d, uint64_t *offset);
 } DextXhciHwOps;
 
 /* Take the controller behind @ops/@hw (BAR0 of @bar0_size bytes, memory
@@ -123,6 +127,8 @@ void dext_xhci_destroy(DextXhci *x);
 /* DMA memory for transfers (zeroed), from the controller's backend. */
 int dext_xhci_dma_alloc(DextXhci *x, uint64_t size, DextXhciDma *out);
 void dext_xhci_dma_free(DextXhci *x, DextXhciDma *d);
+/* The backend's shareable fd of @d (DextXhciHwOps.dma_fd): fd or -errno. */
+int dext_xhci_dma_fd(DextXhci *x, const DextXhciDma *d, uint64_t *offset);
 
 /* True when called from the controller's event thread (completions). */
 bool dext_xhci_on_event_thread(DextXhci *x);

@@ -5,15 +5,20 @@
  * function through libdext's PCI API, runs harness/usb's xHCI driver on
  * the libdext backend (BAR0 over IPC, DMA buffers prepared with DMA
  * commands, MSI-X as an interrupt dispatch source) and enumerates the
- * root ports.  A user client lists the devices and drives dextlab-usb
- * devices (loopback, registers) for apps and tests.
- *
- * Publishing one registry entry per USB device and interface for USB
- * client drivers needs runtime support (driver-published nubs, USB
- * objects over IPC) that does not exist yet; see docs/runtime/usb.md.
+ * root ports.  It is the USB publisher (docs/runtime/nubs.md): every
+ * attached device is configured and published as an IOUSBHostDevice nub
+ * with one IOUSBHostInterface nub per interface, client drivers matched
+ * to them get provider channels served by harness/usb/usb-provider.c, and
+ * a detach terminates the nubs after the pending IO was posted -ECANCELED.
+ * A user client lists the devices and, for apps and tests, loops data
+ * through a dextlab-usb and reads its registers: as one more client of
+ * the provider (a channel of its own, so a client driver's exclusive open
+ * is respected: -EBUSY then).
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "dext/dext.h"
 #include "dext/service.h"
@@ -21,36 +26,19 @@
 #include "dext/userclient.h"
 #include "dext/log.h"
 #include "usb.h"
+#include "usb-provider.h"
+#include "ipc.h"
 #include "xhci-dext.h"
 #include "dextlab-xhci-uc.h"
 #include "hw/dextlab/dextlab-usb-regs.h"
-
-typedef struct LoopDev {
-    DextUsbDevice *dev;
-    DextUsbInterface *iface;
-    DextUsbPipe *out, *in;
-} LoopDev;
 
 typedef struct Xhci {
     DextService *svc;
     DextPciDevice *pci;
     DextQueue *irq_q;
     DextUsbHost *host;
-    DextUsbBuffer *ob, *ib;
-    GHashTable *opened;        /* DextUsbDevice* -> LoopDev* */
+    DextUsbProvider *prov;
 } Xhci;
-
-static void loopdev_free(gpointer p)
-{
-    LoopDev *l = p;
-
-    if (dext_usb_device_attached(l->dev)) {
-        dext_usb_interface_close(l->iface);
-        dext_usb_device_close(l->dev);
-    }
-    dext_usb_device_unref(l->dev);
-    g_free(l);
-}
 
 static uint64_t bar0_size(DextService *svc)
 {
@@ -77,12 +65,50 @@ static uint64_t bar0_size(DextService *svc)
 
 static void usb_event(void *opaque, DextUsbDevice *d, bool attached)
 {
+    Xhci *x = opaque;
     const DextUsbDeviceDesc *dd = dext_usb_device_descriptor(d);
 
     DEXT_INFO("usb: port %u %s: %04x:%04x speed %u",
                   dext_usb_device_port(d), attached ? "attached" : "detached",
                   dd->idVendor, dd->idProduct, dext_usb_device_speed(d));
+    dext_usb_provider_device_fn(x->prov, d, attached);
 }
+
+/* Provider callbacks (hub thread).  A device found while Start is still
+ * running may be published before dextd saw Start's reply: a refusal
+ * that may be that race is retried for a bounded time. */
+static int pub_nub(void *opaque, uint64_t parent, const char *name,
+                   const char *io_class, const char *props, uint64_t *nub)
+{
+    Xhci *x = opaque;
+    int ret;
+
+    for (int tries = 0;; tries++) {
+        ret = dext_service_publish_nub(x->svc, parent, name, io_class, props,
+                                       nub);
+        if (ret == 0 || tries >= 40 ||
+            (ret != -ENOENT && ret != -EAGAIN && ret != -EBUSY &&
+             ret != -ESRCH)) {
+            break;
+        }
+        g_usleep(50000);
+    }
+    if (ret == 0) {
+        DEXT_INFO("published %s (%s) as nub %" G_GUINT64_FORMAT, name,
+                  io_class, *nub);
+    }
+    return ret;
+}
+
+static int term_nub(void *opaque, uint64_t nub)
+{
+    return dext_service_terminate_nub(((Xhci *)opaque)->svc, nub);
+}
+
+static const DextUsbProviderOps prov_ops = {
+    .publish = pub_nub,
+    .terminate = term_nub,
+};
 
 static int xhci_start(DextService *svc)
 {
@@ -107,28 +133,27 @@ static int xhci_start(DextService *svc)
         (ret = dext_queue_create("xhci-irq", &x->irq_q)) < 0) {
         goto fail_close;
     }
+    if ((ret = dext_usb_provider_create(&prov_ops, x, &x->prov)) < 0) {
+        goto fail_close;
+    }
     cfg.device_opaque = x;
+    /* before the host: nub_client may come as soon as a nub is out */
+    dext_service_set_priv(svc, x);
     hw = dext_xhci_dext_new(x->pci, x->irq_q);
     ret = dext_usb_host_create_hw(&dext_xhci_dext_ops, hw, bar0, &cfg,
                                   &x->host);
     if (ret < 0) {
-        goto fail_close;
+        goto fail_prov;
     }
-    if ((ret = dext_usb_buffer_alloc(x->host, DXHCI_UC_LOOP_MAX, &x->ob)) < 0 ||
-        (ret = dext_usb_buffer_alloc(x->host, DXHCI_UC_LOOP_MAX, &x->ib)) < 0) {
-        goto fail_host;
-    }
-    x->opened = g_hash_table_new_full(NULL, NULL, NULL, loopdev_free);
-    dext_service_set_priv(svc, x);
+    dext_usb_provider_set_host(x->prov, x->host);
     DEXT_INFO("xhci on %s: %u root ports, BAR0 %" G_GUINT64_FORMAT
                   " bytes", dext_pci_address(x->pci),
                   dext_xhci_num_ports(dext_usb_host_xhci(x->host)), bar0);
     return 0;
 
-fail_host:
-    dext_usb_buffer_free(x->ob);
-    dext_usb_buffer_free(x->ib);
-    dext_usb_host_destroy(x->host);
+fail_prov:
+    dext_service_set_priv(svc, NULL);
+    dext_usb_provider_destroy(x->prov);
 fail_close:
     if (x->irq_q) {
         dext_queue_destroy(x->irq_q);
@@ -147,10 +172,11 @@ static void xhci_stop(DextService *svc)
     if (!x) {
         return;
     }
-    g_hash_table_destroy(x->opened);
-    dext_usb_buffer_free(x->ob);
-    dext_usb_buffer_free(x->ib);
+    /* channels first (their buffers are the controller's), then the
+     * devices (dextd terminated our nubs already), then the provider */
+    dext_usb_provider_shutdown(x->prov);
     dext_usb_host_destroy(x->host);
+    dext_usb_provider_destroy(x->prov);
     dext_queue_destroy(x->irq_q);
     dext_pci_set_bus_master_enable(x->pci, false);
     dext_pci_close(x->pci);
@@ -173,42 +199,152 @@ static DextUsbDevice *dev_on_port(Xhci *x, uint64_t port)
     return d;
 }
 
-static int open_loop(Xhci *x, DextUsbDevice *d, LoopDev **out)
+/* ------------------------------------ the user client's own channel */
+
+typedef struct Chan {
+    int fd;
+    uint32_t serial;
+} Chan;
+
+/* request -> 0 (reply body in *out, fd in *fd) or the ERROR's -errno */
+static int chan_call(Chan *c, uint16_t type, GVariant *body, GVariant **out,
+                     int *fd)
 {
-    LoopDev *l = g_hash_table_lookup(x->opened, d);
-    const DextUsbDeviceDesc *dd = dext_usb_device_descriptor(d);
+    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    DextMsg m, r;
     int ret;
 
-    if (l) {
-        *out = l;
-        return 0;
-    }
-    if (dd->idVendor != DEXTLAB_USB_VID || dd->idProduct != DEXTLAB_USB_PID) {
-        return -ENODEV;
-    }
-    l = g_new0(LoopDev, 1);
-    l->dev = dext_usb_device_ref(d);
-    if ((ret = dext_usb_device_open(d)) < 0) {
-        dext_usb_device_unref(d);
-        g_free(l);
+    dext_msg_init(&m, type, body);
+    m.serial = ++c->serial;
+    ret = dext_ipc_send(c->fd, &m);
+    dext_msg_clear(&m);
+    while (ret == 0) {
+        int left = (int)((deadline - g_get_monotonic_time()) / 1000);
+
+        if (left <= 0) {
+            return -ETIMEDOUT;
+        }
+        ret = dext_ipc_recv(c->fd, DEXT_CH_PROV | DEXT_CH_PROVEV, &r, left,
+                            NULL);
+        if (ret < 0) {
+            break;
+        }
+        if (!(r.flags & DEXT_MSG_F_REPLY) || r.reply_to != c->serial) {
+            dext_msg_clear(&r);         /* only sync calls here */
+            continue;
+        }
+        if (r.type == DEXT_MSG_ERROR) {
+            g_variant_get(r.body, "(i&s)", &ret, NULL);
+        } else {
+            if (out) {
+                *out = g_variant_ref(r.body);
+            }
+            if (fd) {
+                *fd = dext_msg_take_fd(&r, 0);
+            }
+        }
+        dext_msg_clear(&r);
         return ret;
     }
-    if ((ret = dext_usb_device_set_configuration(d,
-                                                 DEXTLAB_USB_CONFIG_VALUE)) < 0 ||
-        !(l->iface = dext_usb_device_interface(d, DEXTLAB_USB_IFACE_NUM)) ||
-        (ret = dext_usb_interface_open(l->iface)) < 0 ||
-        (ret = dext_usb_interface_copy_pipe(l->iface, DEXTLAB_USB_EP_BULK_OUT,
-                                            &l->out)) < 0 ||
-        (ret = dext_usb_interface_copy_pipe(l->iface, DEXTLAB_USB_EP_BULK_IN,
-                                            &l->in)) < 0) {
-        dext_usb_device_close(d);
-        dext_usb_device_unref(d);
-        g_free(l);
-        return ret < 0 ? ret : -ENODEV;
+    return ret;
+}
+
+/* a provider channel to the device on @port (@ifnum < 0) or its
+ * interface @ifnum, opened */
+static int chan_open(Xhci *x, uint64_t port, int ifnum, Chan *c)
+{
+    int sv[2], ret;
+
+    c->serial = 0;
+    c->fd = -1;
+    if (port > 255) {
+        return -ENODEV;
     }
-    g_hash_table_insert(x->opened, d, l);
-    *out = l;
+    if ((ret = dext_ipc_socketpair(sv)) < 0) {
+        return ret;
+    }
+    ret = dext_usb_provider_serve_port(x->prov, (unsigned)port, ifnum, sv[1]);
+    if (ret < 0) {
+        close(sv[0]);
+        return ret == -ENOENT ? -ENODEV : ret;
+    }
+    c->fd = sv[0];
+    ret = chan_call(c, DEXT_MSG_USB_OPEN, g_variant_new("()"), NULL, NULL);
+    if (ret < 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    return ret;
+}
+
+/* closing the channel frees its buffers and releases the open */
+static void chan_close(Chan *c)
+{
+    if (c->fd >= 0) {
+        close(c->fd);
+    }
+}
+
+/* a buffer of @cap bytes mapped here: 0 (handle and mapping out), or -errno */
+static int chan_buffer(Chan *c, uint64_t cap, uint32_t dir, uint64_t *handle,
+                       uint8_t **map)
+{
+    GVariant *r = NULL;
+    guint64 h, got, off;
+    int fd = -1, ret;
+
+    ret = chan_call(c, DEXT_MSG_USB_BUFFER_ALLOC,
+                    g_variant_new("(tu)", (guint64)cap, dir), &r, &fd);
+    if (ret < 0) {
+        return ret;
+    }
+    g_variant_get(r, "(ttt)", &h, &got, &off);
+    g_variant_unref(r);
+    *map = fd >= 0 ? mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                          (off_t)off) : MAP_FAILED;
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (*map == MAP_FAILED) {
+        return -ENOMEM;
+    }
+    *handle = h;
     return 0;
+}
+
+static int chan_io(Chan *c, uint8_t ep, uint64_t handle, uint32_t len,
+                   uint32_t *actual)
+{
+    GVariant *r = NULL;
+    gint32 st;
+    guint64 ts;
+    int ret = chan_call(c, DEXT_MSG_USB_IO,
+                        g_variant_new("(yttuut)", ep, (guint64)handle,
+                                      (guint64)0, len, 5000u, (guint64)0),
+                        &r, NULL);
+
+    if (ret < 0) {
+        return ret;
+    }
+    g_variant_get(r, "(iut)", &st, actual, &ts);
+    g_variant_unref(r);
+    return st;
+}
+
+/* the device on @port is a dextlab-usb */
+static bool is_dextlab_usb(Xhci *x, uint64_t port)
+{
+    DextUsbDevice *d = dev_on_port(x, port);
+    bool ok = false;
+
+    if (d) {
+        const DextUsbDeviceDesc *dd = dext_usb_device_descriptor(d);
+
+        ok = dd->idVendor == DEXTLAB_USB_VID &&
+             dd->idProduct == DEXTLAB_USB_PID;
+        dext_usb_device_unref(d);
+    }
+    return ok;
 }
 
 /* A STALL is -EPIPE inside the driver; over the user-client channel
@@ -250,36 +386,46 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     Xhci *x = ctx;
     uint64_t port = a->scalar_in[0], len = a->scalar_in[1];
     uint32_t seed = a->scalar_in[2], got = 0;
-    DextUsbDevice *d;
-    LoopDev *l;
-    uint8_t *o = dext_usb_buffer_data(x->ob), *i = dext_usb_buffer_data(x->ib);
+    uint64_t oh = 0, ih = 0;
+    uint8_t *o = MAP_FAILED, *i = MAP_FAILED;
+    Chan c;
     int ret;
 
     if (len > DXHCI_UC_LOOP_MAX || len > DEXTLAB_USB_FIFO_DEFAULT) {
         return -EINVAL;        /* one FIFO's worth per call */
     }
-    if (!(d = dev_on_port(x, port))) {
+    if (!is_dextlab_usb(x, port)) {
         return -ENODEV;
     }
-    ret = open_loop(x, d, &l);
-    dext_usb_device_unref(d);
-    if (ret < 0) {
-        return ret;
-    }
-    for (uint64_t k = 0; k < len; k++) {
-        o[k] = (uint8_t)((k * 2654435761u + seed) >> 11);
-    }
-    memset(i, 0, len);
-    ret = dext_usb_pipe_io(l->out, x->ob, 0, len, &got, 5000);
-    if (ret == 0 && got != len) {
-        ret = -EIO;
+    ret = chan_open(x, port, DEXTLAB_USB_IFACE_NUM, &c);
+    if (ret == 0) {
+        ret = chan_buffer(&c, MAX(len, 1), DEXT_DMA_OUT, &oh, &o);
     }
     if (ret == 0) {
-        ret = dext_usb_pipe_io(l->in, x->ib, 0, len + 512, &got, 5000);
+        ret = chan_buffer(&c, len + 512, DEXT_DMA_IN, &ih, &i);
+    }
+    if (ret == 0) {
+        for (uint64_t k = 0; k < len; k++) {
+            o[k] = (uint8_t)((k * 2654435761u + seed) >> 11);
+        }
+        ret = chan_io(&c, DEXTLAB_USB_EP_BULK_OUT, oh, len, &got);
+        if (ret == 0 && got != len) {
+            ret = -EIO;
+        }
+    }
+    if (ret == 0) {
+        ret = chan_io(&c, DEXTLAB_USB_EP_BULK_IN, ih, len + 512, &got);
     }
     if (ret == 0 && (got != len || memcmp(o, i, len) != 0)) {
         ret = -EIO;
     }
+    if (o != MAP_FAILED) {
+        munmap(o, MAX(len, 1));
+    }
+    if (i != MAP_FAILED) {
+        munmap(i, len + 512);
+    }
+    chan_close(&c);
     a->scalar_out[0] = ret == 0 ? len : 0;
     return uc_status(ret);
 }
@@ -287,27 +433,41 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 static int m_read_reg(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 {
     Xhci *x = ctx;
-    DextUsbDevice *d = dev_on_port(x, a->scalar_in[0]);
-    LoopDev *l;
-    uint8_t b[4];
-    uint32_t got = 0;
+    GVariant *r = NULL, *data;
+    const uint8_t *b;
+    gsize n = 0;
+    guint32 got = 0;
+    Chan c;
     int ret;
 
-    if (!d) {
+    if (!is_dextlab_usb(x, a->scalar_in[0])) {
         return -ENODEV;
     }
-    ret = open_loop(x, d, &l);
+    ret = chan_open(x, a->scalar_in[0], -1, &c);
     if (ret == 0) {
-        ret = dext_usb_device_control(d, 0xc0, DEXTLAB_USB_REQ_READ_REG, 0,
-                                      (uint16_t)MIN(a->scalar_in[1], 0xffff),
-                                      b, 4, &got, 0);
+        ret = chan_call(&c, DEXT_MSG_USB_CONTROL,
+                        g_variant_new("(yyqqqu@ay)", 0xc0,
+                                      DEXTLAB_USB_REQ_READ_REG, 0,
+                                      (guint16)MIN(a->scalar_in[1], 0xffff),
+                                      4, 0u,
+                                      g_variant_new_fixed_array(
+                                          G_VARIANT_TYPE_BYTE, "", 0, 1)),
+                        &r, NULL);
     }
-    dext_usb_device_unref(d);
-    if (ret == 0 && got != 4) {
-        ret = -EIO;
+    chan_close(&c);
+    a->scalar_out[0] = 0;
+    if (ret == 0) {
+        g_variant_get(r, "(u@ay)", &got, &data);
+        b = g_variant_get_fixed_array(data, &n, 1);
+        if (got != 4 || n != 4) {
+            ret = -EIO;
+        } else {
+            a->scalar_out[0] = b[0] | b[1] << 8 | b[2] << 16 |
+                               (uint32_t)b[3] << 24;
+        }
+        g_variant_unref(data);
+        g_variant_unref(r);
     }
-    a->scalar_out[0] = ret == 0 ? (b[0] | b[1] << 8 | b[2] << 16 |
-                                   (uint32_t)b[3] << 24) : 0;
     return uc_status(ret);
 }
 
@@ -339,11 +499,34 @@ static int xhci_new_user_client(DextService *svc, DextUserClient *uc)
     return 0;
 }
 
+/* a client driver of one of our nubs connected (service queue) */
+static int xhci_nub_client(DextService *svc, uint64_t nub,
+                           uint64_t client_service, int fd)
+{
+    Xhci *x = dext_service_get_priv(svc);
+
+    if (!x) {
+        close(fd);
+        return -ENODEV;
+    }
+    return dext_usb_provider_serve(x->prov, nub, fd);
+}
+
+/* its client crashed: port reset, the device published again */
+static int xhci_nub_reset(DextService *svc, uint64_t nub)
+{
+    Xhci *x = dext_service_get_priv(svc);
+
+    return x ? dext_usb_provider_reset(x->prov, nub) : -ENODEV;
+}
+
 static const DextClassOps xhci_class = {
     .name = "DextlabXhciDriver",
     .start = xhci_start,
     .stop = xhci_stop,
     .new_user_client = xhci_new_user_client,
+    .nub_client = xhci_nub_client,
+    .nub_reset = xhci_nub_reset,
 };
 
 int main(int argc, char **argv)

@@ -5,6 +5,10 @@
 
 #include "xhci-dext.h"
 #include "dext/memory.h"
+/* dext__buffer_share(): a DMA buffer's guest-RAM fd and offset.  The
+ * xHCI dext is the USB provider, whose buffers client driver processes
+ * map (docs/runtime/nubs.md): it needs what libdext keeps internal. */
+#include "internal.h"
 
 typedef struct DextHw {
     DextPciDevice *dev;
@@ -105,6 +109,24 @@ static bool dx_dma_ok(void *hw, uint64_t iova, uint64_t len)
     return ok;
 }
 
+static int dx_dma_fd(void *hw, const DextXhciDma *d, uint64_t *offset)
+{
+    DextHw *h = hw;
+    DmaAlloc *a;
+    int fd = -1, ret = -ENOENT;
+
+    g_mutex_lock(&h->lock);
+    a = g_hash_table_lookup(h->dma, &d->handle);
+    if (a) {
+        ret = dext__buffer_share(a->buf, &fd, offset);
+    }
+    g_mutex_unlock(&h->lock);
+    if (ret == 0 && (*offset & 4095)) {
+        ret = -ENOTSUP;
+    }
+    return ret < 0 ? ret : fd;
+}
+
 static void dx_irq(void *ctx, uint64_t count, uint64_t time_ns)
 {
     DextHw *h = ctx;
@@ -182,6 +204,7 @@ const DextXhciHwOps dext_xhci_dext_ops = {
     .irq_unbind = dx_irq_unbind,
     .alive = dx_alive,
     .destroy = dx_destroy,
+    .dma_fd = dx_dma_fd,
 };
 
 void *dext_xhci_dext_new(DextPciDevice *dev, DextQueue *q)

@@ -1007,6 +1007,35 @@ static void test_garbage(void)
                         -ENOENT);
         close(sv[0]);
         g_assert_cmpint(dext_usb_provider_reset(prov, 424242), ==, -ENOENT);
+        g_assert_cmpint(dext_ipc_socketpair(sv), ==, 0);
+        g_assert_cmpint(dext_usb_provider_serve_port(prov, 200, -1, sv[1]), ==,
+                        -ENOENT);
+        close(sv[0]);
+    }
+    /* the publisher's own channel, by port */
+    {
+        Pub *d = nub(DEV, HS), *i = nub(IFC, HS);
+        int sv[2];
+
+        for (int ifnum = -1; ifnum <= 0; ifnum++) {
+            g_assert_cmpint(dext_ipc_socketpair(sv), ==, 0);
+            g_assert_cmpint(dext_usb_provider_serve_port(prov,
+                            prop(ifnum < 0 ? d : i, "port"), ifnum, sv[1]),
+                            ==, 0);
+            c = g_new0(Cli, 1);
+            c->fd = sv[0];
+            c->evs = g_array_new(FALSE, FALSE, sizeof(Ev));
+            check_info(c, HS);
+            g_assert_cmpint(call0(c, DEXT_MSG_USB_SELECT_ALT,
+                                  g_variant_new("(y)", 0)), ==,
+                            ifnum < 0 ? -EPERM : -EBUSY);
+            cli_free(c);
+        }
+        g_assert_cmpint(dext_ipc_socketpair(sv), ==, 0);
+        g_assert_cmpint(dext_usb_provider_serve_port(prov, prop(d, "port"), 3,
+                                                     sv[1]), ==, -ENOENT);
+        close(sv[0]);
+        check_clean();
     }
 }
 

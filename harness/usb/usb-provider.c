@@ -422,6 +422,7 @@ static int dev_reconfigure(DextUsbProvider *p, ProvNub *devnub, uint8_t value)
     old = pd->ifnubs;
     pd->ifnubs = g_ptr_array_new();
     nubs_gone_locked(p, (ProvNub **)old->pdata, old->len, chans);
+    p->publishing++;            /* serve() waits for the new nubs' ids */
     g_mutex_unlock(&p->lock);
 
     g_rw_lock_writer_lock(&p->cfg);
@@ -434,6 +435,10 @@ static int dev_reconfigure(DextUsbProvider *p, ProvNub *devnub, uint8_t value)
 
     nubs_retire(p, (ProvNub **)old->pdata, old->len, chans, true);
     publish_interfaces(p, pd, nums, n);
+    g_mutex_lock(&p->lock);
+    p->publishing--;
+    g_cond_broadcast(&p->cond);
+    g_mutex_unlock(&p->lock);
     return ret;
 }
 

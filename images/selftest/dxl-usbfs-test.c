@@ -16,8 +16,8 @@
  * zero-length packets end transfers), interrupt events in order, endpoint
  * stall and clear, abort and timeout, -EDEADLK from a completion, the
  * buffer's memfd, alternate setting 1, bulk throughput beside memcpy, and
- * hot-unplug / replug through the root port's "disable" attribute.  Every
- * wait is bounded.
+ * hot-unplug / replug by unbinding and binding the root hub's hub driver.
+ * Every wait is bounded.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -892,8 +892,15 @@ static void check_alt(Dev *v)
 
 /* ------------------------------------------------------------ hot-plug */
 
-/* sysfs "B-P" (root port P of bus B) -> that port's "disable" switch */
-static char *port_disable_path(const char *sysname)
+/*
+ * sysfs "B-P" (root port P of bus B) -> its root hub's interface "B-0:1.0".
+ * Unbinding the kernel's hub driver from it disconnects every device below
+ * (as unplugging a hub does); binding it again powers the ports and
+ * enumerates what is connected, with new device numbers.  (A port's own
+ * "disable" switch is not enough: qemu-xhci reports no change when a USB 2
+ * port is powered again, so the device may never come back.)
+ */
+static char *root_hub_intf(const char *sysname)
 {
     unsigned bus, port;
     char extra;
@@ -901,8 +908,7 @@ static char *port_disable_path(const char *sysname)
     if (sscanf(sysname, "%u-%u%c", &bus, &port, &extra) != 2) {
         return NULL;           /* behind a hub: not this test's machine */
     }
-    return g_strdup_printf("/sys/bus/usb/devices/%u-0:1.0/usb%u-port%u/"
-                           "disable", bus, bus, port);
+    return g_strdup_printf("%u-0:1.0", bus);
 }
 
 static bool write_str(const char *path, const char *s)
@@ -948,7 +954,7 @@ static char *sysname_of(DextUsbDevice *d)
 static void check_hotplug(Dev *v)
 {
     g_autofree char *name = sysname_of(v->d);
-    g_autofree char *sw = name ? port_disable_path(name) : NULL;
+    g_autofree char *sw = name ? root_hub_intf(name) : NULL;
     DextUsbDevice *gone = NULL, *back = NULL;
     unsigned det0, att0, old_port = dext_usb_device_port(v->d), new_port = 0;
     Pending in;
@@ -967,9 +973,9 @@ static void check_hotplug(Dev *v)
     /* in flight (NAKing) when the device goes */
     sub = dext_usb_pipe_async_io(v->in, v->ib, 0, 512, pending_cb, &in);
     if (sw) {
-        off = write_str(sw, "1");
+        off = write_str("/sys/bus/usb/drivers/hub/unbind", sw);
     }
-    end = g_get_monotonic_time() + 20 * 1000000ll;
+    end = g_get_monotonic_time() + 60 * 1000000ll;
     g_mutex_lock(&ev.lock);
     while (off && ev.detached == det0 &&
            g_cond_wait_until(&ev.cond, &ev.lock, end)) {
@@ -985,9 +991,9 @@ static void check_hotplug(Dev *v)
                                           &in);
     }
     if (sw) {
-        on = write_str(sw, "0");
+        on = write_str("/sys/bus/usb/drivers/hub/bind", sw);
     }
-    end = g_get_monotonic_time() + 20 * 1000000ll;
+    end = g_get_monotonic_time() + 60 * 1000000ll;
     g_mutex_lock(&ev.lock);
     while (on && ev.attached == att0 &&
            g_cond_wait_until(&ev.cond, &ev.lock, end)) {
@@ -1011,8 +1017,8 @@ static void check_hotplug(Dev *v)
            dext_usb_device_descriptor(back)->idProduct == DEXTLAB_USB_PID &&
            new_port != old_port && open_r == 0 && id_r == 0 &&
            id == DEXTLAB_USB_ID_VALUE,
-           "switch=%s off=%d detached=%d same_object=%d io_status=%d "
-           "io_done_before_detach_fn=%d control_after=%d io_after=%d on=%d "
+           "root_hub=%s unbind=%d detached=%d same_object=%d io_status=%d "
+           "io_done_before_detach_fn=%d control_after=%d io_after=%d bind=%d "
            "attached=%d port=0x%x->0x%x open=%d id_read=%d",
            sw ? sw : "none", off, detached, gone == v->d, in.status, io_first,
            ctl_after, io_after, on, attached, old_port, new_port, open_r,

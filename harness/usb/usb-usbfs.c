@@ -135,6 +135,7 @@ struct DextUsbHost {
     int nl_fd;                          /* uevent socket or -1 */
     bool quit;
     unsigned scan_req, scan_done;       /* generations */
+    GPtrArray *resets;                  /* devices to reset (referenced) */
     GThread *hub;
 };
 
@@ -1668,6 +1669,64 @@ static bool drain_uevents(int fd)
     return usb;
 }
 
+/*
+ * dext_usb_device_reset_port() on the hub thread: detach the device as on
+ * an unplug, then USBDEVFS_RESET through a fresh fd (a port reset; the
+ * kernel keeps the device number unless the descriptors changed), and the
+ * rescan that follows enumerates it as a new DextUsbDevice.
+ */
+static void reset_devices(DextUsbHost *h, GPtrArray *resets)
+{
+    for (guint k = 0; k < resets->len; k++) {
+        DextUsbDevice *d = g_ptr_array_index(resets, k);
+        g_autofree char *path = g_strdup_printf("%s/%03u/%03u", h->devroot,
+                                                d->busnum, d->devnum);
+        bool ours;
+        int fd;
+
+        g_mutex_lock(&h->lock);
+        ours = g_ptr_array_remove(h->devs, d);
+        g_mutex_unlock(&h->lock);
+        if (ours) {
+            detach(h, d);      /* drops the host's reference */
+            fd = open(path, O_RDWR | O_CLOEXEC);
+            if (fd < 0 || ioctl(fd, USBDEVFS_RESET, NULL) < 0) {
+                /* gone meanwhile: the rescan sees what is there */
+                g_debug("usbfs %s: reset: %s", d->sysname, g_strerror(errno));
+            }
+            if (fd >= 0) {
+                close(fd);
+            }
+        }
+        dext_usb_device_unref(d);
+    }
+    g_ptr_array_free(resets, TRUE);
+}
+
+int dext_usb_device_reset_port(DextUsbDevice *d)
+{
+    DextUsbHost *h = d->h;
+    bool ours = false;
+
+    if (!d->attached) {
+        return -ENODEV;        /* also: the host may be gone */
+    }
+    g_mutex_lock(&h->lock);
+    for (guint k = 0; k < h->devs->len && !h->quit; k++) {
+        ours |= g_ptr_array_index(h->devs, k) == d;
+    }
+    if (ours) {
+        g_ptr_array_add(h->resets, dext_usb_device_ref(d));
+        h->scan_req++;         /* wait_devices waits for it */
+    }
+    g_mutex_unlock(&h->lock);
+    if (!ours) {
+        return -ENODEV;
+    }
+    wake(h->wake_fd);
+    return 0;
+}
+
 static gpointer hub_thread(gpointer opaque)
 {
     DextUsbHost *h = opaque;
@@ -1678,6 +1737,7 @@ static gpointer hub_thread(gpointer opaque)
             { .fd = h->wake_fd, .events = POLLIN },
             { .fd = h->nl_fd, .events = POLLIN },
         };
+        GPtrArray *resets;
         unsigned req;
 
         g_mutex_lock(&h->lock);
@@ -1686,7 +1746,10 @@ static gpointer hub_thread(gpointer opaque)
             break;
         }
         req = h->scan_req;
+        resets = h->resets;
+        h->resets = g_ptr_array_new();
         g_mutex_unlock(&h->lock);
+        reset_devices(h, resets);
         rescan(h);
         g_mutex_lock(&h->lock);
         h->scan_done = req;
@@ -1792,6 +1855,7 @@ int dext_usb_host_create_usbfs(const char *devroot, const char *sysroot,
     h->devs = g_ptr_array_new();
     h->failed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     h->scan_req = 1;           /* the first scan: what is attached now */
+    h->resets = g_ptr_array_new();
     h->hub = g_thread_new("dext-usbfs-hub", hub_thread, h);
     *out = h;
     return 0;
@@ -1850,6 +1914,10 @@ void dext_usb_host_destroy(DextUsbHost *h)
     close(h->wake_fd);
     g_ptr_array_free(h->devs, TRUE);
     g_hash_table_destroy(h->failed);
+    for (guint k = 0; k < h->resets->len; k++) {
+        dext_usb_device_unref(g_ptr_array_index(h->resets, k));
+    }
+    g_ptr_array_free(h->resets, TRUE);
     g_mutex_clear(&h->lock);
     g_cond_clear(&h->cond);
     g_free(h->devroot);

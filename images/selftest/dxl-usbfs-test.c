@@ -15,9 +15,9 @@
  * 100 KB .. 1 MiB as split transfers (every byte verified; short and
  * zero-length packets end transfers), interrupt events in order, endpoint
  * stall and clear, abort and timeout, -EDEADLK from a completion, the
- * buffer's memfd, alternate setting 1, bulk throughput beside memcpy, and
- * hot-unplug / replug by unbinding and binding the root hub's hub driver.
- * Every wait is bounded.
+ * buffer's memfd, alternate setting 1, bulk throughput beside memcpy,
+ * hot-unplug / replug by unbinding and binding the root hub's hub driver,
+ * and dext_usb_device_reset_port.  Every wait is bounded.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -1027,6 +1027,54 @@ static void check_hotplug(Dev *v)
     dext_usb_device_unref(back);
 }
 
+/*
+ * dext_usb_device_reset_port (what the provider does when a client driver
+ * crashed): the device detaches, its port is reset, it attaches again as a
+ * new object that answers.
+ */
+static void check_reset(DextUsbHost *h, DextUsbDevice *d, unsigned count)
+{
+    DextUsbDevice *back = NULL;
+    unsigned det0, att0;
+    int r, again = 1, w = 1, open_r = 1, id_r = 1;
+    uint32_t id = 0;
+    bool detached, attached;
+    gint64 end;
+
+    g_mutex_lock(&ev.lock);
+    det0 = ev.detached;
+    att0 = ev.attached;
+    g_mutex_unlock(&ev.lock);
+    r = dext_usb_device_reset_port(d);
+    if (r == 0) {
+        w = dext_usb_host_wait_devices(h, count, 60000);
+    }
+    end = g_get_monotonic_time() + 60 * 1000000ll;
+    g_mutex_lock(&ev.lock);
+    while (r == 0 && (ev.detached == det0 || ev.attached == att0) &&
+           g_cond_wait_until(&ev.cond, &ev.lock, end)) {
+    }
+    detached = ev.detached > det0 && ev.last_detached == d;
+    attached = ev.attached > att0;
+    back = attached ? dext_usb_device_ref(ev.last_attached) : NULL;
+    g_mutex_unlock(&ev.lock);
+    again = dext_usb_device_reset_port(d);
+    if (back) {
+        Dev nv = { .h = h, .d = back };
+
+        open_r = dext_usb_device_open(back);
+        id_r = reg_read(&nv, DEXTLAB_USB_REG_ID, &id);
+        dext_usb_device_close(back);
+    }
+    result("reset-port", r == 0 && w == 0 && detached && attached &&
+           back != d && !dext_usb_device_attached(d) && again == -ENODEV &&
+           open_r == 0 && id_r == 0 && id == DEXTLAB_USB_ID_VALUE,
+           "reset=%d wait=%d detached=%d attached=%d new_object=%d "
+           "again=%d open=%d id_read=%d", r, w, detached, attached,
+           back && back != d, again, open_r, id_r);
+    dext_usb_device_unref(back);
+}
+
 /* ---------------------------------------------------------------- main */
 
 /* the USB devices sysfs lists now that the family should report: not
@@ -1144,11 +1192,26 @@ int main(int argc, char **argv)
             run_device(h, devs[k]);
         }
     }
-    snprintf(tag, sizeof(tag), "all");
     for (size_t k = 0; k < n; k++) {
         dext_usb_device_unref(devs[k]);
     }
     g_free(devs);
+    /* the devices as they are now (the hot-plug check replugged them) */
+    n = h ? dext_usb_host_devices(h, &devs) : 0;
+    for (size_t k = 0; k < n; k++) {
+        const DextUsbDeviceDesc *dd = dext_usb_device_descriptor(devs[k]);
+
+        if (dd->idVendor == DEXTLAB_USB_VID &&
+            dd->idProduct == DEXTLAB_USB_PID) {
+            snprintf(tag, sizeof(tag), "%s",
+                     dext_usb_device_speed(devs[k]) == DEXT_USB_SPEED_SUPER
+                     ? "ss" : "hs");
+            check_reset(h, devs[k], n);
+        }
+        dext_usb_device_unref(devs[k]);
+    }
+    g_free(devs);
+    snprintf(tag, sizeof(tag), "all");
     if (h) {
         size_t left;
         DextUsbDevice **now = NULL;

@@ -948,6 +948,7 @@ int main(int argc, char **argv)
         "open", "descriptors", "match-keys", "control", "control-stall",
         "bulk", "bulk-split-short", "bulk-1m", "events", "edeadlk", "stall",
         "abort", "buffer-fd", "altsetting", "bulk-throughput", "hotplug",
+        "reset-port",
     };
     unsigned i;
     int ret;

@@ -100,7 +100,7 @@ struct DextUsbDevice {
     int fd;                             /* -1 once detached */
     bool attached;
     bool open;
-    bool dead;                          /* usbfs said: disconnected */
+    gint dead;                          /* usbfs said: disconnected (atomic) */
     GMutex lock;
     GMutex io_lock;
     GCond io_cond;                      /* an Xfer was called back */
@@ -469,7 +469,7 @@ static gpointer reaper_thread(gpointer opaque)
             alive = dev_reap(d) &&
                     !(pfd[1].revents & (POLLERR | POLLHUP | POLLNVAL));
             if (!alive) {
-                d->dead = true;
+                g_atomic_int_set(&d->dead, 1);
                 wake(d->h->wake_fd);    /* the hub rescans and detaches */
             }
         }
@@ -1593,7 +1593,7 @@ static void rescan(DextUsbHost *h)
         DextUsbDevice *d = g_ptr_array_index(h->devs, k);
         bool found = false;
 
-        for (guint j = 0; j < seen->len && !d->dead; j++) {
+        for (guint j = 0; j < seen->len && !g_atomic_int_get(&d->dead); j++) {
             Seen *s = &g_array_index(seen, Seen, j);
 
             found |= !strcmp(s->name, d->sysname) &&

@@ -35,11 +35,23 @@
 #define LOG_LINE_MAX       1024   /* longer lines are cut (and say so) */
 #define LOG_REPLY_BYTES    (32 * 1024) /* text per LOG reply, under one message */
 #define UNLOAD_TIMEOUT_MS  5000   /* a server being unloaded gets this to exit */
+/* Nubs (docs/runtime/nubs.md) */
+#define NUB_MAX_PER_SERVICE 256
+#define NUB_MAX_PROPS      64
+#define NUB_MAX_KEY        64
+#define NUB_MAX_VALUE      4096
+#define NUB_MAX_NAME       64
+/* The publisher's answer to NUB_CLIENT must reach the client before its own
+ * RPC bound (DEXT_IPC_TIMEOUT_MS) runs out. */
+#define PROVIDER_OPEN_TIMEOUT_MS (DEXT_IPC_TIMEOUT_MS - 2000)
 
 typedef struct Server Server;
 typedef struct Service Service;
 
-typedef struct {
+/* A provider: a PCI function, or a nub a driver published (nub == true:
+ * no PCI fields, never opened with PCI_OPEN). */
+typedef struct Device Device;
+struct Device {
     DextRegEntry *entry;
     uint64_t id;
     DextPciFunction fn;
@@ -47,7 +59,12 @@ typedef struct {
     Server *opened_by;
     GArray *irqs;            /* unsigned vectors bound on behalf of opened_by */
     uint32_t cmd_at_enum;    /* PCI_COMMAND as enumeration left it */
-} Device;
+    bool nub;
+    char *label;             /* nubs: "IOClass:name" for lists and explain */
+    Service *publisher;      /* nubs: the publishing service */
+    Device *parent_nub;      /* nubs: NULL when published under the service */
+    bool terminating;        /* nubs: clients stopping; reaped when done */
+};
 
 typedef enum {
     SVC_MATCHED, SVC_LAUNCHING, SVC_STARTING, SVC_RUNNING, SVC_STOPPING,
@@ -68,6 +85,8 @@ struct Service {
     SvcState state;
     unsigned starts;
     unsigned specificity;
+    unsigned nubs;           /* live nubs it published */
+    bool stop_after_nubs;    /* STOP is sent once its nubs are gone */
 };
 
 struct Server {
@@ -91,6 +110,7 @@ struct Server {
     GString *log_partial;    /* an unterminated line so far */
     bool restarting;         /* killed for dextctl restart: relaunch at once */
     bool unloading;          /* bundle being unloaded: free on exit */
+    bool unload_after_nubs;  /* unloaded once its services' nubs are gone */
 };
 
 /* One line a driver process wrote to stdout or stderr. */
@@ -101,18 +121,24 @@ typedef struct {
     char *line;
 } LogLine;
 
-typedef enum { P_START, P_STOP, P_OPEN } PendingKind;
+typedef enum { P_START, P_STOP, P_OPEN, P_NUB_CLIENT, P_NUB_RESET } PendingKind;
 
 typedef struct {
     PendingKind kind;
-    Service *svc;
+    Service *svc;            /* P_START, P_STOP, P_OPEN */
     uint64_t app_id;         /* AppConn id for P_OPEN */
-    uint32_t app_serial;
+    uint32_t app_serial;     /* P_OPEN: the app's request; P_NUB_CLIENT: the
+                              * client driver's PROVIDER_OPEN */
     uint64_t client_id;
-    int app_fd;              /* our end to give the app */
+    int app_fd;              /* our end to give the app (or client driver) */
     guint timer;
     Server *srv;
     uint32_t serial;
+    bool counted;            /* P_STOP: counted in stops_pending */
+    uint64_t nub;            /* P_NUB_CLIENT, P_NUB_RESET */
+    char *client_srv;        /* P_NUB_CLIENT: client server name and pid (the */
+    GPid client_pid;         /* Server may be gone or relaunched by the reply) */
+    bool timed_out;          /* P_NUB_CLIENT: client already told -ETIMEDOUT */
 } Pending;
 
 typedef struct {
@@ -145,6 +171,7 @@ struct Dextd {
     int exit_status;
     GQueue log_ring;         /* LogLine*, oldest first, at most LOG_RING_LINES */
     uint64_t log_seq;        /* seq of the next line */
+    guint reap_idle;         /* terminated nubs and idle servers are reaped here */
 };
 
 static bool verbose;
@@ -199,6 +226,12 @@ static Device *device_by_id(Dextd *d, uint64_t id)
         }
     }
     return NULL;
+}
+
+/* A device's name in lists: a nub's is its IOClass and name. */
+static const char *dev_label(const Device *dev)
+{
+    return dev->nub ? dev->label : dext_reg_entry_name(dev->entry);
 }
 
 static const char *bar_kind(DextBarKind k)
@@ -539,6 +572,9 @@ static void match_all(Dextd *d)
 
 static void release_device(Dextd *d, Device *dev, bool reset)
 {
+    if (dev->nub) {
+        return; /* nothing mapped or bound: its publisher resets it (NUB_RESET) */
+    }
     char addr[13];
     dext_pci_addr_format(dev->fn.addr, addr);
     for (guint i = 0; i < dev->irqs->len; i++) {
@@ -615,8 +651,17 @@ static void pending_free(Pending *p)
     if (p->app_fd >= 0) {
         close(p->app_fd);
     }
+    g_free(p->client_srv);
     g_free(p);
 }
+
+static void nub_client_answer(Dextd *d, Pending *p, int rc, const char *why);
+static void nub_terminate(Dextd *d, Device *nub, const char *why);
+static void service_nubs_terminate(Service *s, const char *why);
+static void nub_reset_send(Dextd *d, Device *nub);
+static void schedule_reap(Dextd *d);
+static int service_stop(Service *s);
+static int send_stop_now(Service *s);
 
 static void close_channels(Server *srv)
 {
@@ -649,7 +694,10 @@ static void close_channels(Server *srv)
                 dext_msg_clear(&e);
             }
         }
-        if (p->kind == P_STOP && srv->d->stops_pending) {
+        if (p->kind == P_NUB_CLIENT && !p->timed_out) {
+            nub_client_answer(srv->d, p, -ECONNRESET, "the publisher ended");
+        }
+        if (p->kind == P_STOP && p->counted && srv->d->stops_pending) {
             srv->d->stops_pending--;
         }
         pending_free(p);
@@ -672,6 +720,16 @@ static gboolean relaunch_cb(gpointer data)
 {
     Server *srv = data;
     srv->timer = 0;
+    bool want = false;
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        want |= s->state == SVC_MATCHED || s->state == SVC_CRASHED;
+    }
+    if (!want) {
+        /* e.g. its services' nubs were terminated meanwhile */
+        LOGI("%s: nothing left to relaunch", srv->name);
+        return G_SOURCE_REMOVE;
+    }
     launch_server(srv);
     return G_SOURCE_REMOVE;
 }
@@ -712,6 +770,23 @@ static void finish_unload(Server *srv)
 {
     Dextd *d = srv->d;
     DextBundle *b = srv->bundle;
+    /* Its services' nubs go first (their clients get Stop); the reaper
+     * comes back here once they are gone. */
+    bool nubs = false;
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->nubs) {
+            nubs = true;
+            service_nubs_terminate(s, "its publisher is unloaded");
+        }
+    }
+    if (nubs) {
+        LOGI("unloading %s: waiting for its nubs to be terminated", srv->name);
+        srv->unload_after_nubs = true;
+        schedule_reap(d);
+        return;
+    }
+    srv->unload_after_nubs = false;
     if (srv->timer) {
         g_source_remove(srv->timer);
         srv->timer = 0;
@@ -782,15 +857,41 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
              expected ? "" : " while its services were live");
     }
     bool abnormal = info.reason != DEXTD_END_EXITED;
+    GPtrArray *resets = g_ptr_array_new();
     for (guint i = 0; i < srv->services->len; i++) {
         Service *s = srv->services->pdata[i];
         if (s->state == SVC_RUNNING || s->state == SVC_STARTING || s->state == SVC_LAUNCHING ||
             s->state == SVC_STOPPING) {
-            svc_set_state(s, abnormal ? SVC_CRASHED : SVC_STOPPED);
+            /* A nub's client that crashed (or hung and was killed): its
+             * publisher resets the device, as FLR does for PCI. */
+            if (abnormal && !srv->restarting && s->dev->nub && !s->dev->terminating &&
+                s->state != SVC_LAUNCHING && !g_ptr_array_find(resets, s->dev, NULL)) {
+                g_ptr_array_add(resets, s->dev);
+            }
+            /* A Stop that was asked for (dextctl stop or unload, a nub
+             * terminated, shutdown) ends "stopped" even when the process
+             * had to be killed because it hung in Stop: not a crash that
+             * the policy relaunches. */
+            svc_set_state(s, abnormal && s->state != SVC_STOPPING ? SVC_CRASHED : SVC_STOPPED);
+            s->stop_after_nubs = false;
         }
         dext_reg_entry_set(s->entry, "pid", NULL);
     }
     release_server(srv, abnormal);
+    if (!d->shutting_down) {
+        /* A publisher's nubs die with its process (clients get Stop). */
+        for (guint i = 0; i < srv->services->len; i++) {
+            Service *s = srv->services->pdata[i];
+            if (s->nubs) {
+                service_nubs_terminate(s, "its publisher's process ended");
+            }
+        }
+        for (guint i = 0; i < resets->len; i++) {
+            nub_reset_send(d, resets->pdata[i]);
+        }
+        schedule_reap(d);
+    }
+    g_ptr_array_free(resets, TRUE);
     if (srv->unloading) {
         finish_unload(srv);  /* frees srv */
         maybe_quit(d);
@@ -858,8 +959,25 @@ static gboolean pending_timeout(gpointer data)
 {
     Pending *p = data;
     p->timer = 0;
-    LOGE("%s: no reply to %s within bound", p->srv->name,
-         p->kind == P_START ? "Start" : p->kind == P_STOP ? "Stop" : "NewUserClient");
+    if (p->kind == P_NUB_CLIENT) {
+        /* The client's PROVIDER_OPEN is answered within its own RPC bound;
+         * a publisher that is merely slow is not killed for it (its
+         * library bounds the callback itself).  A late answer is dropped. */
+        LOGW("%s: no answer to NUB_CLIENT for nub %" G_GUINT64_FORMAT " within %d ms", p->srv->name,
+             p->nub, PROVIDER_OPEN_TIMEOUT_MS);
+        nub_client_answer(p->srv->d, p, -ETIMEDOUT, "the publisher did not answer in time");
+        p->timed_out = true;
+        if (p->app_fd >= 0) {
+            close(p->app_fd);
+            p->app_fd = -1;
+        }
+        return G_SOURCE_REMOVE;
+    }
+    static const char *const what[] = {
+        [P_START] = "Start", [P_STOP] = "Stop", [P_OPEN] = "NewUserClient",
+        [P_NUB_CLIENT] = "NUB_CLIENT", [P_NUB_RESET] = "NUB_RESET",
+    };
+    LOGE("%s: no reply to %s within bound", p->srv->name, what[p->kind]);
     kill_server(p->srv, "callback timeout");
     return G_SOURCE_REMOVE;
 }
@@ -922,7 +1040,10 @@ static void on_start_reply(Pending *p, int rc)
         s->starts++;
         svc_set_state(s, SVC_RUNNING);
         LOGI("%s started %s on %s (service %" G_GUINT64_FORMAT ")", s->srv->name, s->p->user_class,
-             dext_reg_entry_name(s->dev->entry), s->id);
+             dev_label(s->dev), s->id);
+        if (s->dev->nub && s->dev->terminating) {
+            service_stop(s); /* its nub was terminated during Start */
+        }
     } else {
         svc_set_state(s, SVC_FAILED);
         LOGW("%s: %s Start on %s failed: %s (device released, not relaunched)", s->srv->name,
@@ -931,6 +1052,10 @@ static void on_start_reply(Pending *p, int rc)
          * may have left bus mastering or decode enabled. */
         if (!s->dev->opened_by || s->dev->opened_by == s->srv) {
             release_device(s->srv->d, s->dev, false);
+        }
+        if (!s->srv->d->shutting_down) {
+            service_nubs_terminate(s, "its Start failed"); /* published during Start */
+            schedule_reap(s->srv->d);
         }
         maybe_retire_server(s->srv);
     }
@@ -966,8 +1091,11 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
             continue;
         }
         g_hash_table_remove(srv->pending, GUINT_TO_POINTER(m.reply_to));
-        uint16_t want = p->kind == P_START ? DEXT_MSG_START
-                        : p->kind == P_STOP ? DEXT_MSG_STOP : DEXT_MSG_NEW_CLIENT;
+        static const uint16_t wants[] = {
+            [P_START] = DEXT_MSG_START, [P_STOP] = DEXT_MSG_STOP, [P_OPEN] = DEXT_MSG_NEW_CLIENT,
+            [P_NUB_CLIENT] = DEXT_MSG_NUB_CLIENT, [P_NUB_RESET] = DEXT_MSG_NUB_RESET,
+        };
+        uint16_t want = wants[p->kind];
         gint32 res = -EPROTO;
         if (m.type == DEXT_MSG_ERROR) {
             const char *txt;
@@ -991,7 +1119,13 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
             if (!p->svc->dev->opened_by || p->svc->dev->opened_by == srv) {
                 release_device(srv->d, p->svc->dev, false);
             }
-            if (srv->d->stops_pending && --srv->d->stops_pending == 0 && srv->d->shutting_down) {
+            if (!srv->d->shutting_down) {
+                /* nubs it still had (published after the stop began) */
+                service_nubs_terminate(p->svc, "its publisher stopped");
+                schedule_reap(srv->d);
+            }
+            if (p->counted && srv->d->stops_pending && --srv->d->stops_pending == 0 &&
+                srv->d->shutting_down) {
                 /* every Stop answered: close channels so servers exit */
                 GHashTableIter it;
                 gpointer v;
@@ -1008,6 +1142,15 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
         case P_OPEN:
             on_open_reply(srv, p, res);
             break;
+        case P_NUB_CLIENT:
+            if (!p->timed_out) {
+                nub_client_answer(srv->d, p, res, NULL);
+            }
+            break;
+        case P_NUB_RESET:
+            LOGI("%s: NUB_RESET of nub %" G_GUINT64_FORMAT ": %s", srv->name, p->nub,
+                 res == 0 ? "done" : g_strerror(res < 0 ? -res : EPROTO));
+            break;
         }
         dext_msg_clear(&m);
         pending_free(p);
@@ -1015,6 +1158,596 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
             return G_SOURCE_REMOVE;
         }
     }
+}
+
+/* ---- nubs (docs/runtime/nubs.md) ---------------------------------------
+ * A driver publishes nubs (NUB_PUBLISH) under one of its services or under
+ * a nub of that service; each is a Device (nub == true) that personalities
+ * are matched against like a PCI function.  Termination is asynchronous:
+ * children first, then every service on the nub gets Stop; the reaper
+ * (an idle callback, so nothing is freed under a caller) removes a
+ * terminated nub once no child and no live service is left on it. */
+
+static void schedule_reap(Dextd *d);
+
+static int send_stop_now(Service *s)
+{
+    Dextd *d = s->srv->d;
+    Pending *p = g_new0(Pending, 1);
+    p->kind = P_STOP;
+    p->svc = s;
+    p->app_fd = -1;
+    if (!ctrl_send(s->srv, DEXT_MSG_STOP, g_variant_new("(t)", (guint64)s->id), -1, p,
+                   STOP_TIMEOUT_MS)) {
+        pending_free(p);
+        return -ECONNRESET; /* the process is going: its exit ends the service */
+    }
+    if (d->shutting_down) {
+        p->counted = true;
+        d->stops_pending++;
+    }
+    return 0;
+}
+
+/* Stop a running service; a publisher's nubs (and so their clients) go
+ * first, then it gets its own Stop. */
+static int service_stop(Service *s)
+{
+    Dextd *d = s->srv->d;
+    svc_set_state(s, SVC_STOPPING);
+    if (s->nubs && !d->shutting_down) {
+        s->stop_after_nubs = true;
+        LOGI("%s: %s stops once its %u nub(s) are gone", s->srv->name, s->p->user_class, s->nubs);
+        service_nubs_terminate(s, "its publisher is stopping");
+        return 0;
+    }
+    return send_stop_now(s);
+}
+
+static bool nub_has_children(Dextd *d, Device *nub)
+{
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *c = d->devices->pdata[i];
+        if (c->nub && c->parent_nub == nub) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Stop what runs on a terminating nub once its children are gone. */
+static void nub_stop_clients(Dextd *d, Device *nub)
+{
+    for (guint i = 0; i < d->services->len; i++) {
+        Service *s = d->services->pdata[i];
+        if (s->dev != nub) {
+            continue;
+        }
+        switch (s->state) {
+        case SVC_RUNNING:
+            service_stop(s);
+            break;
+        case SVC_MATCHED: case SVC_LAUNCHING: case SVC_CRASHED:
+            svc_set_state(s, SVC_STOPPED); /* not started: nothing to stop */
+            break;
+        default:
+            break; /* STARTING: stopped when Start answers; STOPPING: waits */
+        }
+    }
+}
+
+static void nub_terminate(Dextd *d, Device *nub, const char *why)
+{
+    if (nub->terminating || d->shutting_down) {
+        return;
+    }
+    nub->terminating = true;
+    dext_reg_entry_set(nub->entry, "terminating", g_variant_new_boolean(TRUE));
+    LOGI("terminating nub %s (%" G_GUINT64_FORMAT "): %s", nub->label, nub->id, why);
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *c = d->devices->pdata[i];
+        if (c->nub && c->parent_nub == nub) {
+            nub_terminate(d, c, "its parent is terminated");
+        }
+    }
+    if (!nub_has_children(d, nub)) {
+        nub_stop_clients(d, nub);
+    }
+    schedule_reap(d);
+}
+
+static void service_nubs_terminate(Service *s, const char *why)
+{
+    Dextd *d = s->srv->d;
+    for (guint i = 0; i < d->devices->len; i++) {
+        Device *n = d->devices->pdata[i];
+        if (n->nub && n->publisher == s) {
+            nub_terminate(d, n, why);
+        }
+    }
+}
+
+static bool nub_reapable(Dextd *d, Device *nub)
+{
+    if (nub_has_children(d, nub)) {
+        return false;
+    }
+    for (guint i = 0; i < d->services->len; i++) {
+        Service *s = d->services->pdata[i];
+        if (s->dev == nub && (s->nubs || s->state == SVC_LAUNCHING || s->state == SVC_STARTING ||
+                              s->state == SVC_RUNNING || s->state == SVC_STOPPING)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void nub_remove(Dextd *d, Device *nub)
+{
+    LOGI("nub %s (%" G_GUINT64_FORMAT ") removed", nub->label, nub->id);
+    for (guint i = d->services->len; i-- > 0;) {
+        Service *s = d->services->pdata[i];
+        if (s->dev == nub) {
+            g_ptr_array_remove(s->srv->services, s);
+            g_ptr_array_remove_index(d->services, i); /* frees s */
+        }
+    }
+    if (nub->publisher) {
+        nub->publisher->nubs--;
+    }
+    dext_registry_remove(d->reg, nub->entry); /* with its services' entries */
+    g_ptr_array_remove(d->devices, nub);      /* frees nub */
+}
+
+static unsigned server_nubs(Server *srv)
+{
+    unsigned n = 0;
+    for (guint i = 0; i < srv->services->len; i++) {
+        n += ((Service *)srv->services->pdata[i])->nubs;
+    }
+    return n;
+}
+
+static gboolean reap_cb(gpointer data)
+{
+    Dextd *d = data;
+    d->reap_idle = 0;
+    for (bool progress = true; progress;) {
+        progress = false;
+        for (guint i = 0; i < d->devices->len; i++) {
+            Device *nub = d->devices->pdata[i];
+            if (!nub->nub || !nub->terminating) {
+                continue;
+            }
+            if (nub_reapable(d, nub)) {
+                nub_remove(d, nub);
+                progress = true;
+                break;
+            }
+            if (!nub_has_children(d, nub)) {
+                nub_stop_clients(d, nub); /* its children just went */
+            }
+        }
+    }
+    /* Publishers whose nubs are all gone get their own Stop now. */
+    for (guint i = 0; i < d->services->len; i++) {
+        Service *s = d->services->pdata[i];
+        if (s->stop_after_nubs && !s->nubs) {
+            s->stop_after_nubs = false;
+            if (s->state == SVC_STOPPING) {
+                send_stop_now(s);
+            }
+        }
+    }
+    GPtrArray *unload = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, d->servers);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Server *srv = v;
+        if (srv->unload_after_nubs && srv->pid <= 0 && !server_nubs(srv)) {
+            g_ptr_array_add(unload, srv);
+        } else if (srv->pid > 0 && srv->hello && srv->ctrl_fd >= 0) {
+            maybe_retire_server(srv); /* e.g. its only service was on a nub now gone */
+        }
+    }
+    for (guint i = 0; i < unload->len; i++) {
+        finish_unload(unload->pdata[i]);
+    }
+    g_ptr_array_free(unload, TRUE);
+    maybe_quit(d);
+    return G_SOURCE_REMOVE;
+}
+
+static void schedule_reap(Dextd *d)
+{
+    if (!d->reap_idle) {
+        d->reap_idle = g_idle_add(reap_cb, d);
+    }
+}
+
+/* The client driver of nub crashed: its publisher resets the device. */
+static void nub_reset_send(Dextd *d, Device *nub)
+{
+    Service *pub = nub->publisher;
+    if (!pub || pub->state != SVC_RUNNING || pub->srv->pid <= 0 || !pub->srv->hello) {
+        LOGW("nub %s (%" G_GUINT64_FORMAT "): its client ended abnormally; no publisher to reset it",
+             nub->label, nub->id);
+        return;
+    }
+    Pending *p = g_new0(Pending, 1);
+    p->kind = P_NUB_RESET;
+    p->nub = nub->id;
+    p->app_fd = -1;
+    if (!ctrl_send(pub->srv, DEXT_MSG_NUB_RESET, g_variant_new("(t)", (guint64)nub->id), -1, p,
+                   START_TIMEOUT_MS)) {
+        pending_free(p);
+        return;
+    }
+    LOGI("nub %s (%" G_GUINT64_FORMAT "): its client ended abnormally: NUB_RESET to %s",
+         nub->label, nub->id, pub->srv->name);
+}
+
+/* The deferred answer to a client's PROVIDER_OPEN (P_NUB_CLIENT). */
+static void nub_client_answer(Dextd *d, Pending *p, int rc, const char *why)
+{
+    Server *c = g_hash_table_lookup(d->servers, p->client_srv);
+    if (!c || c->pid != p->client_pid || c->rpc_fd < 0) {
+        return; /* that client process is gone; its end closes with p */
+    }
+    DextMsg req = { .type = DEXT_MSG_PROVIDER_OPEN, .serial = p->app_serial }, r;
+    if (rc == 0 && p->app_fd >= 0) {
+        dext_msg_init_reply(&r, &req, NULL);
+        r.fds[0] = p->app_fd;
+        r.nfds = 1;
+        LOGI("%s: provider channel to nub %" G_GUINT64_FORMAT " open", c->name, p->nub);
+    } else {
+        rc = rc < 0 ? rc : -EPROTO;
+        dext_msg_init_error(&r, &req, rc, "%s%s", why ? why : "the publisher refused: ",
+                            why ? "" : g_strerror(-rc));
+        LOGI("%s: provider channel to nub %" G_GUINT64_FORMAT " refused: %s%s", c->name, p->nub,
+             why ? why : "the publisher refused: ", why ? "" : g_strerror(-rc));
+    }
+    dext_ipc_send(c->rpc_fd, &r);
+    r.nfds = 0;
+    dext_msg_clear(&r);
+}
+
+/* Integer of any integer type (GVariant), for the class triple. */
+static bool variant_uint(GVariant *v, uint64_t *out)
+{
+    if (g_variant_is_of_type(v, G_VARIANT_TYPE_BYTE)) {
+        *out = g_variant_get_byte(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT16)) {
+        *out = g_variant_get_uint16(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT16)) {
+        *out = (uint64_t)g_variant_get_int16(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32)) {
+        *out = g_variant_get_uint32(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT32)) {
+        *out = (uint64_t)g_variant_get_int32(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64)) {
+        *out = g_variant_get_uint64(v);
+    } else if (g_variant_is_of_type(v, G_VARIANT_TYPE_INT64)) {
+        *out = (uint64_t)g_variant_get_int64(v);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* class<<16 | subclass<<8 | protocol (interface or device triple), for
+ * listings in the PCI class-code column. */
+static uint32_t nub_class_code(bool iface, GVariant *props)
+{
+    static const char *const ik[] = { "bInterfaceClass", "bInterfaceSubClass", "bInterfaceProtocol" };
+    static const char *const dk[] = { "bDeviceClass", "bDeviceSubClass", "bDeviceProtocol" };
+    uint32_t code = 0;
+    for (int i = 0; i < 3; i++) {
+        GVariant *v = g_variant_lookup_value(props, iface ? ik[i] : dk[i], NULL);
+        uint64_t x;
+        if (v && variant_uint(v, &x)) {
+            code |= (uint32_t)(x & 0xff) << (16 - 8 * i);
+        }
+        if (v) {
+            g_variant_unref(v);
+        }
+    }
+    return code;
+}
+
+static bool nub_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (!n || n > NUB_MAX_NAME) {
+        return false;
+    }
+    for (const char *c = name; *c; c++) {
+        if (!g_ascii_isalnum(*c) && !strchr("@._-:,+", *c)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int nub_props_check(GVariant *props, char **why)
+{
+    static const char *const reserved[] = { "IOClass", "published-by", "publisher",
+                                            "terminating", NULL };
+    gsize n = g_variant_n_children(props);
+    int rc = 0;
+    if (n > NUB_MAX_PROPS) {
+        *why = g_strdup_printf("%zu properties (at most %d)", (size_t)n, NUB_MAX_PROPS);
+        return -EINVAL;
+    }
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+    for (gsize i = 0; i < n && !rc; i++) {
+        const char *k;
+        GVariant *v;
+        g_variant_get_child(props, i, "{&sv}", &k, &v);
+        size_t kl = strlen(k);
+        const GVariantType *t = g_variant_get_type(v);
+        bool printable = true;
+        for (const char *c = k; *c; c++) {
+            printable &= *c >= 0x20 && *c < 0x7f;
+        }
+        if (!kl || kl > NUB_MAX_KEY || !printable) {
+            *why = g_strdup_printf("property key of %zu bytes (1..%d printable ASCII)", kl,
+                                   NUB_MAX_KEY);
+            rc = -EINVAL;
+        } else if (g_strv_contains(reserved, k)) {
+            *why = g_strdup_printf("property %s is set by dextd", k);
+            rc = -EINVAL;
+        } else if (g_hash_table_contains(seen, k)) {
+            *why = g_strdup_printf("property %s given twice", k);
+            rc = -EINVAL;
+        } else if (!(g_variant_type_is_basic(t) && !g_variant_type_equal(t, G_VARIANT_TYPE_HANDLE)) &&
+                   !g_variant_type_equal(t, G_VARIANT_TYPE_BYTESTRING)) {
+            *why = g_strdup_printf("property %s is of type %.*s: basic types and ay only", k,
+                                   (int)g_variant_type_get_string_length(t),
+                                   g_variant_type_peek_string(t));
+            rc = -EINVAL;
+        } else if (g_variant_get_size(v) > NUB_MAX_VALUE) {
+            *why = g_strdup_printf("property %s has %zu bytes (at most %d)", k,
+                                   (size_t)g_variant_get_size(v), NUB_MAX_VALUE);
+            rc = -EINVAL;
+        }
+        g_hash_table_add(seen, (gpointer)k);
+        g_variant_unref(v);
+    }
+    g_hash_table_destroy(seen);
+    return rc;
+}
+
+/* A new service on a nub: start it where its server runs, else launch it
+ * (a server launching or waiting to relaunch starts it when it comes up). */
+static void start_new_service(Service *s)
+{
+    Server *srv = s->srv;
+    if (srv->gave_up) {
+        svc_set_state(s, SVC_GAVE_UP); /* dextctl start/restart forgives */
+    } else if (srv->pid > 0 && srv->hello && srv->ctrl_fd >= 0) {
+        send_start(s);
+    } else if (srv->pid <= 0 && !srv->timer) {
+        launch_server(srv);
+    }
+}
+
+static void match_nub(Dextd *d, Device *nub)
+{
+    GString *log = g_string_new(NULL);
+    GArray *w = dext_match_select(d->personalities, &nub->info, log);
+    LOGI("matching nub %s (%" G_GUINT64_FORMAT ", %04x:%04x):\n%s", nub->label, nub->id,
+         nub->info.vendor, nub->info.device, log->len ? log->str : "  no personality matches\n");
+    for (guint k = 0; k < w->len; k++) {
+        const DextMatchResult *r = &g_array_index(w, DextMatchResult, k);
+        Server *srv = g_hash_table_lookup(d->servers, r->p->server_name);
+        if (srv && (srv->unloading || srv->unload_after_nubs)) {
+            continue;
+        }
+        Service *s = add_service(d, nub, r);
+        if (s) {
+            start_new_service(s);
+        }
+    }
+    g_array_free(w, TRUE);
+    g_string_free(log, TRUE);
+}
+
+static Service *server_service(Server *srv, uint64_t id)
+{
+    for (guint i = 0; i < srv->services->len; i++) {
+        Service *s = srv->services->pdata[i];
+        if (s->id == id) {
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static int nub_publish(Server *srv, DextMsg *m, DextMsg *rep, char **why)
+{
+    Dextd *d = srv->d;
+    guint64 sid, parent_id;
+    const char *name, *cls;
+    GVariant *props;
+    Device *par = NULL;
+    DextDeviceInfo info;
+    int rc;
+    g_variant_get(m->body, "(tt&s&s@a{sv})", &sid, &parent_id, &name, &cls, &props);
+    Service *pub = server_service(srv, sid);
+    if (d->shutting_down || srv->unloading || srv->unload_after_nubs) {
+        *why = g_strdup("dextd is stopping this driver");
+        rc = -ESHUTDOWN;
+        goto out;
+    }
+    if (!pub) {
+        *why = g_strdup_printf("service %" G_GUINT64_FORMAT " is not one of %s's", sid, srv->name);
+        rc = -EPERM;
+        goto out;
+    }
+    if ((pub->state != SVC_STARTING && pub->state != SVC_RUNNING) || pub->stop_after_nubs) {
+        *why = g_strdup_printf("service %" G_GUINT64_FORMAT " is %s", sid,
+                               svc_state_names[pub->state]);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!dext_nub_class_known(cls)) {
+        *why = g_strdup_printf("unknown nub class \"%s\" (IOUSBHostDevice, IOUSBHostInterface)",
+                               cls);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!dext_bundle_may_publish(srv->bundle, cls)) {
+        *why = g_strdup_printf("bundle %s lacks the entitlement publishes=%s", srv->bundle->name,
+                               cls);
+        rc = -EPERM;
+        goto out;
+    }
+    if (!nub_name_ok(name)) {
+        *why = g_strdup_printf("bad nub name (1..%d of A-Z a-z 0-9 @ . _ - : , +)", NUB_MAX_NAME);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (parent_id) {
+        par = device_by_id(d, parent_id);
+        if (!par || !par->nub || par->terminating) {
+            *why = g_strdup_printf("no live nub %" G_GUINT64_FORMAT " to publish under", parent_id);
+            rc = -ENOENT;
+            goto out;
+        }
+        if (par->publisher != pub) {
+            *why = g_strdup_printf("nub %" G_GUINT64_FORMAT " was published by another service",
+                                   parent_id);
+            rc = -EPERM;
+            goto out;
+        }
+    }
+    if ((rc = nub_props_check(props, why)) < 0 ||
+        (rc = dext_nub_device_info(cls, props, &info, why)) < 0) {
+        goto out;
+    }
+    if (pub->nubs >= NUB_MAX_PER_SERVICE) {
+        *why = g_strdup_printf("service %" G_GUINT64_FORMAT " has %d live nubs", sid,
+                               NUB_MAX_PER_SERVICE);
+        rc = -ENOSPC;
+        goto out;
+    }
+    Device *nub = g_new0(Device, 1);
+    nub->nub = true;
+    nub->irqs = g_array_new(FALSE, FALSE, sizeof(unsigned));
+    nub->publisher = pub;
+    nub->parent_nub = par;
+    nub->info = info;
+    nub->info.class_code = nub_class_code(info.kind == DEXT_PROVIDER_USB_INTERFACE, props);
+    nub->entry = dext_registry_add(d->reg, par ? par->entry : pub->entry, name, cls);
+    nub->id = dext_reg_entry_id(nub->entry);
+    nub->label = g_strdup_printf("%s:%s", cls, name);
+    GVariantIter it;
+    const char *k;
+    GVariant *v;
+    g_variant_iter_init(&it, props);
+    while (g_variant_iter_next(&it, "{&sv}", &k, &v)) {
+        dext_reg_entry_set(nub->entry, k, v);
+        g_variant_unref(v);
+    }
+    dext_reg_entry_set(nub->entry, "IOClass", g_variant_new_string(cls));
+    dext_reg_entry_set(nub->entry, "published-by", g_variant_new_string(srv->name));
+    dext_reg_entry_set(nub->entry, "publisher", g_variant_new_uint64(pub->id));
+    pub->nubs++;
+    g_ptr_array_add(d->devices, nub);
+    LOGI("%s published nub %s (%" G_GUINT64_FORMAT ") under %s", srv->name, nub->label, nub->id,
+         par ? par->label : pub->p->user_class);
+    dext_msg_init_reply(rep, m, g_variant_new("(t)", (guint64)nub->id));
+    match_nub(d, nub);
+    rc = 0;
+out:
+    g_variant_unref(props);
+    return rc;
+}
+
+static int nub_terminate_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
+{
+    guint64 id;
+    g_variant_get(m->body, "(t)", &id);
+    Device *nub = device_by_id(srv->d, id);
+    if (!nub || !nub->nub) {
+        *why = g_strdup_printf("no nub %" G_GUINT64_FORMAT, id);
+        return -ENOENT;
+    }
+    if (!nub->publisher || nub->publisher->srv != srv) {
+        *why = g_strdup_printf("nub %" G_GUINT64_FORMAT " was not published by %s", id, srv->name);
+        return -EPERM;
+    }
+    nub_terminate(srv->d, nub, "its publisher terminated it");
+    dext_msg_init_reply(rep, m, NULL);
+    return 0;
+}
+
+/* PROVIDER_OPEN: answered later (returns 2) once the publisher took the
+ * channel, or at once with an error. */
+static int provider_open(Server *srv, DextMsg *m, char **why)
+{
+    guint64 sid;
+    g_variant_get(m->body, "(t)", &sid);
+    Service *s = server_service(srv, sid);
+    if (!s) {
+        *why = g_strdup_printf("service %" G_GUINT64_FORMAT " is not one of %s's", sid, srv->name);
+        return -EPERM;
+    }
+    if (s->state != SVC_STARTING && s->state != SVC_RUNNING) {
+        *why = g_strdup_printf("service %" G_GUINT64_FORMAT " is %s", sid,
+                               svc_state_names[s->state]);
+        return -EINVAL;
+    }
+    Device *nub = s->dev;
+    if (!nub->nub || nub->terminating) {
+        *why = g_strdup_printf("the provider of service %" G_GUINT64_FORMAT " is %s", sid,
+                               nub->nub ? "terminated" : "not a published nub");
+        return -ENODEV;
+    }
+    char *ent = NULL;
+    if (!dext_bundle_entitled(srv->bundle, &nub->info, &ent)) {
+        *why = ent;
+        return -EPERM;
+    }
+    g_free(ent);
+    Service *pub = nub->publisher;
+    Server *ps = pub ? pub->srv : NULL;
+    if (!pub || (pub->state != SVC_RUNNING && pub->state != SVC_STARTING) ||
+        pub->stop_after_nubs || ps->pid <= 0 || !ps->hello || ps->ctrl_fd < 0) {
+        *why = g_strdup_printf("the publisher of nub %" G_GUINT64_FORMAT " is not running", nub->id);
+        return -ENODEV;
+    }
+    if (ps == srv) {
+        /* Its control thread would have to answer NUB_CLIENT while it waits
+         * in this client's Start. */
+        *why = g_strdup("publisher and client in one process (use another IOUserServerName)");
+        return -EDEADLK;
+    }
+    int sv[2];
+    if (dext_ipc_socketpair(sv) < 0) {
+        *why = g_strdup("socketpair failed");
+        return -EMFILE;
+    }
+    Pending *p = g_new0(Pending, 1);
+    p->kind = P_NUB_CLIENT;
+    p->nub = nub->id;
+    p->app_fd = sv[0];
+    p->app_serial = m->serial;
+    p->client_srv = g_strdup(srv->name);
+    p->client_pid = srv->pid;
+    if (!ctrl_send(ps, DEXT_MSG_NUB_CLIENT, g_variant_new("(tt)", (guint64)nub->id, (guint64)s->id),
+                   sv[1], p, PROVIDER_OPEN_TIMEOUT_MS)) {
+        close(sv[1]);
+        pending_free(p);
+        *why = g_strdup_printf("the publisher %s is not reachable", ps->name);
+        return -ENODEV;
+    }
+    close(sv[1]);
+    LOGI("%s (%s) opens a provider channel to nub %s (%" G_GUINT64_FORMAT ") of %s", srv->name,
+         s->p->user_class, nub->label, nub->id, ps->name);
+    return 2;
 }
 
 /* ---- RPC from drivers ---------------------------------------------------- */
@@ -1080,6 +1813,10 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
     case DEXT_MSG_IRQ_INFO:
         g_variant_get_child(m->body, 0, "t", &id);
         dev = device_by_id(d, id);
+        if (dev && dev->nub) {
+            *why = g_strdup_printf("device %" G_GUINT64_FORMAT " is a nub, not a PCI function", id);
+            return -ENODEV;
+        }
         if (!dev || !server_owns(srv, dev)) {
             *why = g_strdup_printf("device %" G_GUINT64_FORMAT " is not provided to %s", id,
                                    srv->name);
@@ -1308,6 +2045,12 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
                                                   (guint64)st.last_msi_ns));
         return 0;
     }
+    case DEXT_MSG_NUB_PUBLISH:
+        return nub_publish(srv, m, rep, why);
+    case DEXT_MSG_NUB_TERMINATE:
+        return nub_terminate_rpc(srv, m, rep, why);
+    case DEXT_MSG_PROVIDER_OPEN:
+        return provider_open(srv, m, why);
     default:
         *why = g_strdup_printf("%s is not a driver request", dext_msg_name(m->type));
         return -EOPNOTSUPP;
@@ -1369,6 +2112,8 @@ static gboolean on_rpc(gint fd, GIOCondition cond, gpointer data)
             dext_msg_init_error(&e, &m, rc, "%s", why ? why : g_strerror(-rc));
             dext_ipc_send(fd, &e);
             dext_msg_clear(&e);
+        } else if (rc == 2) {
+            /* answered later (PROVIDER_OPEN) */
         } else {
             dext_ipc_send(fd, &rep);
             if (rc == 1) {
@@ -1659,14 +2404,7 @@ static void app_service_ctl(Dextd *d, AppConn *a, DextMsg *m)
             app_error(a, m, -EINVAL, "service is %s", svc_state_names[s->state]);
             goto out;
         }
-        Pending *p = g_new0(Pending, 1);
-        p->kind = P_STOP;
-        p->svc = s;
-        p->app_fd = -1;
-        svc_set_state(s, SVC_STOPPING);
-        if (!ctrl_send(s->srv, DEXT_MSG_STOP, g_variant_new("(t)", (guint64)s->id), -1, p,
-                       STOP_TIMEOUT_MS)) {
-            pending_free(p);
+        if (service_stop(s) < 0) {
             app_error(a, m, -ECONNRESET, "driver not reachable");
             goto out;
         }
@@ -1674,6 +2412,10 @@ static void app_service_ctl(Dextd *d, AppConn *a, DextMsg *m)
     } else if (!strcmp(op, "start")) {
         if (s->state != SVC_STOPPED && s->state != SVC_FAILED && s->state != SVC_GAVE_UP) {
             app_error(a, m, -EINVAL, "service is %s", svc_state_names[s->state]);
+            goto out;
+        }
+        if (s->dev->nub && s->dev->terminating) {
+            app_error(a, m, -ENODEV, "its provider nub is terminated");
             goto out;
         }
         LOGI("app %s starts service %" G_GUINT64_FORMAT " (%s)", ents->id, id, s->p->user_class);
@@ -1729,14 +2471,14 @@ static void app_list(Dextd *d, AppConn *a, DextMsg *m)
             }
             any = true;
             g_variant_builder_add(&b, "(tsqqutsssxuu)", (guint64)dev->id,
-                                  dext_reg_entry_name(dev->entry), dev->info.vendor,
+                                  dev_label(dev), dev->info.vendor,
                                   dev->info.device, dev->info.class_code, (guint64)s->id,
                                   s->p->user_class, s->srv->name, svc_state_names[s->state],
                                   (gint64)s->srv->pid, s->srv->launches, s->starts);
         }
         if (!any) {
             g_variant_builder_add(&b, "(tsqqutsssxuu)", (guint64)dev->id,
-                                  dext_reg_entry_name(dev->entry), dev->info.vendor,
+                                  dev_label(dev), dev->info.vendor,
                                   dev->info.device, dev->info.class_code, (guint64)0, "", "",
                                   "unmatched", (gint64)0, 0u, 0u);
         }
@@ -1809,7 +2551,7 @@ static void app_match_explain(Dextd *d, AppConn *a, DextMsg *m)
                 }
             }
             char *pname = g_strdup_printf("%s/%s", p->bundle ? p->bundle->name : "", p->name);
-            g_variant_builder_add(&b, "(ssssbs)", dext_reg_entry_name(dev->entry), pname,
+            g_variant_builder_add(&b, "(ssssbs)", dev_label(dev), pname,
                                   p->user_class, p->server_name, won, why ? why : "");
             g_free(pname);
             g_free(why);
@@ -1873,6 +2615,9 @@ static char *bundle_load(Dextd *d, const char *dir, int *rc)
     unsigned added = 0;
     for (guint i = 0; i < d->devices->len; i++) {
         Device *dev = d->devices->pdata[i];
+        if (dev->nub && dev->terminating) {
+            continue;
+        }
         GString *log = g_string_new(NULL);
         GArray *w = dext_match_select(d->personalities, &dev->info, log);
         for (guint k = 0; k < w->len; k++) {
@@ -1883,7 +2628,7 @@ static char *bundle_load(Dextd *d, const char *dir, int *rc)
                 taken |= s->dev == dev && !strcmp(s->p->match_category, r->p->match_category);
             }
             if (r->p->bundle == b && !taken && add_service(d, dev, r)) {
-                LOGI("matching %s after loading %s:\n%s", dext_reg_entry_name(dev->entry),
+                LOGI("matching %s after loading %s:\n%s", dev_label(dev),
                      b->name, log->str);
                 added++;
             }
@@ -1951,11 +2696,19 @@ static char *bundle_unload(Dextd *d, const char *name, int *rc)
                     svc_set_state(s, SVC_STOPPING);
                 }
             }
+            for (guint k = 0; k < srv->services->len; k++) {
+                Service *s = srv->services->pdata[k];
+                if (s->nubs) {
+                    service_nubs_terminate(s, "its publisher is unloaded"); /* clients' Stop first */
+                }
+            }
             close_channels(srv);
             srv->timer = g_timeout_add(UNLOAD_TIMEOUT_MS, unload_timeout, srv);
             exiting++;
         } else {
-            finish_unload(srv);
+            bool later = server_nubs(srv) > 0;
+            finish_unload(srv); /* with nubs: once they are gone */
+            exiting += later;
         }
     }
     g_ptr_array_free(srvs, TRUE);
@@ -2240,6 +2993,7 @@ static void device_free(gpointer data)
 {
     Device *dev = data;
     g_array_free(dev->irqs, TRUE);
+    g_free(dev->label);
     g_free(dev);
 }
 
@@ -2415,17 +3169,8 @@ void dextd_quit(Dextd *d)
         for (guint i = 0; i < srv->services->len; i++) {
             Service *s = srv->services->pdata[i];
             if (s->state == SVC_RUNNING) {
-                Pending *p = g_new0(Pending, 1);
-                p->kind = P_STOP;
-                p->svc = s;
-                p->app_fd = -1;
                 svc_set_state(s, SVC_STOPPING);
-                if (ctrl_send(srv, DEXT_MSG_STOP, g_variant_new("(t)", (guint64)s->id), -1, p,
-                              STOP_TIMEOUT_MS)) {
-                    d->stops_pending++;
-                } else {
-                    pending_free(p);
-                }
+                send_stop_now(s); /* counted in stops_pending */
             }
         }
     }
@@ -2449,6 +3194,9 @@ void dextd_destroy(Dextd *d)
     }
     if (d->quit_timer) {
         g_source_remove(d->quit_timer);
+    }
+    if (d->reap_idle) {
+        g_source_remove(d->reap_idle);
     }
     /* Reap whatever is left (bounded), then release devices. */
     GHashTableIter it;

@@ -2,6 +2,8 @@
  * dextctl: look at and steer a running dextd.
  *
  *   dextctl [--socket PATH] list                 devices, matched drivers, state, pid, restarts
+ *                                                (nubs drivers published: DEVICE IOClass:name,
+ *                                                ID idVendor:idProduct, CLASS the USB class triple)
  *   dextctl [--socket PATH] ioreg [--json]       the I/O registry tree with properties
  *   dextctl [--socket PATH] log [-f]             driver log lines (server[pid]: line); -f follows
  *   dextctl [--socket PATH] match --explain      each device x personality: matched, or why not
@@ -35,13 +37,13 @@ static gboolean on_sig(gpointer data)
 static void print_list(const char *raw)
 {
     char **lines = g_strsplit(raw, "\n", -1);
-    printf("%-4s %-14s %-9s %-6s %-5s %-22s %-28s %-12s %-8s %s\n", "DEV", "DEVICE", "ID", "CLASS",
+    printf("%-4s %-24s %-9s %-6s %-5s %-22s %-28s %-12s %-8s %s\n", "DEV", "DEVICE", "ID", "CLASS",
            "SVC", "DRIVER", "SERVER", "STATE", "PID", "RESTARTS");
     for (char **l = lines; *l && **l; l++) {
         char **f = g_strsplit(*l, " ", -1);
         if (g_strv_length(f) == 11) {
             unsigned launches = (unsigned)g_ascii_strtoull(f[9], NULL, 10);
-            printf("%-4s %-14s %-9s %-6s %-5s %-22s %-28s %-12s %-8s %u\n", f[0], f[1], f[2], f[3],
+            printf("%-4s %-24s %-9s %-6s %-5s %-22s %-28s %-12s %-8s %u\n", f[0], f[1], f[2], f[3],
                    f[4], f[5], f[6], f[7], strcmp(f[8], "0") ? f[8] : "-",
                    launches ? launches - 1 : 0);
         }
@@ -53,11 +55,11 @@ static void print_list(const char *raw)
 static void print_explain(const char *raw)
 {
     char **lines = g_strsplit(raw, "\n", -1);
-    printf("%-14s %-34s %-8s %s\n", "DEVICE", "PERSONALITY", "RESULT", "WHY");
+    printf("%-24s %-34s %-8s %s\n", "DEVICE", "PERSONALITY", "RESULT", "WHY");
     for (char **l = lines; *l && **l; l++) {
         char **f = g_strsplit(*l, "\t", 5);
         if (g_strv_length(f) == 5) {
-            printf("%-14s %-34s %-8s %s\n", f[0], f[1], f[3], f[4]);
+            printf("%-24s %-34s %-8s %s\n", f[0], f[1], f[3], f[4]);
         }
         g_strfreev(f);
     }

@@ -753,6 +753,10 @@ int main(int argc, char **argv)
     int status = e2e_dextd_stop(t.d, 0);
     e2e_dextd_free(t.d, rc != 0 || status == -1 || !WIFEXITED(status));
     g_free(machine);
+    g_free(dir);
     g_free(t.qmp_path);
+    g_free(t.id[SS]);
+    g_free(t.id[HS]);
+    g_free(t.pid);
     return rc;
 }

@@ -787,9 +787,12 @@ static int drv_start(DextService *svc)
         goto fail;
     }
     dext_service_set_priv(svc, d);
-    DEXT_INFO("dextlab-usb v%u.%u at speed %u, FIFO %u bytes, bulk mps %u, interrupt mps %u",
-              d->version >> 16, d->version & 0xffff, d->speed, d->fifo_size, d->bulk_mps,
-              d->intr_mps);
+    char product[64] = "", serial[64] = "";
+    dext_usbhost_interface_string(d->intf, dd->iProduct, product, sizeof(product));
+    dext_usbhost_interface_string(d->intf, dd->iSerialNumber, serial, sizeof(serial));
+    DEXT_INFO("\"%s\" (serial \"%s\") v%u.%u at speed %u, FIFO %u bytes, bulk mps %u, "
+              "interrupt mps %u", product, serial, d->version >> 16, d->version & 0xffff,
+              d->speed, d->fifo_size, d->bulk_mps, d->intr_mps);
     return 0;
 
 fail:

@@ -242,6 +242,12 @@ static void test_two_instances(void)
     g_assert_nonnull(t.id[HS]);
     g_assert_cmpstr(((char **)a->pdata[0])[2], ==, DXU_UC_SERVER);
     g_ptr_array_free(a, TRUE);
+    /* string descriptors reached the driver through the interface nub */
+    char *log = e2e_dextd_read_log(t.d);
+    char **parts = g_strsplit(log, "\"" DEXTLAB_USB_PRODUCT "\" (serial", -1);
+    g_assert_cmpuint(g_strv_length(parts), ==, 3);
+    g_strfreev(parts);
+    g_free(log);
 }
 
 /* Guards: what the driver reports equals the device model's header (speed,

@@ -535,6 +535,54 @@ static void test_endpoint_interval_out_of_range(void)
     qtest_quit(x.qts);
 }
 
+/*
+ * Regression (found by dextlab-usb-fuzz, fixed by
+ * hw/patches/0005-xhci-streams-config-mismatch-no-abort.patch): a
+ * Configure Endpoint adding two endpoints with different MaxPStreams made
+ * qemu-xhci's xhci_alloc_device_streams() abort() (FIXME "guest streams
+ * config not identical for all eps").  Now the command fails with
+ * Resource Error and the device keeps answering.
+ */
+static void test_streams_config_mismatch(void)
+{
+    MiniXhci x;
+    uint32_t ctx[8];
+
+    mini_xhci_start(&x, "-device dextlab-usb,bus=xhci.0,id=u,"
+                        "superspeed=off");
+    g_assert_cmpuint(mini_control_nodata(&x, 0x00, 9 /* SET_CONFIGURATION */,
+                                         DEXTLAB_USB_CONFIG_VALUE, 0), ==,
+                     CC_SUCCESS);
+
+    /* bulk OUT 0x01 (DCI 2) with 4 streams, bulk IN 0x81 (DCI 3) with 8;
+     * their stream context arrays (zeroed) at X_INTRRING */
+    qtest_memset(x.qts, X_INCTX, 0, 33 * x.ctx_size);
+    qtest_memset(x.qts, X_INTRRING, 0, 4096);
+    memset(ctx, 0, sizeof(ctx));
+    ctx[1] = cpu_to_le32((1u << 0) | (1u << 2) | (1u << 3));
+    qtest_memwrite(x.qts, X_INCTX, ctx, sizeof(ctx));
+    memset(ctx, 0, sizeof(ctx));
+    ctx[0] = cpu_to_le32((x.speed << 20) | (3u << 27));
+    ctx[1] = cpu_to_le32(x.port << 16);
+    qtest_memwrite(x.qts, X_INCTX + x.ctx_size, ctx, sizeof(ctx));
+    for (unsigned dci = 2; dci <= 3; dci++) {
+        memset(ctx, 0, sizeof(ctx));
+        ctx[0] = cpu_to_le32((dci - 1) << 10 | (1u << 15));    /* LSA */
+        ctx[1] = cpu_to_le32((3u << 1) | ((dci == 2 ? 2u : 6u) << 3) |
+                             (DEXTLAB_USB_BULK_MPS_HS(0) << 16));
+        ctx[2] = cpu_to_le32(X_INTRRING + 1024 * (dci - 2));
+        ctx[4] = cpu_to_le32(3072);
+        qtest_memwrite(x.qts, X_INCTX + (1 + dci) * x.ctx_size, ctx,
+                       sizeof(ctx));
+    }
+    g_assert_cmpuint(xhci_command(&x, X_INCTX, (12u << 10) | (x.slot << 24),
+                                  NULL), ==, 7 /* Resource Error */);
+    mini_read_id(&x);
+    qpci_free_pc(x.bus);
+    g_free(x.dev);
+    qtest_quit(x.qts);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -547,5 +595,7 @@ int main(int argc, char **argv)
                    test_control_short_data_stage);
     qtest_add_func("/dextlab-usb/xhci/endpoint-interval-out-of-range",
                    test_endpoint_interval_out_of_range);
+    qtest_add_func("/dextlab-usb/xhci/streams-config-mismatch",
+                   test_streams_config_mismatch);
     return g_test_run();
 }

@@ -874,6 +874,33 @@ static void test_select_alt(void)
     check_clean();
 }
 
+/* two channels on two devices pumping at once, each from its own thread */
+static gpointer pump(gpointer opaque)
+{
+    unsigned speed = GPOINTER_TO_UINT(opaque);
+    Cli *c = cli_new(nub(IFC, speed)->id);
+    Buf ob, ib;
+
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 65536, DIR_OUT, &ob), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 65536, DIR_IN, &ib), ==, 0);
+    for (unsigned k = 0; k < 30; k++) {
+        loop_once(c, &ob, &ib, 1000 + k * 1500, k + speed * 100, k & 1);
+    }
+    cli_free(c);
+    return NULL;
+}
+
+static void test_two_devices(void)
+{
+    GThread *a = g_thread_new("pump-ss", pump, GUINT_TO_POINTER(SS));
+    GThread *b = g_thread_new("pump-hs", pump, GUINT_TO_POINTER(HS));
+
+    g_thread_join(a);
+    g_thread_join(b);
+    check_clean();
+}
+
 static void test_hostile(void)
 {
     Cli *c = cli_new(nub(IFC, SS)->id);
@@ -1239,6 +1266,7 @@ int main(int argc, char **argv)
     g_test_add_func("/usb-provider/buffers", test_buffers);
     g_test_add_func("/usb-provider/stall-clear", test_stall);
     g_test_add_func("/usb-provider/select-alt", test_select_alt);
+    g_test_add_func("/usb-provider/two-devices", test_two_devices);
     g_test_add_func("/usb-provider/hostile", test_hostile);
     g_test_add_func("/usb-provider/close-mid-io", test_close_mid_io);
     g_test_add_func("/usb-provider/garbage", test_garbage);

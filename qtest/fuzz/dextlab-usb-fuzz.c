@@ -39,12 +39,15 @@
  * counted separately ("mmio").
  *
  *   dextlab-usb-fuzz [--seconds S] [--ops N] [--seed X] [--qemu PATH]
- *                    [--log PATH]
+ *                    [--log PATH] [--only OP]
  *
  * Exit status 0 and a final "fuzz: N ops ... ok" line when QEMU and the
  * devices survived; 1 with the seed and the QEMU log path when not (rerun
  * with the same --seed to reproduce; the traffic is single-threaded but
- * completions race with submissions, so a replay is close, not exact).
+ * completions race with submissions, so a replay is close, not exact: in
+ * practice the same seed reached each QEMU bug found so far at the same
+ * operation).  --only OP runs one kind of operation (its name as in the
+ * final counts), to profile or to narrow a failure down.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

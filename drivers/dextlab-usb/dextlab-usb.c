@@ -36,7 +36,10 @@ G_STATIC_ASSERT(DXU_SPEED_SUPER == DEXT_USBHOST_SPEED_SUPER);
 
 #define EV_READS        4               /* interrupt reads kept armed */
 #define EV_SLOT         64              /* bytes per read (>= any interrupt mps) */
-#define MAX_IOS         768             /* bulk transfers in flight, all clients */
+/* Bulk transfers in flight, all clients: 64 per pipe, the messages the
+ * device's FIFO holds.  Longer requests are fed chunk by chunk as earlier
+ * ones complete. */
+#define MAX_IOS         (2 * DEXTLAB_USB_FIFO_MSGS)
 #define CTRL_MS         2000
 
 typedef struct Drv Drv;
@@ -56,9 +59,12 @@ typedef struct {
     Client *cl;
     uint64_t ref, tag;
     DextBuffer *win;
+    uint64_t out_off, in_off;
     uint32_t len, in_len;
     unsigned ios;               /* transfers not yet completed */
     unsigned chunks;
+    unsigned next;              /* next chunk to submit */
+    bool queued;                /* in Drv.pending: chunks left to submit */
     uint32_t out_actual, in_actual;
     int out_status, in_status;
     uint64_t t_submit, t_done;
@@ -89,6 +95,7 @@ struct Drv {
     bool ev_halted;
     bool stopping;
     unsigned ios;               /* bulk transfers in flight */
+    GQueue pending;             /* Req* with chunks not yet submitted, FIFO */
     GPtrArray *clients;         /* Client* with an open connection */
     struct dxu_uc_stats st;
 };
@@ -286,6 +293,80 @@ static void bulk_abort(Drv *d)
     dext_usbhost_pipe_abort(d->in);
 }
 
+static void req_maybe_finish(Req *r)
+{
+    if (r->ios == 0 && !r->queued) {
+        req_finish(r);
+    }
+}
+
+/* Requests still waiting to submit chunks fail (-ECANCELED): after a
+ * failed or cancelled transfer the FIFO's messages no longer pair up. */
+static void fail_pending(Drv *d)
+{
+    Req *r;
+    while ((r = g_queue_pop_head(&d->pending))) {
+        r->queued = false;
+        if (!r->out_status) {
+            r->out_status = -ECANCELED;
+        }
+        req_maybe_finish(r);
+    }
+}
+
+static void xfer_done(void *ctx, int status, uint32_t actual, uint64_t ts);
+
+static int xfer_submit(Drv *d, Req *r, bool in, uint64_t off, uint32_t len)
+{
+    Xfer *x = g_new0(Xfer, 1);
+    x->r = r;
+    x->in = in;
+    int rc = dext_usbhost_pipe_async_io(in ? d->in : d->out, r->win, off, len, NULL, xfer_done, x);
+    if (rc < 0) {
+        g_free(x);
+        return rc;
+    }
+    r->ios++;
+    d->ios++;
+    d->st.io_submitted++;
+    return 0;
+}
+
+/*
+ * Submit queued chunks while there is room.  Each chunk is one OUT and its
+ * IN, submitted together (on the service queue: nothing interleaves), so
+ * the k-th IN on the pipe returns the k-th OUT's message whatever requests
+ * the chunks belong to.
+ */
+static void pump(Drv *d)
+{
+    Req *r;
+    uint64_t chunk = d->fifo_size;
+    while (!d->stopping && (r = g_queue_peek_head(&d->pending)) && d->ios + 2 <= MAX_IOS) {
+        uint64_t o = (uint64_t)r->next * chunk;
+        uint32_t n = (uint32_t)MIN(chunk, (uint64_t)r->len - o);
+        uint32_t nin = r->next + 1 == r->chunks ? (uint32_t)(r->in_len - o) : n;
+        int rc = xfer_submit(d, r, false, r->out_off + o, n);
+        if (rc == 0 && (rc = xfer_submit(d, r, true, r->in_off + o, nin)) < 0) {
+            r->in_status = rc;
+            bulk_abort(d); /* an OUT without its IN would shift every later request */
+        } else if (rc < 0) {
+            r->out_status = rc;
+        }
+        if (rc < 0) {
+            fail_pending(d);
+            return;
+        }
+        if (++r->next == r->chunks) {
+            g_queue_pop_head(&d->pending);
+            r->queued = false;
+        }
+    }
+    if (d->stopping) {
+        fail_pending(d);
+    }
+}
+
 static void xfer_done(void *ctx, int status, uint32_t actual, uint64_t ts)
 {
     Xfer *x = ctx;
@@ -306,6 +387,7 @@ static void xfer_done(void *ctx, int status, uint32_t actual, uint64_t ts)
             r->out_status = status;
         }
     }
+    g_free(x);
     if (status) {
         d->st.io_errors++;
         if (status == -EPIPE) {
@@ -316,27 +398,11 @@ static void xfer_done(void *ctx, int status, uint32_t actual, uint64_t ts)
              * flight: fail everything rather than mix requests' data. */
             bulk_abort(d);
         }
+        fail_pending(d);
     }
-    g_free(x);
-    if (--r->ios == 0) {
-        req_finish(r);
-    }
-}
-
-static int xfer_submit(Drv *d, Req *r, bool in, uint64_t off, uint32_t len)
-{
-    Xfer *x = g_new0(Xfer, 1);
-    x->r = r;
-    x->in = in;
-    int rc = dext_usbhost_pipe_async_io(in ? d->in : d->out, r->win, off, len, NULL, xfer_done, x);
-    if (rc < 0) {
-        g_free(x);
-        return rc;
-    }
-    r->ios++;
-    d->ios++;
-    d->st.io_submitted++;
-    return 0;
+    r->ios--;
+    req_maybe_finish(r);
+    pump(d);
 }
 
 static bool range_ok(uint64_t off, uint64_t len, uint64_t size)
@@ -361,8 +427,7 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
         (len && in_len && out_off < in_off + in_len && in_off < out_off + len)) {
         return -EINVAL;
     }
-    unsigned chunks = len ? (unsigned)((len + chunk - 1) / chunk) : 1;
-    if (cl->inflight >= DXU_UC_MAX_INFLIGHT || d->ios + 2 * chunks > MAX_IOS) {
+    if (cl->inflight >= DXU_UC_MAX_INFLIGHT) {
         return -EAGAIN;
     }
     if (d->stopping) {
@@ -373,43 +438,21 @@ static int m_loopback(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     r->ref = a->async_ref;
     r->tag = in[4];
     r->win = cl->win;
+    r->out_off = out_off;
+    r->in_off = in_off;
     r->len = (uint32_t)len;
     r->in_len = (uint32_t)in_len;
-    r->chunks = chunks;
+    r->chunks = len ? (unsigned)((len + chunk - 1) / chunk) : 1;
     r->t_submit = dext_time_ns();
-    r->ios = 1; /* held while submitting */
+    r->queued = true;
     cl->ref++;
     cl->inflight++;
     d->st.lb_requests++;
-    int rc = 0;
-    for (unsigned k = 0; k < chunks && rc == 0; k++) {
-        uint64_t o = (uint64_t)k * chunk;
-        uint32_t n = (uint32_t)MIN(chunk, len - o);
-        uint32_t nin = k + 1 == chunks ? (uint32_t)(in_len - o) : n;
-        if ((rc = xfer_submit(d, r, false, out_off + o, n)) < 0) {
-            break;
-        }
-        if ((rc = xfer_submit(d, r, true, in_off + o, nin)) < 0) {
-            r->out_status = rc;
-            bulk_abort(d); /* an OUT without its IN would shift every later request */
-        }
-    }
-    if (rc < 0 && r->ios == 1) {
-        /* nothing went out: the call fails, no completion */
-        cl->inflight--;
-        cl->ref--;
-        d->st.lb_requests--;
-        g_free(r);
-        return rc;
-    }
-    if (rc < 0 && !r->out_status) {
-        r->out_status = rc;
-        bulk_abort(d);
-    }
-    a->scalar_out[0] = chunks;
-    if (--r->ios == 0) {
-        req_finish(r);
-    }
+    a->scalar_out[0] = r->chunks;
+    /* From here on the request completes (possibly with an error) exactly
+     * once, even if none of its transfers could be submitted. */
+    g_queue_push_tail(&d->pending, r);
+    pump(d);
     return 0;
 }
 
@@ -615,7 +658,7 @@ static int m_select_alt(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     if (alt >= DEXTLAB_USB_NUM_ALTS) {
         return -EINVAL;
     }
-    if (d->ios) {
+    if (d->ios || !g_queue_is_empty(&d->pending)) {
         return -EBUSY;
     }
     ev_disarm(d);
@@ -715,6 +758,7 @@ static int drv_new_uc(DextService *svc, DextUserClient *uc)
 static void drv_free(Drv *d)
 {
     d->stopping = true;
+    fail_pending(d);
     if (d->out) {
         dext_usbhost_pipe_abort(d->out);
         dext_usbhost_pipe_abort(d->in);

@@ -617,7 +617,8 @@ static int pend_outcome(DxuApp *a, uint64_t ref)
 
 /* Guards: device_del of one device stops its driver instance (Stop runs)
  * and fails the app's in-flight request with an error, the other device
- * keeps working; device_add brings a new instance that moves data. */
+ * keeps working; device_add brings a new instance that moves data (with a
+ * small FIFO: many chunks per request). */
 static void test_unplug_replug(void)
 {
     DxuApp a, other;
@@ -653,8 +654,11 @@ static void test_unplug_replug(void)
     run_ok(&other, 10000, 0, 4, 2);
     dxu_app_close(&other);
 
+    /* back with a 4 KiB FIFO: a 1 MiB loopback is 256 chunks, fed through
+     * the driver's bounded window of transfers in flight */
     g_assert_true(qmp("{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"dextlab-usb\","
-                      "\"bus\":\"xhci.0\",\"id\":\"usbhs\",\"superspeed\":false}}\n"));
+                      "\"bus\":\"xhci.0\",\"id\":\"usbhs\",\"superspeed\":false,"
+                      "\"fifo-size\":4096}}\n"));
     s = wait_running(2, NULL, 60000);
     char *old_hs = g_strdup(t.id[HS]);
     learn_ids(s);
@@ -663,8 +667,11 @@ static void test_unplug_replug(void)
     g_free(old_hs);
     open_dev(&a, HS, 4 << 20);
     g_assert_cmpuint(a.info[1], ==, DXU_SPEED_HIGH);
+    g_assert_cmpuint(a.info[3], ==, 4096);
     run_ok(&a, 1 << 20, 0, 2, 2);
     run_ok(&a, 1, 0, 2, 1);
+    run_ok(&a, 4097, 0, 8, 4);
+    run_ok(&a, 100, 3000, 4, 2);
     dxu_app_close(&a);
 }
 

@@ -13,7 +13,8 @@
  * Loopback: window[out..+len) is written to bulk OUT 0x01 and read back
  * from bulk IN 0x81 into window[in..+in_len).  The device's FIFO keeps
  * transfer boundaries: the driver splits a request into chunks of at most
- * the device's FIFO size (each chunk one OUT and one IN transfer) and the
+ * the device's FIFO size (each chunk one OUT and one IN transfer, at most
+ * 64 of each in flight for the whole device) and the
  * IN of the last chunk may ask for more than was written (in_len > len,
  * single-chunk requests only): it completes short.  len 0 sends a
  * zero-length packet, which comes back as a zero-length IN.

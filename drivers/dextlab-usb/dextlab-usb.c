@@ -8,9 +8,10 @@
  * Shape: everything runs on the service queue (Start/Stop, user-client
  * methods and every USB completion), so the driver's state needs no lock.
  *   - bulk loopback: a request is split into chunks of at most the device's
- *     FIFO size, each one OUT and one IN transfer, all submitted at once in
- *     the same order on both pipes (the FIFO keeps transfer boundaries, so
- *     the k-th IN returns the k-th OUT); data lives in the client's window,
+ *     FIFO size, each one OUT and one IN transfer submitted together (the
+ *     FIFO keeps transfer boundaries, so the k-th IN returns the k-th OUT),
+ *     fed through a bounded window as earlier chunks complete; data lives in
+ *     the client's window,
  *     a USB IO buffer the app maps: zero copy;
  *   - interrupt IN: EV_READS reads always armed, re-armed in their
  *     completion; each event goes to every subscriber as an async

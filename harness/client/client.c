@@ -288,6 +288,44 @@ static int call(DextConnection *c, uint32_t sel, uint64_t ref, const uint64_t *i
     return rc;
 }
 
+int dext_client_call_posted(DextConnection *c, uint32_t selector, uint64_t ref,
+                            const uint64_t *in, uint32_t nin, const void *sin, size_t sin_len)
+{
+    if (!c || !ref || (nin && !in) || (sin_len && !sin)) {
+        return -EINVAL;
+    }
+    if (selector >= c->nmethods || !c->methods[selector].valid) {
+        return -EINVAL;
+    }
+    const Method *m = &c->methods[selector];
+    if (nin != m->scalar_in ||
+        (m->struct_in == UINT32_MAX ? sin_len > 4096 : sin_len != m->struct_in)) {
+        return -EINVAL;
+    }
+    if (c->dead) {
+        return -ECONNRESET;
+    }
+    /* The driver checks the output shape too: ask for exactly the table's,
+     * then drops the outputs (a posted call has no reply). */
+    uint32_t cap = m->struct_out == UINT32_MAX ? 0 : m->struct_out;
+    DextMsg msg;
+    dext_msg_init(&msg, DEXT_MSG_UC_CALL,
+                  g_variant_new("(u@at@ayuut)", selector,
+                                g_variant_new_fixed_array(G_VARIANT_TYPE_UINT64, in, nin,
+                                                          sizeof(uint64_t)),
+                                g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, sin, sin_len, 1),
+                                m->scalar_out, cap, (guint64)ref));
+    msg.flags = DEXT_MSG_F_POSTED;
+    msg.serial = ++c->serial;
+    int rc = dext_ipc_send(c->fd, &msg);
+    dext_msg_clear(&msg);
+    if (rc == -ECONNRESET || rc == -EPIPE) {
+        c->dead = true;
+        rc = -ECONNRESET;
+    }
+    return rc;
+}
+
 int dext_client_call(DextConnection *c, uint32_t selector, const uint64_t *in, uint32_t nin,
                      const void *sin, size_t sin_len, uint64_t *out, uint32_t *nout, void *sout,
                      size_t *sout_len)

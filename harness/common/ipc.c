@@ -50,7 +50,7 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_MATCH_EXPLAIN, "MATCH_EXPLAIN", "()", "(a(ssssbs))", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_BUNDLE_CTL, "BUNDLE_CTL", "(ss)", "(s)", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_UC_METHODS, "UC_METHODS", "()", "(a(uuuuu))", 0, 0, DEXT_CH_UC, false },
-    { DEXT_MSG_UC_CALL, "UC_CALL", "(uatayuut)", "(atay)", 0, 0, DEXT_CH_UC, false },
+    { DEXT_MSG_UC_CALL, "UC_CALL", "(uatayuut)", "(atay)", 0, 0, DEXT_CH_UC, true },
     { DEXT_MSG_UC_MEMORY, "UC_MEMORY", "(uu)", "(tt)", 0, 1, DEXT_CH_UC, false },
     { DEXT_MSG_UC_ASYNC, "UC_ASYNC", "(tiat)", NULL, 0, 0, DEXT_CH_UCEV, true },
     { DEXT_MSG_USB_INFO, "USB_INFO", "()", "(uyayay)", 0, 0, DEXT_CH_PROV, false },

@@ -452,6 +452,36 @@ static void reply_error(DextUserClient *uc, const DextMsg *req, int err, const c
     g_free(s);
 }
 
+/* A failed call: an ERROR reply, or for a posted call (which has no reply)
+ * a completion of its async reference with the error and no data. */
+static void call_error(DextUserClient *uc, const DextMsg *req, uint64_t async_ref, int err,
+                       const char *fmt, ...) G_GNUC_PRINTF(5, 6);
+static void call_error(DextUserClient *uc, const DextMsg *req, uint64_t async_ref, int err,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (!(req->flags & DEXT_MSG_F_POSTED)) {
+        reply_error(uc, req, err, "%s", s);
+    } else if (async_ref) {
+        DEXT_DEBUG("user client %" G_GUINT64_FORMAT ": posted call failed: %s", uc->id, s);
+        DextMsg m;
+        dext_msg_init(&m, DEXT_MSG_UC_ASYNC,
+                      g_variant_new("(ti@at)", (guint64)async_ref, err,
+                                    g_variant_new_fixed_array(G_VARIANT_TYPE_UINT64, NULL, 0,
+                                                              sizeof(uint64_t))));
+        m.flags = DEXT_MSG_F_POSTED;
+        uc_send(uc, &m);
+        dext_msg_clear(&m);
+    } else {
+        DEXT_WARN("user client %" G_GUINT64_FORMAT " (%s): posted call without an async "
+                  "reference failed, nobody to tell: %s", uc->id, uc->app_id, s);
+    }
+    g_free(s);
+}
+
 static void uc_call(DextUserClient *uc, DextMsg *m)
 {
     guint32 sel, nout, sout_cap;
@@ -466,39 +496,42 @@ static void uc_call(DextUserClient *uc, DextMsg *m)
     uint8_t *struct_out = NULL;
 
     if (!meth) {
-        reply_error(uc, m, -EINVAL, "invalid selector %u", sel);
+        call_error(uc, m, async_ref, -EINVAL, "invalid selector %u", sel);
         goto out;
     }
     if (nin != meth->scalar_in) {
-        reply_error(uc, m, -EINVAL, "selector %u takes %u scalar inputs, got %zu", sel,
-                    meth->scalar_in, (size_t)nin);
+        call_error(uc, m, async_ref, -EINVAL, "selector %u takes %u scalar inputs, got %zu",
+                   sel, meth->scalar_in, (size_t)nin);
         goto out;
     }
     if (meth->struct_in == DEXT_UC_VARIABLE ? sin_len > DEXT_UC_MAX_STRUCT
                                             : sin_len != meth->struct_in) {
-        reply_error(uc, m, -EINVAL, "selector %u: structure input of %zu bytes, expected %s%u",
-                    sel, (size_t)sin_len, meth->struct_in == DEXT_UC_VARIABLE ? "<= " : "",
-                    meth->struct_in == DEXT_UC_VARIABLE ? DEXT_UC_MAX_STRUCT : meth->struct_in);
+        call_error(uc, m, async_ref, -EINVAL,
+                   "selector %u: structure input of %zu bytes, expected %s%u", sel,
+                   (size_t)sin_len, meth->struct_in == DEXT_UC_VARIABLE ? "<= " : "",
+                   meth->struct_in == DEXT_UC_VARIABLE ? DEXT_UC_MAX_STRUCT : meth->struct_in);
         goto out;
     }
     if (nout != meth->scalar_out || nout > DEXT_UC_MAX_SCALARS) {
-        reply_error(uc, m, -EINVAL, "selector %u returns %u scalars, caller expects %u", sel,
-                    meth->scalar_out, nout);
+        call_error(uc, m, async_ref, -EINVAL,
+                   "selector %u returns %u scalars, caller expects %u", sel, meth->scalar_out,
+                   nout);
         goto out;
     }
     uint32_t sout_max = meth->struct_out == DEXT_UC_VARIABLE ? DEXT_UC_MAX_STRUCT : meth->struct_out;
     if (sout_cap > DEXT_UC_MAX_STRUCT ||
         (meth->struct_out != DEXT_UC_VARIABLE && sout_cap < meth->struct_out)) {
-        reply_error(uc, m, -EINVAL, "selector %u: structure output capacity %u, needs %u", sel,
-                    sout_cap, meth->struct_out);
+        call_error(uc, m, async_ref, -EINVAL,
+                   "selector %u: structure output capacity %u, needs %u", sel, sout_cap,
+                   meth->struct_out);
         goto out;
     }
     if (async_ref && !meth->async) {
-        reply_error(uc, m, -EINVAL, "selector %u is not asynchronous", sel);
+        call_error(uc, m, async_ref, -EINVAL, "selector %u is not asynchronous", sel);
         goto out;
     }
     if (!async_ref && meth->async) {
-        reply_error(uc, m, -EINVAL, "selector %u needs an async reference", sel);
+        call_error(uc, m, async_ref, -EINVAL, "selector %u needs an async reference", sel);
         goto out;
     }
     size_t cap = MIN(sout_cap, sout_max);
@@ -516,14 +549,17 @@ static void uc_call(DextUserClient *uc, DextMsg *m)
     memset(scalars_out, 0, sizeof(scalars_out));
     uc_run(uc, run_method, &c, "selector", sel);
     if (c.rc < 0) {
-        reply_error(uc, m, c.rc, "selector %u failed: %s", sel, g_strerror(-c.rc));
+        call_error(uc, m, async_ref, c.rc, "selector %u failed: %s", sel, g_strerror(-c.rc));
         goto out;
     }
     if (c.args.struct_out_size > cap) {
         DEXT_ERROR("selector %u produced %zu bytes of a %zu-byte output", sel,
                    c.args.struct_out_size, cap);
-        reply_error(uc, m, -EOVERFLOW, "driver produced too much output");
+        call_error(uc, m, async_ref, -EOVERFLOW, "driver produced too much output");
         goto out;
+    }
+    if (m->flags & DEXT_MSG_F_POSTED) {
+        goto out; /* success: the completion (if any) is the only answer */
     }
     DextMsg r;
     dext_msg_init_reply(&r, m,

@@ -574,6 +574,16 @@ static void test_validation(void)
     nout = 1;
     g_assert_cmpint(dext_client_call_async(a.c, DXL_UC_SEL_SUBMIT_BATCH, 1, NULL, 0, batch, 55,
                                            out, &nout, NULL, NULL), ==, -EINVAL);
+    /* posted (no reply): a refused batch completes its reference with the
+     * error and no data; the checks are the same */
+    g_assert_cmpint(dxl_app_submit_batch_posted(&a, batch, 20, 5), ==, 0);
+    uint64_t pref = 0;
+    g_assert_cmpint(dxl_app_wait(&a, 5000, &pref, &st, data), ==, -EINVAL);
+    g_assert_cmpuint(pref, ==, 5);
+    g_assert_cmpint(dext_client_call_posted(a.c, DXL_UC_SEL_SUBMIT_BATCH, 6, NULL, 0, batch, 55),
+                    ==, 0);
+    g_assert_cmpint(dxl_app_wait(&a, 5000, &pref, &st, data), ==, -EINVAL);
+    g_assert_cmpuint(pref, ==, 6);
     g_assert_cmpint(dxl_app_stats(&a, &s1), ==, 0);
     for (unsigned q = 0; q < 8; q++) {
         g_assert_cmpuint(s1.q[q].requests, ==, s0.q[q].requests);  /* nothing submitted */
@@ -586,6 +596,13 @@ static void test_validation(void)
         g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, 0);
         g_assert_cmpint(st, ==, 0);
         g_assert_cmpuint(ref, ==, 3);
+    }
+    g_assert_cmpint(dxl_app_submit_batch_posted(&a, batch, 16, 4), ==, 0);
+    for (unsigned i = 0; i < 16; i++) {
+        uint64_t ref;
+        g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, 0);
+        g_assert_cmpint(st, ==, 0);
+        g_assert_cmpuint(ref, ==, 4);
     }
     dxl_app_close(&a);
 }

@@ -78,11 +78,21 @@ int dxl_app_submit_batch(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n, u
                                   n * sizeof(*reqs), &count, &nout, NULL, NULL);
 }
 
+int dxl_app_submit_batch_posted(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n,
+                                uint64_t ref)
+{
+    return dext_client_call_posted(a->c, DXL_UC_SEL_SUBMIT_BATCH, ref, NULL, 0, reqs,
+                                   n * sizeof(*reqs));
+}
+
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data)
 {
     uint32_t n = DXL_UC_CPL_COUNT;
     memset(data, 0, DXL_UC_CPL_COUNT * sizeof(uint64_t));
     int rc = dext_client_wait_async(a->c, timeout_ms, ref, status, data, &n);
+    if (rc == 0 && n == 0 && *status < 0) {
+        return *status; /* a posted batch the driver refused */
+    }
     if (rc == 0 && n != DXL_UC_CPL_COUNT) {
         return -EPROTO;
     }
@@ -298,7 +308,9 @@ static bool verify_one(DxlApp *a, const DxlJob *j, const JobSlot *s, const uint3
 static bool flush_batch(DxlApp *a, const struct dxl_uc_req *batch, unsigned nb, JobSlot *slots,
                         unsigned *busy, uint64_t *submitted, DxlResult *res)
 {
-    int rc = dxl_app_submit_batch(a, batch, nb, 1);
+    /* posted: no reply to wait for; a refused batch comes back through
+     * dxl_app_wait as an error, which ends the job */
+    int rc = dxl_app_submit_batch_posted(a, batch, nb, 1);
     if (rc < 0) {
         if (!res->first_status) {
             res->first_status = rc;

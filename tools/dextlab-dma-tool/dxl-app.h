@@ -34,6 +34,10 @@ int dxl_app_submit(DxlApp *a, unsigned q, unsigned op, uint64_t src, uint64_t ds
 /* Async batch (DXL_UC_SEL_SUBMIT_BATCH): n <= DXL_UC_BATCH_MAX requests,
  * each completing with @ref and its own tag. */
 int dxl_app_submit_batch(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n, uint64_t ref);
+/* The same, posted (dext_client_call_posted): returns once sent; a batch the
+ * driver refuses makes dxl_app_wait return its -errno. */
+int dxl_app_submit_batch_posted(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n,
+                                uint64_t ref);
 /* Next completion: *status 0 or -errno; data[DXL_UC_CPL_COUNT]. */
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data);
 /* Synchronous request (DXL_UC_SEL_SUBMIT_WAIT). */

@@ -53,6 +53,14 @@ int dext_client_call_async(DextConnection *c, uint32_t selector, uint64_t ref,
                            const void *sin, size_t sin_len,
                            uint64_t *out, uint32_t *nout,
                            void *sout, size_t *sout_len);
+/* Posted async call: sent without waiting for the driver's reply (one
+ * message and one wake-up less per call; the method's outputs are dropped).
+ * Returns once sent.  Calls on a connection run in order.  A call the driver
+ * refuses (validation or the method's error) completes @ref (non-zero) with
+ * that -errno and no data (*n = 0 from dext_client_wait_async). */
+int dext_client_call_posted(DextConnection *c, uint32_t selector, uint64_t ref,
+                            const uint64_t *in, uint32_t nin,
+                            const void *sin, size_t sin_len);
 /* Wait (bounded) for the next async completion. *n in: capacity. */
 int dext_client_wait_async(DextConnection *c, int timeout_ms, uint64_t *ref,
                            int *status, uint64_t *data, uint32_t *n);

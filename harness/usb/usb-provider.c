@@ -466,9 +466,13 @@ static void chan_wake(ProvChan *c)
 {
     uint64_t one = 1;
 
-    if (write(c->wake, &one, sizeof(one)) < 0) {
+    /* under the lock: the fd is closed (and its number maybe reused) when
+     * the channel exits */
+    g_mutex_lock(&c->lock);
+    if (c->wake >= 0 && write(c->wake, &one, sizeof(one)) < 0) {
         /* counter saturated: the thread is awake anyway */
     }
+    g_mutex_unlock(&c->lock);
 }
 
 /* completions are all posted (or the channel is gone), bounded */
@@ -1199,8 +1203,6 @@ static void chan_teardown(ProvChan *c)
     if (c->nub && c->nub->owner == c) {
         c->nub->owner = NULL;
     }
-    g_ptr_array_remove_fast(p->chans, c);
-    g_cond_broadcast(&p->cond);
     g_mutex_unlock(&p->lock);
     if (leak) {
         /* the controller still owns memory of ours: never free it */
@@ -1215,13 +1217,19 @@ static void chan_teardown(ProvChan *c)
         }
     }
     close(c->fd);
-    close(c->wake);
-    nub_unref(c->nub);
-    c->nub = NULL;
     g_mutex_lock(&c->lock);
+    close(c->wake);
+    c->wake = -1;
     c->exited = true;
     g_cond_broadcast(&c->cond);
     g_mutex_unlock(&c->lock);
+    /* gone from the list last: shutdown() returns once all is released */
+    g_mutex_lock(&p->lock);
+    g_ptr_array_remove_fast(p->chans, c);
+    g_cond_broadcast(&p->cond);
+    g_mutex_unlock(&p->lock);
+    nub_unref(c->nub);
+    c->nub = NULL;
     chan_unref(c);
 }
 

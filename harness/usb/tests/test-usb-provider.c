@@ -415,6 +415,21 @@ static uint32_t read_reg(Cli *c, unsigned reg)
     return b[0] | b[1] << 8 | b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
+static int fd_baseline = -1;
+
+static int count_fds(void)
+{
+    GDir *d = g_dir_open("/proc/self/fd", 0, NULL);
+    int n = 0;
+
+    g_assert_nonnull(d);
+    while (g_dir_read_name(d)) {
+        n++;
+    }
+    g_dir_close(d);
+    return n;
+}
+
 static void check_clean(void)
 {
     DextUsbProviderStats st;
@@ -431,6 +446,8 @@ static void check_clean(void)
     g_assert_cmpuint(st.channels, ==, 0);
     g_assert_cmpuint(st.buffers, ==, 0);
     g_assert_cmpuint(st.pending_io, ==, 0);
+    /* every channel's socket and eventfd closed, every buffer fd too */
+    g_assert_cmpint(count_fds(), ==, fd_baseline);
 }
 
 /* ------------------------------------------------------------ tests */
@@ -1258,6 +1275,7 @@ int main(int argc, char **argv)
     g_assert_cmpint(dext_usb_host_wait_devices(usb_testbed_host(tb), 2, 15000),
                     ==, 0);
 
+    fd_baseline = count_fds();
     g_test_add_func("/usb-provider/publish", test_publish);
     g_test_add_func("/usb-provider/info", test_info);
     g_test_add_func("/usb-provider/open-exclusive", test_open);

@@ -74,25 +74,15 @@ static void usb_event(void *opaque, DextUsbDevice *d, bool attached)
     dext_usb_provider_device_fn(x->prov, d, attached);
 }
 
-/* Provider callbacks (hub thread).  A device found while Start is still
- * running may be published before dextd saw Start's reply: a refusal
- * that may be that race is retried for a bounded time. */
+/* Provider callbacks (hub thread).  Devices found during Start are
+ * published while the service is still starting: dextd accepts that. */
 static int pub_nub(void *opaque, uint64_t parent, const char *name,
                    const char *io_class, const char *props, uint64_t *nub)
 {
     Xhci *x = opaque;
-    int ret;
-
-    for (int tries = 0;; tries++) {
-        ret = dext_service_publish_nub(x->svc, parent, name, io_class, props,
+    int ret = dext_service_publish_nub(x->svc, parent, name, io_class, props,
                                        nub);
-        if (ret == 0 || tries >= 40 ||
-            (ret != -ENOENT && ret != -EAGAIN && ret != -EBUSY &&
-             ret != -ESRCH)) {
-            break;
-        }
-        g_usleep(50000);
-    }
+
     if (ret == 0) {
         DEXT_INFO("published %s (%s) as nub %" G_GUINT64_FORMAT, name,
                   io_class, *nub);

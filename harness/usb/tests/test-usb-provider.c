@@ -891,6 +891,56 @@ static void test_select_alt(void)
     check_clean();
 }
 
+/* interrupt IN: events triggered by a vendor request arrive through
+ * USB_IO_DONE in order, none lost, with 8 transfers kept in flight */
+static void test_interrupt(void)
+{
+    const unsigned total = 40, depth = 8;
+    Cli *c = cli_new(nub(IFC, SS)->id);
+    Buf b;
+    uint32_t seq0 = 0;
+
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==, 0);
+    g_assert_cmpint(buf_alloc(c, depth * 64, DIR_IN, &b), ==, 0);
+    for (unsigned n = 0; n < depth; n++) {
+        g_assert_cmpint(io(c, DEXTLAB_USB_EP_INTR_IN, &b, n * 64, 64, 0,
+                           1000 + n, NULL), ==, 0);
+    }
+    g_assert_cmpint(control(c, 0x40, DEXTLAB_USB_REQ_TRIGGER_EVENTS, total, 7,
+                            0, NULL, 0, NULL, NULL), ==, 0);
+    for (unsigned n = 0; n < total; n++) {
+        const uint8_t *e = b.map + (n % depth) * 64;
+        uint32_t seq, value;
+        Ev ev;
+
+        g_assert_true(cli_event(c, 1000 + n, &ev, 10000));
+        g_assert_cmpint(ev.status, ==, 0);
+        g_assert_cmpuint(ev.actual, ==, DEXTLAB_USB_EVENT_SIZE);
+        g_assert_cmpuint(e[0], ==, DEXTLAB_USB_EVT_SOFT);
+        g_assert_cmpuint(e[1], ==, 0);                  /* none lost */
+        seq = e[4] | e[5] << 8 | e[6] << 16 | (uint32_t)e[7] << 24;
+        value = e[8] | e[9] << 8 | e[10] << 16 | (uint32_t)e[11] << 24;
+        if (n == 0) {
+            seq0 = seq;
+        }
+        g_assert_cmpuint(seq, ==, seq0 + n);
+        g_assert_cmphex(value, ==, 7u << 16 | n);
+        g_assert_cmpint(io(c, DEXTLAB_USB_EP_INTR_IN, &b, (n % depth) * 64,
+                           64, 0, 1000 + n + depth, NULL), ==, 0);
+    }
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_ABORT,
+                          g_variant_new("(y)", DEXTLAB_USB_EP_INTR_IN)), ==, 0);
+    for (unsigned n = total; n < total + depth; n++) {
+        Ev ev;
+
+        g_assert_true(cli_event(c, 1000 + n, &ev, 0));
+        g_assert_cmpint(ev.status, ==, -ECANCELED);
+    }
+    munmap(b.map, b.cap);
+    cli_free(c);
+    check_clean();
+}
+
 /* two channels on two devices pumping at once, each from its own thread */
 static gpointer pump(gpointer opaque)
 {
@@ -1284,6 +1334,7 @@ int main(int argc, char **argv)
     g_test_add_func("/usb-provider/buffers", test_buffers);
     g_test_add_func("/usb-provider/stall-clear", test_stall);
     g_test_add_func("/usb-provider/select-alt", test_select_alt);
+    g_test_add_func("/usb-provider/interrupt-events", test_interrupt);
     g_test_add_func("/usb-provider/two-devices", test_two_devices);
     g_test_add_func("/usb-provider/hostile", test_hostile);
     g_test_add_func("/usb-provider/close-mid-io", test_close_mid_io);

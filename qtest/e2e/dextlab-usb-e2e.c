@@ -9,7 +9,9 @@
  * device_del/device_add for hot-plug.
  *
  * Environment (meson): DEXTD, DEXT_XHCI_BUNDLE, DEXTLAB_USB_BUNDLE,
- * DEXTLAB_USB_TOOL, DEXTLAB_USB_MACHINE.  Each test path names the
+ * DEXTLAB_USB_TOOL, DEXTLAB_USB_MACHINE; DEXTLAB_USB_VALGRIND (path of
+ * valgrind): run the driver under it through a wrapper bundle, and fail on
+ * any memory error or definite leak it reports.  Each test path names the
  * behaviour it guards.  The tests run in order and share the dextd.
  */
 #include "dxu-app.h"
@@ -17,6 +19,7 @@
 
 #include <errno.h>
 #include <glib.h>
+#include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 #include <signal.h>
 #include <stdio.h>
@@ -717,6 +720,65 @@ static void test_crash_relaunch(void)
     }
 }
 
+/* A bundle whose executable runs the real driver under valgrind. */
+static char *valgrind_bundle(const char *dir, const char *bundle, const char *valgrind)
+{
+    char *vdir = g_build_filename(dir, "vg", "dextlab-usb", NULL);
+    char *pers_src = g_build_filename(bundle, "dextlab-usb.personality", NULL);
+    char *pers = g_build_filename(vdir, "dextlab-usb.personality", NULL);
+    char *wrap = g_build_filename(vdir, "vg.sh", NULL);
+    char *real = g_build_filename(bundle, "dextlab-usb", NULL);
+    char *text = NULL;
+    g_assert_cmpint(g_mkdir_with_parents(vdir, 0755), ==, 0);
+    g_assert_true(g_file_get_contents(pers_src, &text, NULL, NULL));
+    char *with_exe = g_strconcat(text, "\n[Bundle]\nExecutable=vg.sh\n", NULL);
+    g_assert_true(g_file_set_contents(pers, with_exe, -1, NULL));
+    char *sh = g_strdup_printf("#!/bin/sh\nexec '%s' --error-exitcode=99 --leak-check=full "
+                               "--errors-for-leak-kinds=definite --log-file='%s/vg-%%p.log' "
+                               "'%s' \"$@\"\n", valgrind, dir, real);
+    g_assert_true(g_file_set_contents(wrap, sh, -1, NULL));
+    g_assert_cmpint(g_chmod(wrap, 0755), ==, 0);
+    g_free(sh);
+    g_free(with_exe);
+    g_free(text);
+    g_free(real);
+    g_free(wrap);
+    g_free(pers);
+    g_free(pers_src);
+    return vdir;
+}
+
+/* Every complete valgrind log (the one killed by the crash test has no
+ * summary): no errors, no definite leaks; at least one complete. */
+static bool valgrind_clean(const char *dir)
+{
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    unsigned logs = 0;
+    bool ok = true;
+    while (d && (n = g_dir_read_name(d))) {
+        if (!g_str_has_prefix(n, "vg-")) {
+            continue;
+        }
+        char *path = g_build_filename(dir, n, NULL), *s = NULL;
+        g_file_get_contents(path, &s, NULL, NULL);
+        if (s && strstr(s, "ERROR SUMMARY:")) {
+            logs++;
+            if (!strstr(s, "ERROR SUMMARY: 0 errors") ||
+                (strstr(s, "definitely lost:") && !strstr(s, "definitely lost: 0 bytes"))) {
+                g_printerr("valgrind reports problems in %s:\n%s\n", path, s);
+                ok = false;
+            }
+        }
+        g_free(s);
+        g_free(path);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    return ok && logs > 0;
+}
+
 static char *machine_file(const char *dir)
 {
     const char *src = g_getenv("DEXTLAB_USB_MACHINE");
@@ -741,7 +803,9 @@ int main(int argc, char **argv)
     char *dir = g_dir_make_tmp("dxu-e2e-XXXXXX", NULL);
     t.qmp_path = g_build_filename(dir, "qmp.sock", NULL);
     char *machine = machine_file(dir);
-    const char *const bundles[] = { xhci, usb, NULL };
+    const char *valgrind = g_getenv("DEXTLAB_USB_VALGRIND");
+    char *vg_bundle = valgrind ? valgrind_bundle(dir, usb, valgrind) : NULL;
+    const char *const bundles[] = { xhci, vg_bundle ? vg_bundle : usb, NULL };
     E2eDextdConfig cfg = {
         .name = "dextlab-usb-e2e",
         .machine = machine,
@@ -769,6 +833,10 @@ int main(int argc, char **argv)
     int rc = g_test_run();
     close(t.qmp);
     int status = e2e_dextd_stop(t.d, 0);
+    if (valgrind && !valgrind_clean(e2e_dextd_dir(t.d))) {
+        rc = 1;
+    }
+    g_free(vg_bundle);
     e2e_dextd_free(t.d, rc != 0 || status == -1 || !WIFEXITED(status));
     g_free(machine);
     g_free(dir);

@@ -1307,6 +1307,147 @@ static void test_unplug(void)
     check_clean();
 }
 
+/* random requests of every kind with random fields on a device and an
+ * interface channel: each gets a reply or an ERROR, the channels stay up,
+ * nothing leaks, and the device works afterwards */
+static void test_random(void)
+{
+    static const uint8_t eps[] = { 0x00, 0x01, 0x81, 0x82, 0x02, 0x83, 0x8f,
+                                   0xff };
+    Cli *cs[2] = { cli_new(nub(DEV, SS)->id), cli_new(nub(IFC, SS)->id) };
+    GRand *r = g_rand_new_with_seed(20261124);
+    uint64_t handles[8] = { 0 };
+    unsigned counts[2] = { 0 };
+    Buf ob, ib;
+
+    for (unsigned n = 0; n < 3000; n++) {
+        Cli *c = cs[g_rand_int_range(r, 0, 2)];
+        uint8_t ep = eps[g_rand_int_range(r, 0, G_N_ELEMENTS(eps))];
+        uint64_t h = g_rand_boolean(r) ? handles[g_rand_int_range(r, 0, 8)]
+                                       : g_rand_int(r);
+        uint64_t big = (uint64_t)g_rand_int(r) << g_rand_int_range(r, 0, 33);
+        GVariant *out = NULL;
+        int fd = -1, rc;
+
+        switch (g_rand_int_range(r, 0, 10)) {
+        case 0:
+            rc = call0(c, g_rand_boolean(r) ? DEXT_MSG_USB_OPEN
+                                            : DEXT_MSG_USB_CLOSE,
+                       g_variant_new("()"));
+            break;
+        case 1: {
+            uint16_t wlen = g_rand_int_range(r, 0, 5000);
+            uint8_t rt = g_rand_int_range(r, 0, 256);
+            gsize olen = g_rand_boolean(r) ? wlen : g_rand_int_range(r, 0, 300);
+            g_autofree uint8_t *od = g_malloc0(MAX(olen, 1));
+            uint8_t req = g_rand_int_range(r, 0, 24);
+
+            if (req == 9 || req == 11) {
+                req = 0x13;     /* keep SET_CONFIG/SELECT_ALT to their calls */
+            }
+            rc = call(c, DEXT_MSG_USB_CONTROL,
+                      g_variant_new("(yyqqqu@ay)", rt, req,
+                                    (guint16)g_rand_int(r),
+                                    (guint16)g_rand_int_range(r, 0, 0x90),
+                                    wlen, g_rand_int_range(r, 1, 100),
+                                    g_variant_new_fixed_array(
+                                        G_VARIANT_TYPE_BYTE, od, olen, 1)),
+                      &out);
+            break;
+        }
+        case 2:
+            rc = call_fd(c, DEXT_MSG_USB_BUFFER_ALLOC,
+                         g_variant_new("(tu)", g_rand_boolean(r)
+                                       ? (guint64)g_rand_int_range(r, 0, 70000)
+                                       : big, g_rand_int_range(r, 0, 5)),
+                         &out, &fd);
+            if (rc == 0) {
+                guint64 hh;
+
+                g_variant_get_child(out, 0, "t", &hh);
+                handles[g_rand_int_range(r, 0, 8)] = hh;
+                close(fd);
+            }
+            break;
+        case 3:
+            rc = call0(c, DEXT_MSG_USB_BUFFER_FREE,
+                       g_variant_new("(t)", (guint64)h));
+            break;
+        case 4:
+        case 5: {
+            bool sync = g_rand_boolean(r);
+
+            rc = call(c, DEXT_MSG_USB_IO,
+                      g_variant_new("(yttuut)", ep, (guint64)h,
+                                    g_rand_boolean(r)
+                                    ? (guint64)g_rand_int_range(r, 0, 70000)
+                                    : big,
+                                    g_rand_boolean(r)
+                                    ? (guint32)g_rand_int_range(r, 0, 70000)
+                                    : g_rand_int(r),
+                                    sync ? (guint32)g_rand_int_range(r, 1, 50)
+                                         : (guint32)(g_rand_int_range(r, 0, 3) * 20),
+                                    sync ? (guint64)0 : (guint64)n + 1),
+                      &out);
+            break;
+        }
+        case 6:
+            rc = call0(c, DEXT_MSG_USB_ABORT, g_variant_new("(y)", ep));
+            break;
+        case 7:
+            rc = call0(c, DEXT_MSG_USB_CLEAR_STALL, g_variant_new("(y)", ep));
+            break;
+        case 8:
+            rc = call0(c, DEXT_MSG_USB_SELECT_ALT,
+                       g_variant_new("(y)", g_rand_int_range(r, 0, 4)));
+            break;
+        default:
+            rc = call(c, DEXT_MSG_USB_INFO, g_variant_new("()"), &out);
+            break;
+        }
+        counts[rc == 0]++;
+        /* a reply or a refusal; never the channel's end */
+        g_assert_cmpint(rc, !=, -ECONNRESET);
+        g_assert_cmpint(rc, !=, -ETIMEDOUT);
+        g_assert_cmpint(rc, !=, -ESHUTDOWN);
+        if (out) {
+            g_variant_unref(out);
+        }
+    }
+    g_rand_free(r);
+    /* both paths were exercised, not just the refusals */
+    g_assert_cmpuint(counts[0], >, 300);
+    g_assert_cmpuint(counts[1], >, 300);
+    cli_free(cs[0]);
+    cli_free(cs[1]);
+    check_clean();
+    /* still configured as published, and working */
+    wait_live(4);
+    cs[0] = cli_new(nub(DEV, SS)->id);
+    g_assert_cmpint(call0(cs[0], DEXT_MSG_USB_OPEN, g_variant_new("()")), ==,
+                    0);
+    g_assert_cmpint(control(cs[0], 0x40, DEXTLAB_USB_REQ_SET_EVENT_RATE, 0, 0,
+                            0, NULL, 0, NULL, NULL), ==, 0);
+    g_assert_cmpint(control(cs[0], 0x40, DEXTLAB_USB_REQ_RESET_FIFO, 0, 0, 0,
+                            NULL, 0, NULL, NULL), ==, 0);
+    cli_free(cs[0]);
+    cs[1] = cli_new(nub(IFC, SS)->id);
+    g_assert_cmpint(call0(cs[1], DEXT_MSG_USB_OPEN, g_variant_new("()")), ==,
+                    0);
+    g_assert_cmpint(call0(cs[1], DEXT_MSG_USB_SELECT_ALT,
+                          g_variant_new("(y)", 0)), ==, 0);
+    for (unsigned k = 0; k < 3; k++) {
+        g_assert_cmpint(call0(cs[1], DEXT_MSG_USB_CLEAR_STALL,
+                              g_variant_new("(y)", k == 0 ? 0x01 : k == 1
+                                            ? 0x81 : 0x82)), ==, 0);
+    }
+    g_assert_cmpint(buf_alloc(cs[1], 8192, DIR_OUT, &ob), ==, 0);
+    g_assert_cmpint(buf_alloc(cs[1], 8192, DIR_IN, &ib), ==, 0);
+    loop_once(cs[1], &ob, &ib, 5000, 77, false);
+    cli_free(cs[1]);
+    check_clean();
+}
+
 int main(int argc, char **argv)
 {
     DextUsbHostConfig hc = { .device_fn = dext_usb_provider_device_fn };
@@ -1342,6 +1483,7 @@ int main(int argc, char **argv)
     g_test_add_func("/usb-provider/set-config", test_set_config);
     g_test_add_func("/usb-provider/reset", test_reset);
     g_test_add_func("/usb-provider/unplug-replug", test_unplug);
+    g_test_add_func("/usb-provider/random-requests", test_random);
     ret = g_test_run();
 
     dext_usb_provider_shutdown(prov);

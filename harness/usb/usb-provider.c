@@ -1332,8 +1332,10 @@ static int serve(DextUsbProvider *p, uint64_t nub, bool by_port,
     if (n) {
         nub = n->id;
     }
-    if (p->closing || (!n && (by_port || !p->publishing))) {
-        int ret = p->closing ? -ESHUTDOWN : -ENOENT;
+    if (p->closing || (!n && (by_port || !p->publishing)) ||
+        p->chans->len >= DEXT_USB_PROV_MAX_CHANNELS) {
+        int ret = p->closing ? -ESHUTDOWN : p->chans->len >=
+                  DEXT_USB_PROV_MAX_CHANNELS ? -EMFILE : -ENOENT;
 
         g_mutex_unlock(&p->lock);
         close(fd);

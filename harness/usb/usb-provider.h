@@ -72,6 +72,7 @@ typedef struct DextUsbProviderOps {
 #define DEXT_USB_PROV_MAX_IO       (16u << 20)
 #define DEXT_USB_PROV_MAX_PENDING  1024u
 #define DEXT_USB_PROV_MAX_CONTROL  4096u
+#define DEXT_USB_PROV_MAX_CHANNELS 64u     /* a thread each */
 /* Sync IO and control requests with timeout 0 */
 #define DEXT_USB_PROV_DEFAULT_TIMEOUT_MS 5000u
 
@@ -87,7 +88,8 @@ void dext_usb_provider_device_fn(void *provider, DextUsbDevice *dev,
 /* Serve the provider protocol for @nub on @fd (a SOCK_SEQPACKET end; the
  * provider owns it from now on, also on error).  Returns at once: the
  * channel runs on its own thread.  -ENOENT: not a live nub of this
- * provider; -ESHUTDOWN after shutdown. */
+ * provider; -EMFILE: DEXT_USB_PROV_MAX_CHANNELS open; -ESHUTDOWN after
+ * shutdown. */
 int dext_usb_provider_serve(DextUsbProvider *p, uint64_t nub, int fd);
 /* The same for the publisher's own use (e.g. its user client): a channel
  * to the device on root @port, its device nub (@ifnum < 0) or the nub of

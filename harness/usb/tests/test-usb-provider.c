@@ -1106,6 +1106,24 @@ static void test_garbage(void)
                         -ENOENT);
         close(sv[0]);
     }
+    /* a bounded number of channels (a thread each) */
+    {
+        Cli *many[DEXT_USB_PROV_MAX_CHANNELS];
+        int sv[2];
+
+        for (unsigned k = 0; k < DEXT_USB_PROV_MAX_CHANNELS; k++) {
+            many[k] = cli_new(nub(DEV, SS)->id);
+        }
+        g_assert_cmpint(dext_ipc_socketpair(sv), ==, 0);
+        g_assert_cmpint(dext_usb_provider_serve(prov, nub(DEV, SS)->id,
+                                                sv[1]), ==, -EMFILE);
+        close(sv[0]);
+        check_info(many[DEXT_USB_PROV_MAX_CHANNELS - 1], SS);
+        for (unsigned k = 0; k < DEXT_USB_PROV_MAX_CHANNELS; k++) {
+            cli_free(many[k]);
+        }
+        check_clean();
+    }
     /* the publisher's own channel, by port */
     {
         Pub *d = nub(DEV, HS), *i = nub(IFC, HS);

@@ -20,6 +20,7 @@
  * --sizes 1M,4M --depths 4,16: only those points (e.g. for a profile).
  */
 #include "dxl-app.h"
+#include "e2e-dextd.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -33,8 +34,8 @@
 #include <unistd.h>
 
 static struct {
-    GPid pid;
-    char *dir, *sock;
+    E2eDextd *d;
+    const char *sock;
 } dd;
 
 static double now_s(void)
@@ -44,30 +45,35 @@ static double now_s(void)
 
 static int start_dextd(void)
 {
-    const char *dextd = g_getenv("DEXTD"), *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
-    if (!dextd || !bundle) {
+    const char *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
+    if (!g_getenv("DEXTD") || !bundle) {
         fprintf(stderr, "DEXTD and DEXTLAB_DMA_BUNDLE must be set (meson benchmark does)\n");
         return -1;
     }
-    dd.dir = g_dir_make_tmp("dxl-bench-XXXXXX", NULL);
-    dd.sock = g_build_filename(dd.dir, "dextd.sock", NULL);
-    char *machine = g_build_filename(dd.dir, "bench.machine", NULL);
+    char *dir = g_dir_make_tmp("dxl-bench-XXXXXX", NULL);
+    char *machine = g_build_filename(dir, "bench.machine", NULL);
     g_file_set_contents(machine,
                         "[Machine]\nType=q35\nMemory=1G\nDmaMemory=600M\nTimeout=20000\n"
                         "[Device rp0]\nArgs=pcie-root-port,id=rp0,chassis=1,slot=1\n"
                         "[Device dma0]\nArgs=dextlab-dma,id=dma0,bus=rp0\n", -1, NULL);
-    char *argv[] = { (char *)dextd, "--platform", "qtest", "--machine", machine, "--drivers",
-                     (char *)bundle, "--socket", dd.sock, NULL };
+    /* quiet: dextd's CPU time is measured, its debug log is not */
+    E2eDextdConfig cfg = {
+        .name = "dextlab-dma-e2e-bench",
+        .machine = machine,
+        .drivers = (const char *const[]){ bundle, NULL },
+        .dir = dir,
+        .quiet = true,
+    };
     GError *e = NULL;
-    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDERR_TO_DEV_NULL,
-                       NULL, NULL, &dd.pid, &e)) {
+    dd.d = e2e_dextd_start(&cfg, &e);
+    g_free(machine);
+    g_free(dir);
+    if (!dd.d) {
         fprintf(stderr, "cannot start dextd: %s\n", e->message);
+        g_error_free(e);
         return -1;
     }
-    g_free(machine);
-    for (int i = 0; i < 300 && !g_file_test(dd.sock, G_FILE_TEST_EXISTS); i++) {
-        g_usleep(20000);
-    }
+    dd.sock = e2e_dextd_socket(dd.d);
     /* the driver starts after the socket appears */
     for (int i = 0; i < 300; i++) {
         char *out = NULL;
@@ -79,19 +85,17 @@ static int start_dextd(void)
         g_usleep(20000);
     }
     fprintf(stderr, "driver did not start\n");
+    e2e_dextd_free(dd.d, true);
+    dd.d = NULL;
     return -1;
 }
 
-static void stop_dextd(void)
+/* failed: keep dextd's log (and name it) */
+static void stop_dextd(bool failed)
 {
-    int st;
-    kill(dd.pid, SIGTERM);
-    for (int i = 0; i < 500 && waitpid(dd.pid, &st, WNOHANG) == 0; i++) {
-        g_usleep(20000);
-    }
-    char *cmd = g_strdup_printf("rm -rf '%s'", dd.dir);
-    (void)!system(cmd);
-    g_free(cmd);
+    e2e_dextd_stop(dd.d, 10000);
+    e2e_dextd_free(dd.d, failed);
+    dd.d = NULL;
 }
 
 /* ---- processes and CPU time --------------------------------------------- */
@@ -277,11 +281,11 @@ int main(int argc, char **argv)
     int rc = dxl_app_open(&a, dd.sock, "class", DXL_UC_CLASS, 1 << 20);
     if (rc < 0) {
         fprintf(stderr, "open: %s\n", g_strerror(-rc));
-        stop_dextd();
+        stop_dextd(true);
         return 1;
     }
-    int drv_pid = child_named(dd.pid, "dextlab-dma");
-    int qemu_pid = child_named(dd.pid, "qemu-system");
+    int drv_pid = child_named(e2e_dextd_pid(dd.d), "dextlab-dma");
+    int qemu_pid = child_named(e2e_dextd_pid(dd.d), "qemu-system");
     char host[256] = "";
     gethostname(host, sizeof(host));
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -414,13 +418,13 @@ int main(int argc, char **argv)
         DxlResult r;
         job_for(&j, 1 << 20, 16);
         j.min_ns = (uint64_t)(MAX(secs * 4, 1.0) * 1e9);
-        double c_app = self_cpu_s(), c_drv = proc_cpu_s(drv_pid), c_dd = proc_cpu_s(dd.pid),
+        double c_app = self_cpu_s(), c_drv = proc_cpu_s(drv_pid), c_dd = proc_cpu_s(e2e_dextd_pid(dd.d)),
                c_q = proc_cpu_s(qemu_pid);
         rc = dxl_app_job(&a, &j, &r);
         double gib = (double)r.bytes / (1 << 30);
         c_app = self_cpu_s() - c_app;
         c_drv = proc_cpu_s(drv_pid) - c_drv;
-        c_dd = proc_cpu_s(dd.pid) - c_dd;
+        c_dd = proc_cpu_s(e2e_dextd_pid(dd.d)) - c_dd;
         c_q = proc_cpu_s(qemu_pid) - c_q;
         double m0 = self_cpu_s(), w0 = now_s();
         unsigned regions = 16;
@@ -444,7 +448,7 @@ int main(int argc, char **argv)
     getloadavg(load, 3);
     printf("\n# load %.2f at end\n", load[0]);
     dxl_app_close(&a);
-    stop_dextd();
+    stop_dextd(false);
     g_free(data_path);
     g_free(sizes_arg);
     g_free(depths_arg);

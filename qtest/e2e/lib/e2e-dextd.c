@@ -246,7 +246,9 @@ static char **build_argv(const E2eDextdConfig *cfg, const char *dextd, const cha
     }
     g_ptr_array_add(a, g_strdup("--socket"));
     g_ptr_array_add(a, g_strdup(sock));
-    g_ptr_array_add(a, g_strdup("--verbose"));
+    if (!cfg->quiet) {
+        g_ptr_array_add(a, g_strdup("--verbose"));
+    }
     for (const char *const *x = cfg->extra_args; x && *x; x++) {
         g_ptr_array_add(a, g_strdup(*x));
     }

@@ -18,9 +18,9 @@
  *     e2e_dextd_free(d, rc != 0 || !WIFEXITED(status) || WEXITSTATUS(status));
  *
  * dextd runs as `DEXTD --platform qtest --machine M --drivers B...
- * --socket SOCK --verbose` (plus extra_args), stdout to /dev/null and
- * stderr to the log: dextd's own lines, QEMU's error output and every
- * driver's output, tagged with its pid.  The socket and the log live in a
+ * --socket SOCK --verbose` (plus extra_args; no --verbose if quiet),
+ * stdout to /dev/null and stderr to the log: dextd's own lines, QEMU's
+ * error output and every driver's output, tagged with its pid.  The socket and the log live in a
  * work folder that is removed by e2e_dextd_free() after a passing run and
  * kept (its log path printed) after a failing one.
  *
@@ -76,6 +76,9 @@ typedef struct E2eDextdConfig {
     const char *dir;
     /* Bound on the wait for dextd's socket; 0: 30000. */
     unsigned start_timeout_ms;
+    /* Leave out --verbose (dextd then logs warnings and errors only): for
+     * benchmarks, whose figures include dextd's own CPU time. */
+    bool quiet;
 } E2eDextdConfig;
 
 #define E2E_DEXTD_ERROR (e2e_dextd_error_quark())

@@ -164,7 +164,8 @@ static void test_restart(void)
 }
 
 /* Guards: a failed run keeps the folder and names the log; a folder the
- * caller made is used and, on success, removed. */
+ * caller made is used and, on success, removed (symlinks in it, not what
+ * they point to); quiet leaves out --verbose. */
 static void test_keep_and_own_dir(void)
 {
     GError *err = NULL;
@@ -187,11 +188,17 @@ static void test_keep_and_own_dir(void)
     char *link = g_build_filename(sub, "root-link", NULL);
     g_assert_cmpint(symlink("/", link), ==, 0);
     g_free(link);
-    E2eDextdConfig cfg = { .name = "own", .dextd = fake(), .machine = "m", .dir = mine };
+    E2eDextdConfig cfg = {
+        .name = "own", .dextd = fake(), .machine = "m", .dir = mine, .quiet = true,
+    };
     g_setenv("FAKE_DEXTD_MODE", "serve", TRUE);
     d = e2e_dextd_start(&cfg, &err);
     g_assert_no_error(err);
     g_assert_cmpstr(e2e_dextd_dir(d), ==, mine);
+    char *text = e2e_dextd_read_log(d);   /* quiet: no --verbose */
+    g_assert_nonnull(strstr(text, "--platform qtest --machine m --socket "));
+    g_assert_null(strstr(text, "--verbose"));
+    g_free(text);
     e2e_dextd_free(d, false);
     g_assert_false(g_file_test(mine, G_FILE_TEST_EXISTS));
     g_assert_true(g_file_test("/", G_FILE_TEST_IS_DIR));

@@ -1078,6 +1078,54 @@ static void test_close_mid_io(void)
     check_clean();
 }
 
+/* a client that stops reading loses its channel (sends are bounded) and
+ * stalls nobody else */
+static void test_stuck_client(void)
+{
+    Cli *stuck = cli_new(nub(DEV, SS)->id), *c = cli_new(nub(IFC, SS)->id);
+    DextUsbProviderStats st;
+    gint64 deadline;
+    unsigned sent = 0;
+    Buf ob, ib;
+
+    for (; sent < 20000; sent++) {
+        uint8_t wire[256];
+        DextMsg m;
+        ssize_t len;
+
+        dext_msg_init(&m, DEXT_MSG_USB_INFO, g_variant_new("()"));
+        m.serial = ++stuck->serial;
+        len = dext_msg_encode(&m, wire, sizeof(wire));
+        dext_msg_clear(&m);
+        g_assert_cmpint(len, >, 0);
+        if (send(stuck->fd, wire, len, MSG_DONTWAIT) != len) {
+            break;          /* its own requests back up too */
+        }
+    }
+    g_assert_cmpuint(sent, >, 100);
+    g_usleep(200000);
+    /* meanwhile (the stuck channel's thread waits in a send) the other
+     * channel and the controller carry on */
+    dext_usb_provider_stats(prov, &st);
+    g_assert_cmpuint(st.channels, ==, 2);
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 8192, DIR_OUT, &ob), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 8192, DIR_IN, &ib), ==, 0);
+    loop_once(c, &ob, &ib, 4000, 3, false);
+    cli_free(c);
+    dext_usb_provider_stats(prov, &st);
+    g_assert_cmpuint(st.channels, >=, 1);
+    /* the stuck one is closed once a send has waited its bound */
+    deadline = g_get_monotonic_time() + (DEXT_IPC_TIMEOUT_MS + 10000) * 1000ll;
+    do {
+        g_usleep(50000);
+        dext_usb_provider_stats(prov, &st);
+    } while (st.channels && g_get_monotonic_time() < deadline);
+    g_assert_cmpuint(st.channels, ==, 0);
+    cli_free(stuck);
+    check_clean();
+}
+
 /* framing errors close the channel; nothing stays behind */
 static void test_garbage(void)
 {
@@ -1497,6 +1545,7 @@ int main(int argc, char **argv)
     g_test_add_func("/usb-provider/two-devices", test_two_devices);
     g_test_add_func("/usb-provider/hostile", test_hostile);
     g_test_add_func("/usb-provider/close-mid-io", test_close_mid_io);
+    g_test_add_func("/usb-provider/stuck-client", test_stuck_client);
     g_test_add_func("/usb-provider/garbage", test_garbage);
     g_test_add_func("/usb-provider/set-config", test_set_config);
     g_test_add_func("/usb-provider/reset", test_reset);

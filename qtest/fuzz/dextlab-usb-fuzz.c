@@ -180,7 +180,7 @@ struct Fuzz {
     bool want_check;
     uint64_t ctrl_timeouts;
     guint64 mmio;                   /* driver's + ours, through FuzzHw */
-    uint64_t host_restarts, check_recoveries;
+    uint64_t host_restarts, check_recoveries, start_retries;
     uint64_t ctrl_ok, ctrl_stall, ctrl_other;
     const char *qemu_log;
 };
@@ -553,7 +553,7 @@ static void fuzz_take_devices(Fuzz *f)
     g_free(devs);
 }
 
-static void fuzz_host_start(Fuzz *f)
+static void fuzz_host_start(Fuzz *f, bool retry)
 {
     DextUsbHostConfig hc = { 0 };
     FuzzHw *h = g_new0(FuzzHw, 1);
@@ -579,8 +579,23 @@ static void fuzz_host_start(Fuzz *f)
     ret = dext_usb_host_create_hw(&fuzz_hw_ops, h, f->xfn.bars[0].size, &hc,
                                   &f->host);
     if (ret < 0) {
+        uint32_t cmd = 0;
+
         f->host = NULL;
-        fuzz_fail(f, "the xHCI does not start again: %s", g_strerror(-ret));
+        dext_platform_cfg_read(f->p, f->xfn.addr, 0x04, 4, &cmd);
+        fprintf(stderr, "fuzz: the xHCI did not start (%s): USBCMD 0x%08x "
+                "USBSTS 0x%08x CRCR 0x%08x PCI command/status 0x%08x\n",
+                g_strerror(-ret), reg_read(f, f->caplen + OP_USBCMD, 4),
+                reg_read(f, f->caplen + OP_USBSTS, 4),
+                reg_read(f, f->caplen + OP_CRCR, 4), cmd);
+        if (retry) {
+            fuzz_fail(f, "the xHCI does not start again: %s",
+                      g_strerror(-ret));
+        }
+        /* once more: a start that races the wreckage is not yet a bug */
+        f->start_retries++;
+        fuzz_host_start(f, true);
+        return;
     }
     f->x = dext_usb_host_xhci(f->host);
     ret = dext_usb_host_wait_devices(f->host, NDEV, 15000);
@@ -622,7 +637,7 @@ static void fuzz_host_restart(Fuzz *f, bool wrecked)
     g_atomic_int_set(&f->hw_dead, 0);
     check_qemu(f);
     f->host_restarts++;
-    fuzz_host_start(f);
+    fuzz_host_start(f, false);
     for (unsigned i = 0; i < NDEV; i++) {
         for (unsigned k = 0; k < NPIPE; k++) {
             if (g_atomic_int_get(&f->d[i].st[k].inflight)) {
@@ -1589,7 +1604,7 @@ int main(int argc, char **argv)
     if (f.caplen < 0x20 || !f.max_ports || !f.max_slots) {
         fuzz_fail(&f, "xHCI capability registers look wrong");
     }
-    fuzz_host_start(&f);
+    fuzz_host_start(&f, false);
     check_alive(&f, true);
 
     printf("fuzz: seed %u, QEMU log %s\n", f.seed, log);
@@ -1637,8 +1652,9 @@ int main(int argc, char **argv)
            "other\n", f.ctrl_ok, f.ctrl_stall, f.ctrl_other, f.ctrl_timeouts, tot.ok,
            tot.stall, tot.cancel, tot.other);
     printf("fuzz: %" PRIu64 " host re-creations (%" PRIu64 " after a failed "
-           "check), %" PRIu64 " xHCI register accesses in all\n",
-           f.host_restarts, f.check_recoveries, f.mmio);
+           "check, %" PRIu64 " second starts), %" PRIu64 " xHCI register "
+           "accesses in all\n", f.host_restarts, f.check_recoveries,
+           f.start_retries, f.mmio);
     printf("fuzz: %" PRIu64 " ops in %.1f s (%.0f ops/s), devices still "
            "work: ok\n", f.ops, elapsed, f.ops / elapsed);
     fflush(stdout);

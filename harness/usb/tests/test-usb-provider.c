@@ -1088,21 +1088,29 @@ static void test_stuck_client(void)
     unsigned sent = 0;
     Buf ob, ib;
 
-    for (; sent < 20000; sent++) {
+    /* send until the provider stops taking requests for a second: it is
+     * then blocked answering (its replies fill our socket) */
+    for (unsigned idle = 0; idle < 50 && sent < 100000;) {
         uint8_t wire[256];
         DextMsg m;
         ssize_t len;
 
         dext_msg_init(&m, DEXT_MSG_USB_INFO, g_variant_new("()"));
-        m.serial = ++stuck->serial;
+        m.serial = stuck->serial + 1;
         len = dext_msg_encode(&m, wire, sizeof(wire));
         dext_msg_clear(&m);
         g_assert_cmpint(len, >, 0);
-        if (send(stuck->fd, wire, len, MSG_DONTWAIT) != len) {
-            break;          /* its own requests back up too */
+        if (send(stuck->fd, wire, len, MSG_DONTWAIT) == len) {
+            stuck->serial++;
+            sent++;
+            idle = 0;
+        } else {
+            g_usleep(20000);
+            idle++;
         }
     }
     g_assert_cmpuint(sent, >, 100);
+    g_assert_cmpuint(sent, <, 100000);
     g_usleep(200000);
     /* meanwhile (the stuck channel's thread waits in a send) the other
      * channel and the controller carry on */

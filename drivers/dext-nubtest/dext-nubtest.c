@@ -53,11 +53,12 @@ static const uint8_t dev_desc[18] = {
     18, 1, 0x00, 0x02, 0, 0, 0, 64, NT_VENDOR & 0xff, NT_VENDOR >> 8,
     NT_PRODUCT & 0xff, NT_PRODUCT >> 8, 0x00, 0x01, 0, 0, 0, 1,
 };
-static const uint8_t cfg_desc[32] = {
-    9, 2, 32, 0, 1, 1, 0, 0x80, 50,     /* configuration 1, one interface */
+static const uint8_t cfg_desc[41] = {
+    9, 2, 41, 0, 2, 1, 0, 0x80, 50,     /* configuration 1, two interfaces */
     9, 4, 0, 0, 2, 0xff, 0x01, 0x02, 0, /* interface 0: vendor 0xff/0x01/0x02 */
     7, 5, 0x81, 2, 0x00, 0x02, 0,       /* bulk IN 512 */
     7, 5, 0x02, 2, 0x00, 0x02, 0,       /* bulk OUT 512 */
+    9, 4, 1, 0, 0, 0xff, 0x01, 0x03, 0, /* interface 1: no endpoints */
 };
 
 /* ---- publisher ---------------------------------------------------------- */
@@ -325,7 +326,8 @@ static void publisher_stop(DextService *svc)
 }
 
 /* User client: 0 state -> (device nub, interface nub, resets, NUB_CLIENTs,
- * USB_INFOs answered), 1 terminate the device nub, 2 publish again. */
+ * USB_INFOs answered), 1 terminate the device nub, 2 publish again,
+ * 3 publish if1 (its client hangs in Stop) -> nub, 4 terminate nub in[0]. */
 static int uc_state(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 {
     g_mutex_lock(&pub.lock);
@@ -356,10 +358,35 @@ static int uc_republish(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     return rc;
 }
 
+static int uc_publish_if1(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    uint64_t id = 0;
+    g_mutex_lock(&pub.lock);
+    int rc = !pub.a || !pub.dev_nub ? -ENODEV
+           : dext_service_publish_nub(pub.a, pub.dev_nub, "if1", "IOUSBHostInterface",
+                 "{'idVendor': <uint16 0xdec5>, 'idProduct': <uint16 0x7e57>,"
+                 " 'bConfigurationValue': <byte 1>, 'bInterfaceNumber': <byte 1>,"
+                 " 'bInterfaceClass': <byte 0xff>, 'bInterfaceSubClass': <byte 1>,"
+                 " 'bInterfaceProtocol': <byte 3>, 'nubtest-hang-stop': <true>}", &id);
+    g_mutex_unlock(&pub.lock);
+    a->scalar_out[0] = id;
+    return rc;
+}
+
+static int uc_terminate_id(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    g_mutex_lock(&pub.lock);
+    int rc = pub.a ? dext_service_terminate_nub(pub.a, a->scalar_in[0]) : -ENODEV;
+    g_mutex_unlock(&pub.lock);
+    return rc;
+}
+
 static const DextMethod uc_methods[] = {
     { uc_state, 0, 0, 5, 0, false },
     { uc_terminate, 0, 0, 0, 0, false },
     { uc_republish, 0, 0, 2, 0, false },
+    { uc_publish_if1, 0, 0, 1, 0, false },
+    { uc_terminate_id, 1, 0, 0, 0, false },
 };
 
 static int publisher_new_uc(DextService *svc, DextUserClient *uc)
@@ -398,9 +425,14 @@ static int client_check(DextService *svc, int fd)
     dext_service_provider_u64(svc, "idVendor", &vid);
     dext_service_provider_u64(svc, "idProduct", &pid);
     dext_service_provider_u64(svc, "bInterfaceNumber", &ifn);
+    /* the provider's interface is in the configuration, of vendor class */
+    bool iface = false;
+    for (gsize off = 0; off + 2 <= cn && c[off] >= 2; off += c[off]) {
+        iface |= c[off + 1] == 4 && off + 9 <= cn && c[off + 2] == ifn && c[off + 5] == 0xff;
+    }
     bool good = speed == NT_SPEED && cfg == 1 && dn == 18 && d[1] == 1 &&
-                (uint64_t)(d[8] | d[9] << 8) == vid && (uint64_t)(d[10] | d[11] << 8) == pid && cn >= 18 &&
-                c[1] == 2 && c[9 + 1] == 4 && c[9 + 2] == ifn && c[9 + 5] == 0xff;
+                (uint64_t)(d[8] | d[9] << 8) == vid && (uint64_t)(d[10] | d[11] << 8) == pid &&
+                cn >= 9 && c[1] == 2 && iface;
     DEXT_INFO("nubclient: USB_INFO %s (speed %u, configuration %u, %04x:%04x, %zu bytes of "
               "configuration)", good ? "ok" : "WRONG", speed, cfg, dn == 18 ? d[8] | d[9] << 8 : 0,
               dn == 18 ? d[10] | d[11] << 8 : 0, (size_t)cn);
@@ -432,6 +464,12 @@ static void client_stop(DextService *svc)
 {
     Client *cl = dext_service_get_priv(svc);
     DEXT_INFO("nubclient: Stop on nub %" G_GUINT64_FORMAT, dext_service_provider_id(svc));
+    char *hang = dext_service_provider_property(svc, "nubtest-hang-stop");
+    if (hang) {
+        DEXT_INFO("nubclient: hanging in Stop on purpose");
+        g_free(hang);
+        g_usleep(120 * G_USEC_PER_SEC); /* dextd kills the process after 5 s */
+    }
     close(cl->fd);
     g_free(cl);
 }

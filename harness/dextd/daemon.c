@@ -872,6 +872,9 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
              * terminated, shutdown) ends "stopped" even when the process
              * had to be killed because it hung in Stop: not a crash that
              * the policy relaunches. */
+            if (abnormal && s->state == SVC_STOPPING) {
+                LOGI("%s: %s ends stopped (its Stop was requested)", srv->name, s->p->user_class);
+            }
             svc_set_state(s, abnormal && s->state != SVC_STOPPING ? SVC_CRASHED : SVC_STOPPED);
             s->stop_after_nubs = false;
         }

@@ -375,6 +375,42 @@ static void test_publisher_crash(void)
     g_assert_cmpuint(st[3], ==, 1);     /* the relaunched publisher's one channel */
 }
 
+/* Guards (issue 8): a client hanging in the Stop that its nub's
+ * termination asked for is killed after the Stop bound and ends "stopped"
+ * (not relaunched for that nub); the nub is removed once it is gone.  The
+ * process's other client (on if0) did crash with it: NUB_RESET for if0 and
+ * the relaunch policy bring it back. */
+static void test_hung_stop_on_terminate(void)
+{
+    g_assert_true(wait_state("NubTestClient", "running", 30000));
+    uint64_t if1 = 0;
+    unsigned resets = log_count("nubtest: NUB_RESET of nub");
+    g_assert_cmpint(publisher_call(3, &if1, 1), ==, 0);
+    g_assert_cmpuint(if1, !=, 0);
+    char *started = g_strdup_printf("nubclient: started on nub %" G_GUINT64_FORMAT "\n", if1);
+    g_assert_true(wait_log(started, 1, 20000));
+    g_free(started);
+    g_assert_cmpuint(service_count("NubTestClient"), ==, 2);
+    DextConnection *c = NULL;
+    g_assert_cmpint(dext_client_open(sock(), "class", "NubTestPublisher", &c), ==, 0);
+    g_assert_cmpint(dext_client_call(c, 4, &if1, 1, NULL, 0, NULL, NULL, NULL, NULL), ==, 0);
+    dext_client_close(c);
+    g_assert_true(wait_log("nubclient: hanging in Stop on purpose", 1, 10000));
+    g_assert_true(wait_log("org.dextlab.nubclient: no reply to Stop within bound", 1, 10000));
+    g_assert_true(wait_log("org.dextlab.nubclient: NubTestClient ends stopped (its Stop was "
+                           "requested)", 1, 5000));
+    char *removed = g_strdup_printf("nub IOUSBHostInterface:if1 (%" G_GUINT64_FORMAT ") removed",
+                                    if1);
+    g_assert_true(wait_log(removed, 1, 10000));
+    g_free(removed);
+    g_assert_false(registry_has("if1"));
+    /* the if0 client crashed with the process: reset and relaunched */
+    g_assert_true(wait_log("nubtest: NUB_RESET of nub", resets + 1, 10000));
+    g_assert_true(wait_state("NubTestClient", "running", 20000));
+    g_assert_cmpuint(service_count("NubTestClient"), ==, 1);
+    g_assert_true(registry_has("if0"));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -391,6 +427,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/nubs/terminate-republish", test_terminate_republish);
     g_test_add_func("/dextd/nubs/client-crash-reset", test_client_crash_reset);
     g_test_add_func("/dextd/nubs/publisher-crash", test_publisher_crash);
+    g_test_add_func("/dextd/nubs/hung-stop-on-terminate", test_hung_stop_on_terminate);
     int rc = g_test_run();
     int status = e2e_dextd_stop(dd, 0);
     bool clean = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;

@@ -499,6 +499,10 @@ static void io_done(void *opaque, int status, uint32_t actual, uint64_t ts)
     ProvIo *io = opaque;
     ProvChan *c = io->c;
 
+    uint64_t one = 1;
+
+    /* all of it under the lock: once the IO leaves c->pending the channel
+     * may close and be freed, so nothing of c is touched after unlock */
     g_mutex_lock(&c->lock);
     io->status = io->timed_out ? -ETIMEDOUT : status;
     io->actual = actual;
@@ -506,9 +510,12 @@ static void io_done(void *opaque, int status, uint32_t actual, uint64_t ts)
     io->buf->busy--;
     g_hash_table_remove(c->pending, io);
     g_queue_push_tail(&c->done, io);
-    g_mutex_unlock(&c->lock);
     g_atomic_int_add(&c->p->n_pending, -1);
-    chan_wake(c);
+    if (c->wake >= 0 && write(c->wake, &one, sizeof(one)) < 0) {
+        /* counter saturated: the thread is awake anyway */
+    }
+    g_cond_broadcast(&c->cond);
+    g_mutex_unlock(&c->lock);
 }
 
 static int chan_send(ProvChan *c, DextMsg *m)
@@ -660,9 +667,19 @@ static int chan_check(ProvChan *c, bool open, const char **why)
 static int find_pipe(ProvChan *c, uint8_t ep, DextUsbPipe **out)
 {
     DextUsbDevice *d = c->nub->dev;
+    bool gone;
 
     if ((ep & 0x0f) == 0 || (ep & 0x70)) {
         return -EINVAL;
+    }
+    /* a configuration change marks the old interface nubs gone before it
+     * takes p->cfg: checked here, a gone nub never reaches the new
+     * configuration's interface of the same number */
+    g_mutex_lock(&c->p->lock);
+    gone = c->nub->gone;
+    g_mutex_unlock(&c->p->lock);
+    if (gone) {
+        return -ENODEV;
     }
     if (c->nub->ifnum >= 0) {
         DextUsbInterface *i = dext_usb_device_interface(d, c->nub->ifnum);
@@ -1054,8 +1071,8 @@ static void h_io(ProvChan *c, DextMsg *m)
         g_mutex_lock(&c->lock);
         cb->busy++;
         g_hash_table_add(c->pending, io);
-        g_mutex_unlock(&c->lock);
         g_atomic_int_inc(&p->n_pending);
+        g_mutex_unlock(&c->lock);
         /* the completion may run before this returns: io is the
          * channel's from now on */
         ret = dext_usb_pipe_async_io(pipe, cb->b, off, len, io_done, io);
@@ -1063,14 +1080,16 @@ static void h_io(ProvChan *c, DextMsg *m)
             g_mutex_lock(&c->lock);
             cb->busy--;
             g_hash_table_remove(c->pending, io);
-            g_mutex_unlock(&c->lock);
             g_atomic_int_add(&p->n_pending, -1);
+            g_mutex_unlock(&c->lock);
         }
     }
     g_rw_lock_reader_unlock(&p->cfg);
     if (ret < 0) {
         g_free(io);
-        if (ret == -ENOENT || ret == -EINVAL) {
+        if (ret == -ENODEV) {
+            reply_err(c, m, ret, "the device is gone");
+        } else if (ret == -ENOENT || ret == -EINVAL) {
             reply_err(c, m, ret, "endpoint 0x%02x is not in the current "
                       "alternate setting", ep);
         } else {
@@ -1103,7 +1122,7 @@ static void h_pipe_op(ProvChan *c, DextMsg *m, bool clear)
     if (ret == 0) {
         ret = clear ? dext_usb_pipe_clear_stall(pipe)
                     : dext_usb_pipe_abort(pipe);
-    } else {
+    } else if (ret != -ENODEV) {
         ret = -ENOENT;
     }
     g_rw_lock_reader_unlock(&p->cfg);
@@ -1112,7 +1131,7 @@ static void h_pipe_op(ProvChan *c, DextMsg *m, bool clear)
     if (ret < 0) {
         reply_err(c, m, ret, "endpoint 0x%02x: %s", ep,
                   ret == -ENOENT ? "not in the current alternate setting"
-                                 : g_strerror(-ret));
+                  : ret == -ENODEV ? "the device is gone" : g_strerror(-ret));
     } else {
         reply(c, m, g_variant_new("()"));
     }

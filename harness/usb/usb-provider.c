@@ -40,6 +40,7 @@ typedef struct ProvNub {
 } ProvNub;
 
 struct ProvDev {
+    gint ref;                   /* p->devs; a USB_SET_CONFIG in progress */
     DextUsbDevice *dev;         /* referenced */
     uint8_t cur_config;         /* 0: unconfigured */
     ProvNub *devnub;
@@ -246,15 +247,41 @@ static void open_interfaces(ProvDev *pd, uint8_t *nums, unsigned *n)
     }
 }
 
+static void pd_unref(ProvDev *pd)
+{
+    if (pd && g_atomic_int_dec_and_test(&pd->ref)) {
+        g_ptr_array_free(pd->ifnubs, TRUE);
+        dext_usb_device_unref(pd->dev);
+        g_free(pd);
+    }
+}
+
 static void publish_interfaces(DextUsbProvider *p, ProvDev *pd,
                                const uint8_t *nums, unsigned n)
 {
     for (unsigned k = 0; k < n && pd->devnub; k++) {
         ProvNub *in = nub_publish(p, pd, nums[k], pd->devnub->id);
+        bool late;
 
         g_mutex_lock(&p->lock);
-        g_ptr_array_add(pd->ifnubs, in);
+        /* detached while USB_SET_CONFIG published: take it back */
+        late = pd->devnub->gone;
+        if (late) {
+            in->gone = true;
+            in->pd = NULL;
+            if (in->id) {
+                g_hash_table_remove(p->nubs, &in->id);
+            }
+        } else {
+            g_ptr_array_add(pd->ifnubs, in);
+        }
         g_mutex_unlock(&p->lock);
+        if (late) {
+            if (in->id) {
+                p->ops.terminate(p->opaque, in->id);
+            }
+            nub_unref(in);
+        }
     }
 }
 
@@ -272,6 +299,7 @@ static void dev_attach(DextUsbProvider *p, DextUsbDevice *d)
         return;
     }
     pd = g_new0(ProvDev, 1);
+    pd->ref = 1;
     pd->dev = dext_usb_device_ref(d);
     pd->ifnubs = g_ptr_array_new();
     g_hash_table_insert(p->devs, d, pd);
@@ -384,9 +412,10 @@ static void dev_detach(DextUsbProvider *p, DextUsbDevice *d)
     /* the family completed every IO -ECANCELED before telling us: let the
      * channels post them, then the nubs go */
     nubs_retire(p, (ProvNub **)nubs->pdata, nubs->len, chans, terminate);
-    g_ptr_array_free(pd->ifnubs, TRUE);
-    dext_usb_device_unref(pd->dev);
-    g_free(pd);
+    g_mutex_lock(&p->lock);
+    g_ptr_array_set_size(pd->ifnubs, 0);    /* retired above */
+    g_mutex_unlock(&p->lock);
+    pd_unref(pd);
 }
 
 void dext_usb_provider_device_fn(void *provider, DextUsbDevice *dev,
@@ -419,6 +448,7 @@ static int dev_reconfigure(DextUsbProvider *p, ProvNub *devnub, uint8_t value)
         g_mutex_unlock(&p->lock);
         return -EINVAL;         /* the family knows one configuration */
     }
+    g_atomic_int_inc(&pd->ref); /* a detach meanwhile frees nothing of it */
     old = pd->ifnubs;
     pd->ifnubs = g_ptr_array_new();
     nubs_gone_locked(p, (ProvNub **)old->pdata, old->len, chans);
@@ -439,6 +469,7 @@ static int dev_reconfigure(DextUsbProvider *p, ProvNub *devnub, uint8_t value)
     p->publishing--;
     g_cond_broadcast(&p->cond);
     g_mutex_unlock(&p->lock);
+    pd_unref(pd);
     return ret;
 }
 
@@ -1525,9 +1556,8 @@ void dext_usb_provider_destroy(DextUsbProvider *p)
             nub_unref(g_ptr_array_index(pd->ifnubs, j));
         }
         nub_unref(pd->devnub);
-        g_ptr_array_free(pd->ifnubs, TRUE);
-        dext_usb_device_unref(pd->dev);
-        g_free(pd);
+        g_ptr_array_set_size(pd->ifnubs, 0);
+        pd_unref(pd);
     }
     g_hash_table_destroy(p->devs);
     g_hash_table_destroy(p->nubs);

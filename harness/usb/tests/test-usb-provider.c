@@ -1223,9 +1223,31 @@ static void test_set_config(void)
     g_assert_cmpint(call0(d, DEXT_MSG_USB_SET_CONFIG, g_variant_new("(y)", 7)),
                     ==, -EINVAL);
     g_assert_false(old_if->terminated);
-    g_assert_cmpint(call0(d, DEXT_MSG_USB_SET_CONFIG, g_variant_new("(y)", 0)),
-                    ==, 0);
-    g_assert_true(old_if->terminated);
+    /* an IO of the interface's client in flight: posted -ECANCELED before
+     * its nub goes */
+    {
+        Buf ib;
+        Ev e;
+
+        g_assert_cmpint(call0(i, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==,
+                        0);
+        g_assert_cmpint(buf_alloc(i, 4096, DIR_IN, &ib), ==, 0);
+        g_assert_cmpint(io(i, DEXTLAB_USB_EP_BULK_IN, &ib, 0, 512, 0, 61,
+                           NULL), ==, 0);
+        g_mutex_lock(&pub_lock);
+        watch_fd = i->fd;
+        g_mutex_unlock(&pub_lock);
+        g_assert_cmpint(call0(d, DEXT_MSG_USB_SET_CONFIG,
+                              g_variant_new("(y)", 0)), ==, 0);
+        g_mutex_lock(&pub_lock);
+        watch_fd = -1;
+        g_mutex_unlock(&pub_lock);
+        g_assert_true(old_if->terminated);
+        g_assert_true(old_if->client_had_data);
+        g_assert_true(cli_event(i, 61, &e, 0));
+        g_assert_cmpint(e.status, ==, -ECANCELED);
+        munmap(ib.map, ib.cap);
+    }
     g_assert_cmpint(call0(i, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==,
                     -ENODEV);
     g_assert_cmpint(call(d, DEXT_MSG_USB_INFO, g_variant_new("()"), &r), ==, 0);

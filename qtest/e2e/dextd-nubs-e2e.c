@@ -224,6 +224,28 @@ static void test_publish_match_start(void)
     g_assert_nonnull(strstr(list, " IOUSBHostDevice:usb@1 dec5:7e57 000000 - - - unmatched "));
     g_free(list);
 
+    /* dextctl prints the same rows (and match --explain names the nub) */
+    const char *ctl = g_getenv("DEXTCTL");
+    g_assert_nonnull(ctl);
+    char *argv[] = { (char *)ctl, "--socket", (char *)sock(), "list", NULL };
+    char *out = NULL;
+    int status = -1;
+    g_assert_true(g_spawn_sync(NULL, argv, NULL, 0, NULL, NULL, &out, NULL, &status, NULL));
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    g_assert_true(g_regex_match_simple("\\bIOUSBHostInterface:if0 +dec5:7e57 +ff0102 +[0-9]+ "
+                                       "+NubTestClient +org.dextlab.nubclient +running\\b", out,
+                                       0, 0));
+    g_free(out);
+    char *argv2[] = { (char *)ctl, "--socket", (char *)sock(), "match", "--explain", NULL };
+    g_assert_true(g_spawn_sync(NULL, argv2, NULL, 0, NULL, NULL, &out, NULL, &status, NULL));
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    g_assert_true(g_regex_match_simple("\\bIOUSBHostInterface:if0 +dext-nubclient/NubTestClient "
+                                       "+matched\\b", out, 0, 0));
+    g_assert_true(g_regex_match_simple("\\bIOUSBHostInterface:if0 +dext-nubintruder/Unentitled "
+                                       "+no +entitlement: bundle dext-nubintruder lacks a "
+                                       "transport.usb", out, 0, 0));
+    g_free(out);
+
     uint64_t st[5];
     g_assert_cmpint(publisher_call(0, st, 5), ==, 0);
     g_assert_cmpuint(st[0], !=, 0);

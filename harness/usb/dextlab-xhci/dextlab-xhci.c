@@ -267,10 +267,13 @@ static int chan_open(Xhci *x, uint64_t port, int ifnum, Chan *c)
     return ret;
 }
 
-/* closing the channel frees its buffers and releases the open */
+/* USB_CLOSE first: the open is released before the next call opens again
+ * (the provider tears a closed channel down on its own thread, a little
+ * later); closing the channel frees its buffers */
 static void chan_close(Chan *c)
 {
     if (c->fd >= 0) {
+        chan_call(c, DEXT_MSG_USB_CLOSE, g_variant_new("()"), NULL, NULL);
         close(c->fd);
     }
 }

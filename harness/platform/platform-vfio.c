@@ -417,6 +417,97 @@ static void find_parent(VfioPlatform *v, const char *bdf, DextPciFunction *f)
     f->has_parent = slash && parse_bdf(slash + 1, &f->parent);
 }
 
+/* Listed, never opened: functions a kernel driver keeps (e.g. the xHCI,
+ * owned by xhci_hcd, whose devices a USB provider reaches through usbfs)
+ * selected by @list ("0000:01:00.0", "vvvv:dddd" or a class "cccccc",
+ * hex).  They go into the description after every VFIO function (so the
+ * ops' function indices still name VFIO functions only) and every access
+ * to them -- config, BARs, interrupts, reset -- is refused with -ENODEV:
+ * dextd can match personalities against them, a driver cannot touch them. */
+static bool kernel_fn_wanted(VfioPlatform *v, const char *bdf,
+                             const char *const *list)
+{
+    g_autofree char *cls = NULL;
+
+    if (bind_wanted(v, bdf, list)) {
+        return true;
+    }
+    for (; list && *list; list++) {
+        if (strlen(*list) == 6 && strspn(*list, "0123456789abcdefABCDEF") == 6) {
+            if (!cls) {
+                cls = sysfs_read(v, bdf, "class");  /* "0x0c0330" */
+            }
+            if (cls && strtoul(cls, NULL, 16) == strtoul(*list, NULL, 16)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static gint cmp_strp(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The description of a kernel-owned function from sysfs (config bytes as
+ * the kernel reads them, BARs from "resource"). */
+static int describe_kernel_fn(VfioPlatform *v, const char *bdf,
+                              DextPciFunction *f)
+{
+    g_autofree char *path = g_strdup_printf("%s/bus/pci/devices/%s/config",
+                                            v->sysfs, bdf);
+    g_autofree char *res = NULL;
+    g_autofree gchar *raw = NULL;
+    uint8_t cfg[256] = { 0 };
+    gsize n = 0;
+
+    if (!g_file_get_contents(path, &raw, &n, NULL) || n < 64) {
+        return -ENODEV;
+    }
+    memcpy(cfg, raw, MIN(n, sizeof(cfg)));
+    memset(f, 0, sizeof(*f));
+    parse_bdf(bdf, &f->addr);
+    f->irq_gsi = -1;
+    f->vendor_id = cfg_get(cfg, 256, 0, 2);
+    f->device_id = cfg_get(cfg, 256, 2, 2);
+    f->revision = cfg[8];
+    f->class_prog_if = cfg[9];
+    f->class_sub = cfg[10];
+    f->class_base = cfg[11];
+    f->header_type = cfg[0x0e] & 0x7f;
+    f->multifunction = cfg[0x0e] & 0x80;
+    if (f->header_type == 0) {
+        f->subsys_vendor_id = cfg_get(cfg, 256, 0x2c, 2);
+        f->subsys_id = cfg_get(cfg, 256, 0x2e, 2);
+    }
+    f->is_bridge = f->header_type == 1;
+    if (n >= 256) {
+        parse_caps(cfg, 256, f);
+    }
+    find_parent(v, bdf, f);
+    res = sysfs_read(v, bdf, "resource");   /* "start end flags" per line */
+    if (res && f->header_type == 0) {
+        g_auto(GStrv) lines = g_strsplit(res, "\n", -1);
+
+        for (unsigned i = 0; i < 6 && lines[i]; i++) {
+            uint64_t st, en, fl;
+
+            if (sscanf(lines[i], "%" SCNx64 " %" SCNx64 " %" SCNx64, &st, &en,
+                       &fl) != 3 || !en || en < st) {
+                continue;
+            }
+            f->bars[i].addr = st;
+            f->bars[i].size = en - st + 1;
+            f->bars[i].kind = (fl & 0x100) ? DEXT_BAR_IO      /* IORESOURCE_IO */
+                            : (fl & 0x100000) ? DEXT_BAR_MEM64 /* MEM_64 */
+                            : DEXT_BAR_MEM32;
+            f->bars[i].prefetchable = fl & 0x2000;            /* PREFETCH */
+        }
+    }
+    return 0;
+}
+
 static int open_function(VfioPlatform *v, const char *bdf, VfioFn **out,
                          DextPciFunction *f)
 {
@@ -1365,8 +1456,8 @@ int dext_platform_vfio_create(const DextVfioDesc *desc, DextPlatform **out)
     VfioPlatform *v;
     DextPlatform *p;
     g_autoptr(GPtrArray) bdfs = g_ptr_array_new_with_free_func(g_free);
-    g_auto(GStrv) env_bind = NULL;
-    const char *const *bind;
+    g_auto(GStrv) env_bind = NULL, env_kern = NULL;
+    const char *const *bind, *const *kern;
     GArray *fns;
     uint64_t pool;
     int r;
@@ -1429,6 +1520,46 @@ int dext_platform_vfio_create(const DextVfioDesc *desc, DextPlatform **out)
         g_array_append_val(fns, f);
         dext_platform_log(p, G_LOG_LEVEL_INFO, "%s %04x:%04x: VFIO group %d",
                           vf->bdf, f.vendor_id, f.device_id, vf->group_no);
+    }
+    /* then the kernel-owned functions asked for, listed only */
+    kern = desc->kernel_owned;
+    if (!kern && g_getenv("DEXT_VFIO_KERNEL_OWNED")) {
+        env_kern = g_strsplit(g_getenv("DEXT_VFIO_KERNEL_OWNED"), ",", -1);
+        kern = (const char *const *)env_kern;
+    }
+    if (kern) {
+        g_autofree char *dir = g_strdup_printf("%s/bus/pci/devices", v->sysfs);
+        g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+        GDir *dd = g_dir_open(dir, 0, NULL);
+        const char *nm;
+
+        while (dd && (nm = g_dir_read_name(dd))) {
+            g_ptr_array_add(names, g_strdup(nm));
+        }
+        if (dd) {
+            g_dir_close(dd);
+        }
+        g_ptr_array_sort(names, cmp_strp);
+        for (guint i = 0; i < names->len; i++) {
+            const char *bdf = names->pdata[i];
+            g_autofree char *drv = NULL;
+            DextPciFunction f;
+            DextPciAddr a;
+
+            if (!parse_bdf(bdf, &a) || !kernel_fn_wanted(v, bdf, kern)) {
+                continue;
+            }
+            drv = sysfs_driver(v, bdf);
+            if (!strcmp(drv, "vfio-pci") || describe_kernel_fn(v, bdf, &f) < 0) {
+                continue;
+            }
+            g_array_append_val(fns, f);
+            dext_platform_log(p, G_LOG_LEVEL_INFO, "%s %04x:%04x class %02x%02x"
+                              "%02x: listed, owned by the kernel (driver "
+                              "\"%s\"), not accessible", bdf, f.vendor_id,
+                              f.device_id, f.class_base, f.class_sub,
+                              f.class_prog_if, *drv ? drv : "none");
+        }
     }
     g_mutex_lock(&p->lock);
     p->n_fns = fns->len;

@@ -152,6 +152,13 @@ typedef struct DextVfioDesc {
      * (comma separated), else bind nothing.  Functions already bound to
      * vfio-pci are always taken. */
     const char *const *bind;
+    /* NULL-terminated list of functions to LIST although a kernel driver
+     * owns them (never bound, opened or touched: every access is -ENODEV),
+     * so personalities can match them: a BDF, "vvvv:dddd" or a class
+     * "cccccc" (hex, e.g. "0c0330": xHCI, for the usbfs USB provider).
+     * They follow the VFIO functions in the description.  NULL:
+     * $DEXT_VFIO_KERNEL_OWNED (comma separated), else none. */
+    const char *const *kernel_owned;
     /* Bytes of the DMA pool (pinned while the platform lives); 0: 128 MiB.
      * Multiple of 2 MiB, at most 1 GiB. */
     uint64_t dma_size;

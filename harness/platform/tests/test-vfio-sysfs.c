@@ -190,6 +190,86 @@ static void test_bind_nomatch(void)
     rm_tree(root);
 }
 
+/*
+ * A function a kernel driver keeps (the guest's xHCI under xhci_hcd) is
+ * listed when asked for by class, with its IDs, class and BARs from sysfs,
+ * but never bound or touched: every access is -ENODEV (the USB provider
+ * in the guest matches it and reaches its devices through usbfs).
+ */
+static void test_kernel_owned(void)
+{
+    g_autofree char *root = fake_sysfs();
+    const char *kern[] = { "0c0330", NULL };
+    const char *other[] = { "0c0320", "0c03", NULL };
+    DextVfioDesc d = { .sysfs = root, .kernel_owned = kern,
+                       .dma_size = 2 << 20 };
+    DextPlatform *p = NULL;
+    DextPciFunction *fns = NULL;
+    DextPciAddr a = { 0, 1, 0, 0 };
+    uint8_t cfg[256] = { 0 };
+    g_autofree char *dev = g_build_filename(root, "devices", "pci0000:00",
+                                            "0000:00:1c.0", "0000:01:00.0",
+                                            NULL);
+    g_autofree char *f = NULL;
+    size_t n = 0;
+    uint32_t v;
+    uint64_t v64;
+
+    cfg[0] = 0xc5; cfg[1] = 0xde; cfg[2] = 0x01; cfg[3] = 0x00;
+    cfg[8] = 0x01; cfg[9] = 0x30; cfg[10] = 0x03; cfg[11] = 0x0c;
+    cfg[0x2c] = 0xf4; cfg[0x2d] = 0x1a; cfg[0x2e] = 0x00; cfg[0x2f] = 0x11;
+    f = g_build_filename(dev, "config", NULL);
+    g_assert_true(g_file_set_contents(f, (char *)cfg, sizeof(cfg), NULL));
+    g_free(f);
+    f = g_build_filename(dev, "class", NULL);
+    g_assert_true(g_file_set_contents(f, "0x0c0330\n", -1, NULL));
+    g_free(f);
+    f = g_build_filename(dev, "resource", NULL);
+    g_assert_true(g_file_set_contents(f,
+        "0x00000000fe800000 0x00000000fe803fff 0x0000000000140204\n"
+        "0x0000000000000000 0x0000000000000000 0x0000000000000000\n", -1,
+        NULL));
+
+    CU_ASSERT_EQUAL_FATAL(dext_platform_vfio_create(&d, &p), 0);
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(p, false, &fns, &n), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_EQUAL(fns[0].vendor_id, 0xdec5);
+    CU_ASSERT_EQUAL(fns[0].device_id, 0x0001);
+    CU_ASSERT_EQUAL(fns[0].class_base, 0x0c);
+    CU_ASSERT_EQUAL(fns[0].class_sub, 0x03);
+    CU_ASSERT_EQUAL(fns[0].class_prog_if, 0x30);
+    CU_ASSERT_EQUAL(fns[0].subsys_vendor_id, 0x1af4);
+    CU_ASSERT_EQUAL(fns[0].bars[0].kind, DEXT_BAR_MEM64);
+    CU_ASSERT_EQUAL(fns[0].bars[0].size, 0x4000);
+    CU_ASSERT_EQUAL(fns[0].bars[0].addr, 0xfe800000);
+    CU_ASSERT_EQUAL(fns[0].bars[1].size, 0);
+    CU_ASSERT_TRUE(fns[0].has_parent);
+    g_free(fns);
+    /* listed, not ours: nothing reaches it */
+    CU_ASSERT_EQUAL(dext_platform_cfg_read(p, a, 0, 4, &v), -ENODEV);
+    CU_ASSERT_EQUAL(dext_platform_cfg_write(p, a, 4, 2, 6), -ENODEV);
+    CU_ASSERT_EQUAL(dext_platform_bar_read(p, a, 0, 0, 4, &v64), -ENODEV);
+    CU_ASSERT_TRUE(dext_platform_reset_function(p, a, false) < 0);
+    dext_platform_destroy(p);
+    {
+        g_autofree char *ov = slurp(root, "devices/pci0000:00/0000:00:1c.0/"
+                                    "0000:01:00.0/driver_override");
+        g_autofree char *un = slurp(root, "bus/pci/drivers/foo/unbind");
+
+        CU_ASSERT_STRING_EQUAL(ov, "(null)\n");
+        CU_ASSERT_STRING_EQUAL(un, "");
+    }
+    /* another class (or a malformed one) lists nothing */
+    d.kernel_owned = other;
+    p = NULL;
+    CU_ASSERT_EQUAL_FATAL(dext_platform_vfio_create(&d, &p), 0);
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(p, false, &fns, &n), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    g_free(fns);
+    dext_platform_destroy(p);
+    rm_tree(root);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -204,6 +284,7 @@ int main(void)
     CU_add_test(s, "no-functions", test_no_functions);
     CU_add_test(s, "bind-protocol", test_bind_protocol);
     CU_add_test(s, "bind-nomatch", test_bind_nomatch);
+    CU_add_test(s, "kernel-owned", test_kernel_owned);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -658,6 +658,15 @@ static int m_shm_sum(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     return 0;
 }
 
+/* Fails with -in[0] (1..4095): how an app sees a driver's own error. */
+static int m_fail(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    if (a->scalar_in[0] < 1 || a->scalar_in[0] > 4095) {
+        return -EINVAL;
+    }
+    return -(int)a->scalar_in[0];
+}
+
 static const DextMethod methods[] = {
     [0] = { m_addmul, 2, 0, 2, 0, false },
     [1] = { m_reverse, 0, DEXT_UC_VARIABLE, 0, DEXT_UC_VARIABLE, false },
@@ -668,6 +677,7 @@ static const DextMethod methods[] = {
     [6] = { m_irq_bench, 1, 0, 0, DEXT_UC_VARIABLE, false },
     [7] = { m_mmio_bench, 1, 0, 2, 0, false },
     [8] = { m_shm_sum, 0, 0, 1, 0, false },
+    [9] = { m_fail, 1, 0, 0, 0, false },
 };
 
 static int uc_memory(DextUserClient *uc, void *ctx, uint32_t type, DextBuffer **out, bool *ro)

@@ -155,8 +155,10 @@ static int uc_call(DextConnection *c, uint16_t type, GVariant *body, DextMsg *re
             g_variant_get(reply->body, "(i&s)", &err, &txt);
             g_debug("driver: %s", txt);
             dext_msg_clear(reply);
-            rc = err < 0 ? err : -EIO;
-            goto out;
+            /* The driver's answer, not the transport's: a method may well
+             * fail with -EPIPE (a stalled endpoint) on a live connection. */
+            dext_msg_clear(&m);
+            return err < 0 ? err : -EIO;
         }
         if (reply->type != type) {
             dext_msg_clear(reply);

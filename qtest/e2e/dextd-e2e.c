@@ -219,7 +219,7 @@ static void test_driver_selftest(void)
 static void test_uc_methods(void)
 {
     DextConnection *c = open_test();
-    g_assert_cmpuint(dext_client_method_count(c), ==, 9);
+    g_assert_cmpuint(dext_client_method_count(c), ==, 10);
     uint64_t in[2] = { 6, 7 }, out[2];
     uint32_t n = 2;
     g_assert_cmpint(dext_client_call(c, 0, in, 2, NULL, 0, out, &n, NULL, NULL), ==, 0);
@@ -321,6 +321,25 @@ static void test_uc_async_irq(void)
     }
     uint64_t r;
     g_assert_cmpint(dext_client_wait_async(c, 50, &r, NULL, NULL, NULL), ==, -ETIMEDOUT);
+    dext_client_close(c);
+}
+
+/* Regression: libdextclient took a method's -EPIPE (e.g. a stalled USB
+ * endpoint) for a broken socket, returned -ECONNRESET and marked a live
+ * connection dead.  A driver's error is the app's answer; the connection
+ * stays usable. */
+static void test_uc_driver_errors(void)
+{
+    DextConnection *c = open_test();
+    static const uint64_t errs[] = { EPIPE, ECONNRESET, EIO, ENODEV };
+    for (unsigned i = 0; i < G_N_ELEMENTS(errs); i++) {
+        g_assert_cmpint(dext_client_call(c, 9, &errs[i], 1, NULL, 0, NULL, NULL, NULL, NULL),
+                        ==, -(int)errs[i]);
+        uint64_t in[2] = { 6, 7 }, out[2];
+        uint32_t n = 2;
+        g_assert_cmpint(dext_client_call(c, 0, in, 2, NULL, 0, out, &n, NULL, NULL), ==, 0);
+        g_assert_cmpuint(out[0], ==, 13);
+    }
     dext_client_close(c);
 }
 
@@ -752,6 +771,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextd/e2e/user-client/hostile-bytes", test_uc_hostile);
     g_test_add_func("/dextd/e2e/user-client/async-msix", test_uc_async_irq);
     g_test_add_func("/dextd/e2e/user-client/shared-memory", test_uc_shared_memory);
+    g_test_add_func("/dextd/e2e/user-client/driver-errors", test_uc_driver_errors);
     g_test_add_func("/dextd/e2e/dma/round-trip", test_dma_round_trip);
     g_test_add_func("/dextd/e2e/lifecycle/two-instances-one-process", test_two_instances);
     g_test_add_func("/dextd/e2e/entitlement/apps", test_app_entitlements);

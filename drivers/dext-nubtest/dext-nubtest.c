@@ -287,6 +287,11 @@ static void bad_inputs(DextService *svc)
     DEXT_INFO("nubtest: bad inputs done");
 }
 
+static void bad_inputs_block(void *ctx)
+{
+    bad_inputs(ctx);
+}
+
 static int publisher_start(DextService *svc)
 {
     g_mutex_lock(&pub.lock);
@@ -299,8 +304,9 @@ static int publisher_start(DextService *svc)
         return rc;
     }
     g_mutex_unlock(&pub.lock);
-    bad_inputs(svc);
-    return 0;
+    /* After Start returns: the process's control thread, which serves
+     * NUB_CLIENT for A's nubs, is busy for as long as a Start runs. */
+    return dext_queue_dispatch_async(dext_service_queue(svc), bad_inputs_block, svc);
 }
 
 static void publisher_stop(DextService *svc)

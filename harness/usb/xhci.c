@@ -74,7 +74,16 @@ enum {
 
 #define TRB_MAX_LEN       (64 * 1024)
 #define CMD_RING_TRBS     64
-#define EV_RING_TRBS      256
+#define EV_RING_TRBS      4096   /* qemu-xhci's largest segment */
+/*
+ * qemu-xhci drops an event when the event ring is full (real controllers
+ * stop until software frees room), and we advance ERDP only once our
+ * posted write crossed the qtest socket: so never have more TDs in flight
+ * than the ring has room for their completion events.  The reserve covers
+ * command completions (one outstanding) and port status changes.
+ */
+#define EV_RESERVE        128
+#define EV_BUDGET         (EV_RING_TRBS - EV_RESERVE)
 #define XFER_RING_TRBS    512
 #define EP0_RING_TRBS     64
 
@@ -104,6 +113,7 @@ struct DextXhciXfer {
     void *opaque;
     uint64_t cookie;           /* event data parameter */
     uint32_t ntrbs;            /* ring slots consumed (incl. link) */
+    uint32_t nevents;          /* completion events it may raise (IOC TRBs) */
     uint32_t len;
     uint32_t actual;
     bool control;
@@ -163,6 +173,7 @@ struct DextXhci {
     uint64_t next_cookie;
     DextXhciSlot *slots[256];
     unsigned intr_pending;
+    unsigned ev_inflight;      /* completion events pending TDs may raise */
 
     GThread *thread;
     GThread *self_check;       /* == event thread, for -EDEADLK */
@@ -461,6 +472,7 @@ static DextXhciXfer *ep_pop(DextXhci *x, XEp *ep)
 
     if (t) {
         ep->ring.used -= MIN(ep->ring.used, t->ntrbs);
+        x->ev_inflight -= MIN(x->ev_inflight, t->nevents);
         if (ep->type == EPT_INTR_IN || ep->type == EPT_INTR_OUT) {
             x->intr_pending--;
         }
@@ -691,6 +703,7 @@ int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
     uint32_t hcs1, hcs2, hcc1, v, pagesize;
     unsigned nscratch;
     volatile uint64_t *erst;
+    uint64_t ev_bytes;
     int ret;
 
     x->ops = ops;
@@ -748,15 +761,19 @@ int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
         goto fail;
     }
 
-    /* DCBAA (2 KiB) | ERST (one entry) | event ring, in one allocation */
-    ret = xh_dma_alloc(x, 4096 + EV_RING_TRBS * sizeof(XhciTrb), &x->base);
+    /* DCBAA (2 KiB) | ERST (one entry) | event ring, in one allocation;
+     * an event ring segment must not cross a 64 KiB boundary (6.5), and
+     * ours is 64 KiB: room to place it on its own alignment */
+    ev_bytes = EV_RING_TRBS * sizeof(XhciTrb);
+    ret = xh_dma_alloc(x, 4096 + 2 * ev_bytes, &x->base);
     if (ret < 0) {
         goto fail;
     }
     x->dcbaa = xh_ptr(x, &x->base);
     erst = (volatile uint64_t *)((uint8_t *)xh_ptr(x, &x->base) + 2048);
-    x->ev = (volatile XhciTrb *)((uint8_t *)xh_ptr(x, &x->base) + 4096);
-    x->ev_iova = x->base.iova + 4096;
+    x->ev_iova = (x->base.iova + 4096 + ev_bytes - 1) & ~(uint64_t)(ev_bytes - 1);
+    x->ev = (volatile XhciTrb *)((uint8_t *)xh_ptr(x, &x->base) +
+                                 (x->ev_iova - x->base.iova));
     x->ev_ccs = 1;
 
     /* scratchpad (4.20) */
@@ -1325,11 +1342,12 @@ int dext_xhci_submit(DextXhciSlot *s, unsigned ep_addr, const uint8_t *setup,
         ret = -EPIPE;
         goto out;
     }
-    if (!ring_room(r, k)) {
+    if (!ring_room(r, k) || x->ev_inflight + (setup ? 2 : 1) > EV_BUDGET) {
         ret = -ENOSPC;
         goto out;
     }
     t = g_new0(DextXhciXfer, 1);
+    t->nevents = setup ? 2 : 1;        /* (event data +) status, or event data */
     t->ep = ep;
     t->cb = cb;
     t->opaque = opaque;
@@ -1377,6 +1395,7 @@ int dext_xhci_submit(DextXhciSlot *s, unsigned ep_addr, const uint8_t *setup,
     }
     t->ntrbs = used;
     r->used += used;
+    x->ev_inflight += t->nevents;
     g_queue_push_tail(&ep->pending, t);
     if (ep->type == EPT_INTR_IN || ep->type == EPT_INTR_OUT) {
         x->intr_pending++;

@@ -175,7 +175,7 @@ static void test_interrupts(void)
 /* the command-line app, entitled on its own */
 static void test_tool(void)
 {
-    const char *tool = g_getenv("DEXT_USB_TOOL");
+    const char *tool = g_getenv("DEXT_XHCI_TOOL");
     g_autofree char *out = NULL, *err = NULL;
     int status = -1;
     char *argv_list[] = { (char *)tool, "--socket", (char *)dd.sock, "list", NULL };

@@ -1,14 +1,14 @@
 /*
- * dextlab-usb-tool: command-line app for the dextlab-xhci driver's user
+ * dextlab-xhci-tool: command-line app for the dextlab-xhci driver's user
  * client (an IOUserClient app in DriverKit terms).
  *
- *   dextlab-usb-tool [--socket PATH] list
- *   dextlab-usb-tool [--socket PATH] reg PORT REGISTER
- *   dextlab-usb-tool [--socket PATH] loop PORT LENGTH [COUNT]
- *   dextlab-usb-tool [--socket PATH] stats
+ *   dextlab-xhci-tool [--socket PATH] list
+ *   dextlab-xhci-tool [--socket PATH] reg PORT REGISTER
+ *   dextlab-xhci-tool [--socket PATH] loop PORT LENGTH [COUNT]
+ *   dextlab-xhci-tool [--socket PATH] stats
  *
  * The socket defaults to $DEXTD_SOCKET.  dextd checks this executable's
- * entitlements (dextlab-usb-tool.entitlements next to it).
+ * entitlements (dextlab-xhci-tool.entitlements next to it).
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -25,7 +25,7 @@ static const char *const speeds[] = { "?", "full", "low", "high", "super" };
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: dextlab-usb-tool [--socket PATH] list | "
+    fprintf(stderr, "usage: dextlab-xhci-tool [--socket PATH] list | "
             "reg PORT REG | loop PORT LEN [COUNT] | stats\n");
     return 2;
 }
@@ -55,7 +55,7 @@ int main(int argc, char **argv)
     }
     ret = dext_client_open(sock, "name", DXHCI_SERVER_NAME, &c);
     if (ret < 0) {
-        fprintf(stderr, "dextlab-usb-tool: cannot open %s: %s\n",
+        fprintf(stderr, "dextlab-xhci-tool: cannot open %s: %s\n",
                 DXHCI_SERVER_NAME, g_strerror(-ret));
         return 1;
     }
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
         return usage();
     }
     if (ret < 0) {
-        fprintf(stderr, "dextlab-usb-tool: %s: %s\n", argv[1],
+        fprintf(stderr, "dextlab-xhci-tool: %s: %s\n", argv[1],
                 g_strerror(-ret));
     }
     dext_client_close(c);

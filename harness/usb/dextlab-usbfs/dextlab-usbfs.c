@@ -34,7 +34,25 @@ typedef struct Usbfs {
     uint64_t buses[4];          /* bit N: USB bus N is below our function */
     DextUsbHost *host;
     DextUsbProvider *prov;
+    /* For NUB_RESET's answer: nub -> device port (published here), and a
+     * detach generation per port (bumped once the provider terminated the
+     * device's nubs); lock + cond. */
+    GMutex lock;
+    GCond cond;
+    GHashTable *nub_port;       /* guint64 nub -> port */
+    GHashTable *detached;       /* port -> generation */
 } Usbfs;
+
+/* the port a nub belongs to (its device's), 0 if unknown */
+static unsigned nub_port(Usbfs *u, uint64_t nub)
+{
+    unsigned port;
+
+    g_mutex_lock(&u->lock);
+    port = GPOINTER_TO_UINT(g_hash_table_lookup(u->nub_port, &nub));
+    g_mutex_unlock(&u->lock);
+    return port;
+}
 
 /* usbfs numbers buses 1..255: port = busnum << 8 | devnum (usb.h) */
 static bool ours(const Usbfs *u, DextUsbDevice *d)
@@ -88,6 +106,18 @@ static void usb_event(void *opaque, DextUsbDevice *d, bool attached)
               attached ? "attached" : "detached", dd->idVendor,
               dd->idProduct, dext_usb_device_speed(d));
     dext_usb_provider_device_fn(u->prov, d, attached);
+    if (!attached) {
+        /* the device's nubs are terminated now */
+        unsigned port = dext_usb_device_port(d);
+
+        g_mutex_lock(&u->lock);
+        g_hash_table_insert(u->detached, GUINT_TO_POINTER(port),
+                            GUINT_TO_POINTER(GPOINTER_TO_UINT(
+                                g_hash_table_lookup(u->detached,
+                                                    GUINT_TO_POINTER(port))) + 1));
+        g_cond_broadcast(&u->cond);
+        g_mutex_unlock(&u->lock);
+    }
 }
 
 static int pub_nub(void *opaque, uint64_t parent, const char *name,
@@ -98,6 +128,16 @@ static int pub_nub(void *opaque, uint64_t parent, const char *name,
                                        nub);
 
     if (ret == 0) {
+        /* device nubs are "usb@<port>", interface nubs their children */
+        unsigned port = parent ? nub_port(u, parent)
+                               : (unsigned)strtoul(name + 4, NULL, 10);
+
+        guint64 *key = g_new(guint64, 1);
+
+        *key = *nub;
+        g_mutex_lock(&u->lock);
+        g_hash_table_insert(u->nub_port, key, GUINT_TO_POINTER(port));
+        g_mutex_unlock(&u->lock);
         DEXT_INFO("published %s (%s) as nub %" G_GUINT64_FORMAT, name,
                   io_class, *nub);
     } else {
@@ -116,6 +156,16 @@ static const DextUsbProviderOps prov_ops = {
     .terminate = term_nub,
 };
 
+static void usbfs_free(Usbfs *u)
+{
+    g_hash_table_destroy(u->nub_port);
+    g_hash_table_destroy(u->detached);
+    g_mutex_clear(&u->lock);
+    g_cond_clear(&u->cond);
+    g_free(u->bdf);
+    g_free(u);
+}
+
 static int usbfs_start(DextService *svc)
 {
     Usbfs *u = g_new0(Usbfs, 1);
@@ -125,6 +175,11 @@ static int usbfs_start(DextService *svc)
     int ret;
 
     u->svc = svc;
+    g_mutex_init(&u->lock);
+    g_cond_init(&u->cond);
+    u->nub_port = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                        NULL);
+    u->detached = g_hash_table_new(NULL, NULL);
     if (!sysfs) {
         sysfs = "/sys";
     }
@@ -167,8 +222,7 @@ fail_prov:
     dext_usb_provider_destroy(u->prov);
 fail:
     DEXT_ERROR("start failed: %s", g_strerror(-ret));
-    g_free(u->bdf);
-    g_free(u);
+    usbfs_free(u);
     return ret;
 }
 
@@ -185,8 +239,7 @@ static void usbfs_stop(DextService *svc)
     dext_usb_host_destroy(u->host);
     dext_usb_provider_destroy(u->prov);
     dext_service_set_priv(svc, NULL);
-    g_free(u->bdf);
-    g_free(u);
+    usbfs_free(u);
 }
 
 /* a client driver of one of our nubs connected (service queue) */
@@ -202,15 +255,46 @@ static int usbfs_nub_client(DextService *svc, uint64_t nub,
     return dext_usb_provider_serve(u->prov, nub, fd);
 }
 
-/* its client crashed: port reset through usbfs, the device published
- * again (new nubs) */
+/*
+ * Its client crashed: port reset through usbfs, the device published
+ * again (new nubs).  The reset runs on the usbfs hub thread; the answer
+ * waits (bounded) until the detach terminated the old nubs, so dextd,
+ * which relaunches the client once NUB_RESET is answered, finds them
+ * terminating and matches the client to the new ones only (without the
+ * wait a relaunched client could Start on the old nub and fail -ENODEV).
+ */
 static int usbfs_nub_reset(DextService *svc, uint64_t nub)
 {
     Usbfs *u = dext_service_get_priv(svc);
-    int ret = u ? dext_usb_provider_reset(u->prov, nub) : -ENODEV;
+    gint64 end = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+    unsigned port, gen;
+    bool waited = true;
+    int ret;
 
-    DEXT_INFO("NUB_RESET of nub %" G_GUINT64_FORMAT ": port reset %s", nub,
-              ret < 0 ? g_strerror(-ret) : "queued");
+    if (!u) {
+        return -ENODEV;
+    }
+    port = nub_port(u, nub);
+    g_mutex_lock(&u->lock);
+    gen = GPOINTER_TO_UINT(g_hash_table_lookup(u->detached,
+                                               GUINT_TO_POINTER(port)));
+    g_mutex_unlock(&u->lock);
+    ret = dext_usb_provider_reset(u->prov, nub);
+    if (ret == 0 && port) {
+        g_mutex_lock(&u->lock);
+        while (GPOINTER_TO_UINT(g_hash_table_lookup(u->detached,
+                                    GUINT_TO_POINTER(port))) == gen) {
+            if (!g_cond_wait_until(&u->cond, &u->lock, end)) {
+                waited = false;
+                break;
+            }
+        }
+        g_mutex_unlock(&u->lock);
+    }
+    DEXT_INFO("NUB_RESET of nub %" G_GUINT64_FORMAT ": port reset %s%s", nub,
+              ret < 0 ? g_strerror(-ret) : "queued",
+              ret == 0 && !waited ? " (old nubs not terminated within 5 s)"
+                                  : "");
     return ret;
 }
 

@@ -298,8 +298,11 @@ static void check_tool(const char *name, int w, const char *args,
     bool ok = ran && WIFEXITED(st) && WEXITSTATUS(st) == 0 && out &&
               strstr(out, want);
 
+    g_autofree char *arg1 = g_strdelimit(g_strdup(args), " ", '_');
+
+    /* one word per value: the host rejects lines with stray words */
     result(name, ok, "exit=%d args=%s", ran && WIFEXITED(st) ?
-           WEXITSTATUS(st) : -1, args);
+           WEXITSTATUS(st) : -1, arg1);
     if (!ok) {
         g_auto(GStrv) l = g_strsplit(out ? out : "", "\n", -1);
 
@@ -423,8 +426,27 @@ static void check_crash(void)
         resets = count_of(log, "NUB_RESET to") - resets0;
         ports = count_of(log, "port reset queued") - ports0;
     }
-    result("usbrt-crash-nub-reset", resets >= 2 && ports >= 2,
-           "nub_resets=%u usbfs_port_resets=%u", resets, ports);
+    {
+        g_autofree char *log = read_log();
+        g_autofree char *tail = g_strdup(log + MIN(strlen(log0),
+                                                   strlen(log)));
+        g_auto(GStrv) l = g_strsplit(tail, "\n", -1);
+        unsigned failed_starts = count_of(tail, " Start on ");
+
+        result("usbrt-crash-nub-reset", resets >= 2 && ports >= 2,
+               "nub_resets=%u usbfs_port_resets=%u start_failures=%u",
+               resets, ports, failed_starts);
+        /* for the console log (not DEXTLAB- lines: the host ignores them):
+         * what dextd and the processes said about the reset and relaunch */
+        for (char **p = l; *p; p++) {
+            if (strstr(*p, "NUB_RESET") || strstr(*p, "Start") ||
+                strstr(*p, "published") || strstr(*p, "terminat") ||
+                strstr(*p, "attached") || strstr(*p, "detached")) {
+                printf("usbrt-log: %s\n", *p);
+            }
+        }
+        fflush(stdout);
+    }
     for (int w = HS; w <= SS; w++) {
         g_autofree char *name = g_strdup_printf("usbrt-%s-after-relaunch",
                                                 spd[w]);
@@ -524,7 +546,7 @@ stop:
             result("usbrt-dextd-exit", false, "reason=no_exit_after_SIGTERM");
         } else {
             result("usbrt-dextd-exit", WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                   "status=%d", st);
+                   "wait_status=%d", st);
         }
     }
     return n_fail ? 1 : 0;

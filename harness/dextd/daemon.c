@@ -111,6 +111,8 @@ struct Server {
     bool restarting;         /* killed for dextctl restart: relaunch at once */
     bool unloading;          /* bundle being unloaded: free on exit */
     bool unload_after_nubs;  /* unloaded once its services' nubs are gone */
+    unsigned resets_pending; /* NUB_RESETs sent for its crash, not answered */
+    bool relaunch_waiting;   /* relaunch due once they are answered */
 };
 
 /* One line a driver process wrote to stdout or stderr. */
@@ -136,7 +138,8 @@ typedef struct {
     uint32_t serial;
     bool counted;            /* P_STOP: counted in stops_pending */
     uint64_t nub;            /* P_NUB_CLIENT, P_NUB_RESET */
-    char *client_srv;        /* P_NUB_CLIENT: client server name and pid (the */
+    char *client_srv;        /* P_NUB_CLIENT: client server name and pid (the
+                              * P_NUB_RESET: the crashed client's server */
     GPid client_pid;         /* Server may be gone or relaunched by the reply) */
     bool timed_out;          /* P_NUB_CLIENT: client already told -ETIMEDOUT */
 } Pending;
@@ -658,7 +661,8 @@ static void pending_free(Pending *p)
 static void nub_client_answer(Dextd *d, Pending *p, int rc, const char *why);
 static void nub_terminate(Dextd *d, Device *nub, const char *why);
 static void service_nubs_terminate(Service *s, const char *why);
-static void nub_reset_send(Dextd *d, Device *nub);
+static void nub_reset_send(Dextd *d, Device *nub, Server *client);
+static void nub_reset_done(Dextd *d, Pending *p);
 static void schedule_reap(Dextd *d);
 static int service_stop(Service *s);
 static int send_stop_now(Service *s);
@@ -697,6 +701,9 @@ static void close_channels(Server *srv)
         if (p->kind == P_NUB_CLIENT && !p->timed_out) {
             nub_client_answer(srv->d, p, -ECONNRESET, "the publisher ended");
         }
+        if (p->kind == P_NUB_RESET) {
+            nub_reset_done(srv->d, p);
+        }
         if (p->kind == P_STOP && p->counted && srv->d->stops_pending) {
             srv->d->stops_pending--;
         }
@@ -720,6 +727,13 @@ static gboolean relaunch_cb(gpointer data)
 {
     Server *srv = data;
     srv->timer = 0;
+    if (srv->resets_pending) {
+        /* Its crash's NUB_RESETs first: a process launched now could get a
+         * Start on a nub its publisher is about to replace. */
+        LOGI("%s: relaunch waits for %u NUB_RESET answer(s)", srv->name, srv->resets_pending);
+        srv->relaunch_waiting = true;
+        return G_SOURCE_REMOVE;
+    }
     bool want = false;
     for (guint i = 0; i < srv->services->len; i++) {
         Service *s = srv->services->pdata[i];
@@ -890,7 +904,7 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
             }
         }
         for (guint i = 0; i < resets->len; i++) {
-            nub_reset_send(d, resets->pdata[i]);
+            nub_reset_send(d, resets->pdata[i], srv);
         }
         schedule_reap(d);
     }
@@ -950,7 +964,11 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
         restart |= ((Service *)srv->services->pdata[i])->state == SVC_MATCHED;
     }
     if (restart && !srv->timer) {
-        launch_server(srv);
+        if (srv->resets_pending) {
+            srv->relaunch_waiting = true;
+        } else {
+            launch_server(srv);
+        }
     }
     maybe_quit(d);
 }
@@ -1153,6 +1171,7 @@ static gboolean on_ctrl(gint fd, GIOCondition cond, gpointer data)
         case P_NUB_RESET:
             LOGI("%s: NUB_RESET of nub %" G_GUINT64_FORMAT ": %s", srv->name, p->nub,
                  res == 0 ? "done" : g_strerror(res < 0 ? -res : EPROTO));
+            nub_reset_done(srv->d, p);
             break;
         }
         dext_msg_clear(&m);
@@ -1369,8 +1388,24 @@ static void schedule_reap(Dextd *d)
     }
 }
 
+/* A NUB_RESET was answered (or its publisher ended): the crashed client's
+ * relaunch, held back until all of its resets are answered, may go. */
+static void nub_reset_done(Dextd *d, Pending *p)
+{
+    Server *c = p->client_srv ? g_hash_table_lookup(d->servers, p->client_srv) : NULL;
+    g_free(p->client_srv);
+    p->client_srv = NULL;
+    if (!c || !c->resets_pending || --c->resets_pending || !c->relaunch_waiting) {
+        return;
+    }
+    c->relaunch_waiting = false;
+    if (c->pid <= 0 && !c->timer && !d->shutting_down) {
+        c->timer = g_timeout_add(0, relaunch_cb, c);
+    }
+}
+
 /* The client driver of nub crashed: its publisher resets the device. */
-static void nub_reset_send(Dextd *d, Device *nub)
+static void nub_reset_send(Dextd *d, Device *nub, Server *client)
 {
     Service *pub = nub->publisher;
     if (!pub || pub->state != SVC_RUNNING || pub->srv->pid <= 0 || !pub->srv->hello) {
@@ -1382,11 +1417,13 @@ static void nub_reset_send(Dextd *d, Device *nub)
     p->kind = P_NUB_RESET;
     p->nub = nub->id;
     p->app_fd = -1;
+    p->client_srv = g_strdup(client->name);
     if (!ctrl_send(pub->srv, DEXT_MSG_NUB_RESET, g_variant_new("(t)", (guint64)nub->id), -1, p,
                    START_TIMEOUT_MS)) {
         pending_free(p);
         return;
     }
+    client->resets_pending++;
     LOGI("nub %s (%" G_GUINT64_FORMAT "): its client ended abnormally: NUB_RESET to %s",
          nub->label, nub->id, pub->srv->name);
 }
@@ -1532,7 +1569,11 @@ static void start_new_service(Service *s)
     } else if (srv->pid > 0 && srv->hello && srv->ctrl_fd >= 0) {
         send_start(s);
     } else if (srv->pid <= 0 && !srv->timer) {
-        launch_server(srv);
+        if (srv->resets_pending) {
+            srv->relaunch_waiting = true; /* launched once they are answered */
+        } else {
+            launch_server(srv);
+        }
     }
 }
 

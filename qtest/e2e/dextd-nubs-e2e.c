@@ -384,6 +384,14 @@ static void test_client_crash_reset(void)
     g_assert_true(wait_state("NubTestClient", "running", 20000));
     g_assert_cmpuint(service_u64("NubTestClient", 4), !=, pid);
     g_assert_cmpuint(service_u64("NubTestClient", 5), ==, launches + 1);
+    /* the relaunch waited for the publisher's answer to NUB_RESET */
+    char *log = e2e_dextd_read_log(dd);
+    const char *done = strstr(log, "org.dextlab.nubtest: NUB_RESET of nub");
+    g_assert_nonnull(done);
+    const char *l = g_strrstr(log, "launched org.dextlab.nubclient (");
+    g_assert_nonnull(l);
+    g_assert_true(done < l);
+    g_free(log);
     g_assert_cmpuint(service_count("NubTestClient"), ==, 1);
     uint64_t st[5];
     g_assert_cmpint(publisher_call(0, st, 5), ==, 0);

@@ -74,7 +74,7 @@ static int send_raw(int sock, const uint8_t *buf, size_t len, int fd)
 }
 
 /* Replies on RPC are typed by their request, so receive with every channel. */
-#define ANY_CH (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV)
+#define ANY_CH DEXT_CH_ALL
 
 typedef struct {
     uint64_t inputs, framed_requests, answered, errors, oks, syncs, unanswered, extra;

@@ -10,12 +10,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define ALLCH (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV | \
-               DEXT_CH_PROV | DEXT_CH_PROVEV)
 
 /* The catalogue: the single source of truth for what each message carries. */
 static const DextMsgSpec specs[] = {
-    { DEXT_MSG_ERROR, "ERROR", NULL, "(is)", 0, 0, ALLCH, false },
+    { DEXT_MSG_ERROR, "ERROR", NULL, "(is)", 0, 0, DEXT_CH_ALL, false },
     { DEXT_MSG_START, "START", "(tsta{sv})", "(i)", 0, 0, DEXT_CH_CTRL, false },
     { DEXT_MSG_STOP, "STOP", "(t)", "(i)", 0, 0, DEXT_CH_CTRL, false },
     { DEXT_MSG_NEW_CLIENT, "NEW_CLIENT", "(tts)", "(i)", 1, 0, DEXT_CH_CTRL, false },

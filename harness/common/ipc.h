@@ -57,6 +57,11 @@ typedef enum {
     DEXT_CH_PROVEV = 1u << 6, /* publisher -> client driver (events on the same pair) */
 } DextChannel;
 
+/* Every channel (codec tests, fuzzers, ERROR replies). */
+#define DEXT_CH_ALL (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV | \
+                     DEXT_CH_PROV | DEXT_CH_PROVEV)
+#define DEXT_CH_COUNT 7
+
 typedef enum {
     DEXT_MSG_ERROR = 1,     /* reply only: (is) -errno, reason */
     /* CTRL: dextd -> driver */

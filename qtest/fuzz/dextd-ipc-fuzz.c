@@ -88,7 +88,7 @@ static int send_raw(int sock, const uint8_t *b, size_t len, int fd)
     return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
 }
 
-#define ANY_CH (DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV)
+#define ANY_CH DEXT_CH_ALL
 
 /* Wait (bounded) for the reply naming `serial`; others are dropped.
  * Returns 1 ok reply, 0 ERROR reply (*err = errno), <0 socket error. */

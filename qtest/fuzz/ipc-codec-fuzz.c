@@ -50,7 +50,7 @@ static void test_codec(void)
 {
     GRand *r = g_rand_new_with_seed(opt.seed);
     static uint8_t buf[DEXT_IPC_MAX_MSG], again[DEXT_IPC_MAX_MSG];
-    const uint32_t all = DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV;
+    const uint32_t all = DEXT_CH_ALL;
     uint64_t n = 0, accepted = 0, refused = 0, valid_rt = 0;
     int fds0 = fd_count();
     gint64 t0 = g_get_monotonic_time(), end = t0 + (gint64)opt.seconds * G_USEC_PER_SEC;
@@ -103,7 +103,7 @@ static void test_codec(void)
             fds[k] = open("/dev/null", O_RDONLY | O_CLOEXEC);
             g_assert_cmpint(fds[k], >=, 0);
         }
-        uint32_t ch = valid ? all : (g_rand_boolean(r) ? all : 1u << g_rand_int_range(r, 0, 5));
+        uint32_t ch = valid ? all : (g_rand_boolean(r) ? all : 1u << g_rand_int_range(r, 0, DEXT_CH_COUNT));
         DextMsg m;
         char *why = NULL;
         int rc = dext_msg_decode(buf, len, fds, nfds, ch, &m, &why);
@@ -180,7 +180,7 @@ static void test_socket(void)
 {
     GRand *r = g_rand_new_with_seed(opt.seed + 1);
     static uint8_t buf[DEXT_IPC_MAX_MSG];
-    const uint32_t all = DEXT_CH_CTRL | DEXT_CH_RPC | DEXT_CH_APP | DEXT_CH_UC | DEXT_CH_UCEV;
+    const uint32_t all = DEXT_CH_ALL;
     int sv[2];
     g_assert_cmpint(dext_ipc_socketpair(sv), ==, 0);
     int base = fd_count();

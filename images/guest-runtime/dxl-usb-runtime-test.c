@@ -433,7 +433,11 @@ static void check_crash(void)
         g_auto(GStrv) l = g_strsplit(tail, "\n", -1);
         unsigned failed_starts = count_of(tail, " Start on ");
 
-        result("usbrt-crash-nub-reset", resets >= 2 && ports >= 2,
+        /* dextd relaunches only after every NUB_RESET of the crash was
+         * answered, and the provider answers once the old nubs are
+         * terminated: no Start may land on a stale nub */
+        result("usbrt-crash-nub-reset",
+               resets >= 2 && ports >= 2 && failed_starts == 0,
                "nub_resets=%u usbfs_port_resets=%u start_failures=%u",
                resets, ports, failed_starts);
         /* for the console log (not DEXTLAB- lines: the host ignores them):

@@ -138,7 +138,11 @@ static int uc_call(DextConnection *c, uint16_t type, GVariant *body, DextMsg *re
                 gsize n;
                 const uint64_t *p = g_variant_get_fixed_array(d, &n, sizeof(uint64_t));
                 a->n = MIN(n, G_N_ELEMENTS(a->data));
+                if (a->n) { /* an empty array may be NULL */
+                    if (a->n) { /* an empty array may be NULL */
                 memcpy(a->data, p, a->n * sizeof(uint64_t));
+            }
+                }
                 g_variant_unref(d);
                 g_queue_push_tail(&c->asyncs, a);
             }
@@ -378,7 +382,9 @@ int dext_client_wait_async(DextConnection *c, int timeout_ms, uint64_t *ref, int
             gsize k;
             const uint64_t *p = g_variant_get_fixed_array(d, &k, sizeof(uint64_t));
             a->n = MIN(k, G_N_ELEMENTS(a->data));
-            memcpy(a->data, p, a->n * sizeof(uint64_t));
+            if (a->n) { /* an empty array may be NULL */
+                memcpy(a->data, p, a->n * sizeof(uint64_t));
+            }
             g_variant_unref(d);
             dext_msg_clear(&m);
             break;

@@ -654,7 +654,9 @@ static int usb_request(UsbState *st, uint8_t bmRequestType, uint8_t bRequest, ui
     if (in) {
         /* Never more than asked for, whatever the publisher says. */
         n = MIN(n, (gsize)wLength);
-        memcpy(data, p, n);
+        if (n) { /* an empty array may be NULL */
+            memcpy(data, p, n);
+        }
         act = MIN(act, (guint32)n);
     } else {
         act = MIN(act, (guint32)wLength);

@@ -224,7 +224,7 @@ static int control_locked(DextUsbDevice *d, uint8_t rt, uint8_t req,
         /* protocol stall: EP0 is halted on the controller, recover it */
         dext_xhci_reset_ep(d->slot, 0);
     }
-    if (ret == 0 && (rt & 0x80)) {
+    if (ret == 0 && (rt & 0x80) && wlen) {
         memcpy(data, dext_usb_buffer_data(d->ep0buf), MIN(s.actual, wlen));
     }
     if (actual) {

@@ -149,8 +149,9 @@ static const DextXhciHwOps plat_ops = {
     .destroy = plat_destroy,
 };
 
-int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
-                     const DextXhciConfig *cfg, DextXhci **out)
+int dext_xhci_platform_hw(DextPlatform *p, DextPciAddr addr,
+                          const DextXhciHwOps **ops, void **hw,
+                          uint64_t *bar0_size)
 {
     DextPciFunction fn;
     PlatHw *h;
@@ -181,5 +182,22 @@ int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
         plat_destroy(h);
         return ret;
     }
-    return dext_xhci_create_hw(&plat_ops, h, fn.bars[0].size, cfg, out);
+    *ops = &plat_ops;
+    *hw = h;
+    *bar0_size = fn.bars[0].size;
+    return 0;
+}
+
+int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
+                     const DextXhciConfig *cfg, DextXhci **out)
+{
+    const DextXhciHwOps *ops;
+    void *hw;
+    uint64_t bar0;
+    int ret = dext_xhci_platform_hw(p, addr, &ops, &hw, &bar0);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return dext_xhci_create_hw(ops, hw, bar0, cfg, out);
 }

@@ -121,6 +121,13 @@ int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
  * deliver it.  The platform must outlive the driver. */
 int dext_xhci_create(DextPlatform *p, DextPciAddr addr,
                      const DextXhciConfig *cfg, DextXhci **out);
+/* The same backend for a caller that wraps it (a fuzzer counting
+ * accesses): checks and enables the function like dext_xhci_create() and
+ * returns what dext_xhci_create_hw() takes; *hw is freed by
+ * (*ops)->destroy. */
+int dext_xhci_platform_hw(DextPlatform *p, DextPciAddr addr,
+                          const DextXhciHwOps **ops, void **hw,
+                          uint64_t *bar0_size);
 /* Halt the controller, stop the event thread, free everything. */
 void dext_xhci_destroy(DextXhci *x);
 

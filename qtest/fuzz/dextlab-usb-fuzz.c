@@ -146,18 +146,13 @@ typedef struct FuzzDev {
 
 typedef struct Fuzz Fuzz;
 
-/* The xHCI backend: the platform's BAR0 and DMA memory (as xhci-platform.c)
- * with an access counter, and "dead" to make the driver skip the halt and
- * Disable Slot commands it would wait for on a wrecked controller. */
+/* The xHCI backend: the platform's own (xhci-platform.c) wrapped with an
+ * access counter, and "dead" to make the driver skip the halt and Disable
+ * Slot commands it would wait for on a wrecked controller. */
 typedef struct FuzzHw {
     Fuzz *f;
-    DextPlatform *p;
-    DextPciAddr addr;
-    uint8_t *ram;
-    uint64_t ram_size;
-    bool msix, bound;
-    GMutex lock;
-    GHashTable *allocs;             /* iova -> size */
+    const DextXhciHwOps *base;
+    void *hw;
 } FuzzHw;
 
 struct Fuzz {
@@ -216,12 +211,9 @@ static uint64_t rnd64(Fuzz *f)
 static int hw_read32(void *opaque, uint64_t off, uint32_t *val)
 {
     FuzzHw *h = opaque;
-    uint64_t v = 0;
-    int ret = dext_platform_bar_read(h->p, h->addr, 0, off, 4, &v);
 
     __atomic_add_fetch(&h->f->mmio, 1, __ATOMIC_RELAXED);
-    *val = (uint32_t)v;
-    return ret;
+    return h->base->read32(h->hw, off, val);
 }
 
 static int hw_write32(void *opaque, uint64_t off, uint32_t val)
@@ -229,101 +221,56 @@ static int hw_write32(void *opaque, uint64_t off, uint32_t val)
     FuzzHw *h = opaque;
 
     __atomic_add_fetch(&h->f->mmio, 1, __ATOMIC_RELAXED);
-    return dext_platform_bar_write(h->p, h->addr, 0, off, 4, val);
+    return h->base->write32(h->hw, off, val);
 }
 
 static int hw_dma_alloc(void *opaque, uint64_t size, DextXhciDma *out)
 {
     FuzzHw *h = opaque;
-    DextDmaRange r;
-    int ret = dext_platform_dma_alloc(h->p, size, 4096, &r);
 
-    if (ret < 0) {
-        return ret;
-    }
-    if (r.fd_offset + r.size > h->ram_size) {
-        dext_platform_dma_free(h->p, r.iova);
-        return -ERANGE;
-    }
-    out->ptr = h->ram + r.fd_offset;
-    out->iova = r.iova;
-    out->size = r.size;
-    out->handle = r.iova;
-    g_mutex_lock(&h->lock);
-    g_hash_table_insert(h->allocs, g_memdup2(&r.iova, sizeof(r.iova)),
-                        g_memdup2(&r.size, sizeof(r.size)));
-    g_mutex_unlock(&h->lock);
-    return 0;
+    return h->base->dma_alloc(h->hw, size, out);
 }
 
 static void hw_dma_free(void *opaque, DextXhciDma *d)
 {
     FuzzHw *h = opaque;
 
-    g_mutex_lock(&h->lock);
-    g_hash_table_remove(h->allocs, &d->handle);
-    g_mutex_unlock(&h->lock);
-    dext_platform_dma_free(h->p, d->handle);
+    h->base->dma_free(h->hw, d);
 }
 
 static bool hw_dma_ok(void *opaque, uint64_t iova, uint64_t len)
 {
     FuzzHw *h = opaque;
-    GHashTableIter it;
-    gpointer k, v;
-    bool ok = false;
 
-    if (iova + len < iova) {
-        return false;
-    }
-    g_mutex_lock(&h->lock);
-    g_hash_table_iter_init(&it, h->allocs);
-    while (!ok && g_hash_table_iter_next(&it, &k, &v)) {
-        uint64_t a = *(uint64_t *)k, sz = *(uint64_t *)v;
-
-        ok = iova >= a && iova + len <= a + sz;
-    }
-    g_mutex_unlock(&h->lock);
-    return ok;
+    return h->base->dma_ok(h->hw, iova, len);
 }
 
 static int hw_irq_bind(void *opaque, int efd)
 {
     FuzzHw *h = opaque;
-    DextIrqKind used;
-    int ret;
 
-    if (!h->msix) {
-        return -ENOTSUP;
-    }
-    ret = dext_platform_irq_bind(h->p, h->addr, DEXT_IRQ_MSIX, 0, efd, &used);
-    h->bound = ret == 0;
-    return ret;
+    return h->base->irq_bind(h->hw, efd);
 }
 
 static void hw_irq_unbind(void *opaque)
 {
     FuzzHw *h = opaque;
 
-    if (h->bound) {
-        dext_platform_irq_unbind(h->p, h->addr, 0);
-        h->bound = false;
-    }
+    h->base->irq_unbind(h->hw);
 }
 
 static bool hw_alive(void *opaque)
 {
     FuzzHw *h = opaque;
 
-    return !g_atomic_int_get(&h->f->hw_dead) && dext_platform_alive(h->p);
+    return !g_atomic_int_get(&h->f->hw_dead) && h->base->alive(h->hw);
 }
 
 static void hw_destroy(void *opaque)
 {
     FuzzHw *h = opaque;
 
-    g_hash_table_destroy(h->allocs);
-    g_mutex_clear(&h->lock);
+    h->base->destroy(h->hw);
     g_free(h);
 }
 
@@ -557,26 +504,20 @@ static void fuzz_host_start(Fuzz *f, bool retry)
 {
     DextUsbHostConfig hc = { 0 };
     FuzzHw *h = g_new0(FuzzHw, 1);
+    uint64_t bar0;
     int ret;
 
     h->f = f;
-    h->p = f->p;
-    h->addr = f->xfn.addr;
-    h->ram = f->ram;
-    h->ram_size = f->ram_size;
-    h->msix = f->xfn.msix_cap != 0;
-    g_mutex_init(&h->lock);
-    h->allocs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-                                      g_free);
     hc.xhci.timeout_ms = OP_TIMEOUT_MS;
     hc.xhci.clock_step = clock_fn;
     hc.xhci.clock_opaque = f;
     hc.xhci.clock_step_ns = 1000000;
-    if (dext_platform_pci_set_enables(f->p, f->xfn.addr, DEXT_PCI_ENABLE_MEM |
-                                      DEXT_PCI_ENABLE_BUSMASTER, true) < 0) {
-        fuzz_fail(f, "xHCI enables: %s", dext_platform_last_error(f->p));
+    ret = dext_xhci_platform_hw(f->p, f->xfn.addr, &h->base, &h->hw, &bar0);
+    if (ret < 0) {
+        fuzz_fail(f, "xHCI backend: %s (%s)", g_strerror(-ret),
+                  dext_platform_last_error(f->p));
     }
-    ret = dext_usb_host_create_hw(&fuzz_hw_ops, h, f->xfn.bars[0].size, &hc,
+    ret = dext_usb_host_create_hw(&fuzz_hw_ops, h, bar0, &hc,
                                   &f->host);
     if (ret < 0) {
         uint32_t cmd = 0;

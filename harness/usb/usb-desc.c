@@ -1,7 +1,8 @@
 /*
- * USB descriptor parsers shared by both implementations of the family API
- * (usb.c over the user-space xHCI driver, usb-usbfs.c over Linux usbfs).
- * Pure functions over untrusted bytes; see usb.h.
+ * What both implementations of the family API (usb.c over the user-space
+ * xHCI driver, usb-usbfs.c over Linux usbfs) share: the descriptor parsers
+ * (pure functions over untrusted bytes) and the standard requests built on
+ * dext_usb_device_control(); see usb.h.
  */
 #include <errno.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #define USB_DT_DEVICE       1
 #define USB_DT_CONFIG       2
+#define USB_DT_STRING       3
 #define USB_DT_INTERFACE    4
 #define USB_DT_ENDPOINT     5
 #define USB_DT_SS_EP_COMP   0x30
@@ -120,4 +122,47 @@ int dext_usb_parse_config(const uint8_t *b, size_t len, DextUsbConfigDesc *o)
 bad:
     g_array_free(alts, TRUE);
     return -EINVAL;
+}
+
+/* ------------------------------------------------ standard requests */
+
+int dext_usb_device_get_descriptor(DextUsbDevice *d, uint8_t type,
+                                   uint8_t index, void *buf, uint16_t len,
+                                   uint32_t *actual)
+{
+    return dext_usb_device_control(d, 0x80, 6, type << 8 | index,
+                                   type == USB_DT_STRING ? 0x0409 : 0, buf,
+                                   len, actual, 0);
+}
+
+int dext_usb_device_string(DextUsbDevice *d, uint8_t index, char *buf,
+                           size_t size)
+{
+    uint8_t raw[255];
+    uint32_t got = 0;
+    size_t n = 0;
+    int ret;
+
+    if (index == 0 || size == 0) {
+        return -ENOENT;
+    }
+    ret = dext_usb_device_get_descriptor(d, USB_DT_STRING, index, raw,
+                                         sizeof(raw), &got);
+    if (ret == -EPIPE) {
+        return -ENOENT;
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (got < 2 || raw[1] != USB_DT_STRING) {
+        return -EIO;
+    }
+    got = MIN(got, raw[0]);
+    for (uint32_t i = 2; i + 1 < got && n + 1 < size; i += 2) {
+        uint16_t c = raw[i] | raw[i + 1] << 8;
+
+        buf[n++] = c < 0x80 && c >= 0x20 ? (char)c : '?';
+    }
+    buf[n] = 0;
+    return (int)n;
 }

@@ -40,7 +40,6 @@
 
 #define USB_DT_DEVICE       1
 #define USB_DT_CONFIG       2
-#define USB_DT_STRING       3
 
 /* Largest URB of a bulk transfer: usbfs charges every URB to
  * usbfs_memory_mb (16 MiB by default, all users) and bounces the data
@@ -557,47 +556,6 @@ int dext_usb_device_control(DextUsbDevice *d, uint8_t rt, uint8_t req,
     ret = control_locked(d, rt, req, val, idx, data, wlen, actual, tmo);
     g_mutex_unlock(&d->lock);
     return ret;
-}
-
-int dext_usb_device_get_descriptor(DextUsbDevice *d, uint8_t type,
-                                   uint8_t index, void *buf, uint16_t len,
-                                   uint32_t *actual)
-{
-    return dext_usb_device_control(d, 0x80, 6, type << 8 | index,
-                                   type == USB_DT_STRING ? 0x0409 : 0, buf,
-                                   len, actual, 0);
-}
-
-int dext_usb_device_string(DextUsbDevice *d, uint8_t index, char *buf,
-                           size_t size)
-{
-    uint8_t raw[255];
-    uint32_t got = 0;
-    size_t n = 0;
-    int ret;
-
-    if (index == 0 || size == 0) {
-        return -ENOENT;
-    }
-    ret = dext_usb_device_get_descriptor(d, USB_DT_STRING, index, raw,
-                                         sizeof(raw), &got);
-    if (ret == -EPIPE) {
-        return -ENOENT;
-    }
-    if (ret < 0) {
-        return ret;
-    }
-    if (got < 2 || raw[1] != USB_DT_STRING) {
-        return -EIO;
-    }
-    got = MIN(got, raw[0]);
-    for (uint32_t i = 2; i + 1 < got && n + 1 < size; i += 2) {
-        uint16_t c = raw[i] | raw[i + 1] << 8;
-
-        buf[n++] = c < 0x80 && c >= 0x20 ? (char)c : '?';
-    }
-    buf[n] = 0;
-    return (int)n;
 }
 
 /* --------------------------------------------------------- device objs */

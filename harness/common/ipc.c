@@ -59,7 +59,7 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_USB_SELECT_ALT, "USB_SELECT_ALT", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
     { DEXT_MSG_USB_BUFFER_ALLOC, "USB_BUFFER_ALLOC", "(tu)", "(ttt)", 0, 1, DEXT_CH_PROV, false },
     { DEXT_MSG_USB_BUFFER_FREE, "USB_BUFFER_FREE", "(t)", "()", 0, 0, DEXT_CH_PROV, false },
-    { DEXT_MSG_USB_IO, "USB_IO", "(yttuut)", "(iut)", 0, 0, DEXT_CH_PROV, false },
+    { DEXT_MSG_USB_IO, "USB_IO", "(yttuut)", "(iut)", 0, 0, DEXT_CH_PROV, true },
     { DEXT_MSG_USB_ABORT, "USB_ABORT", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
     { DEXT_MSG_USB_CLEAR_STALL, "USB_CLEAR_STALL", "(y)", "()", 0, 0, DEXT_CH_PROV, false },
     { DEXT_MSG_USB_IO_DONE, "USB_IO_DONE", "(tiut)", NULL, 0, 0, DEXT_CH_PROVEV, true },

@@ -136,7 +136,9 @@ typedef enum {
     DEXT_MSG_USB_BUFFER_FREE,  /* (t) handle -> () */
     DEXT_MSG_USB_IO,        /* (yttuut) endpoint address, buffer, offset, length,
                              * timeout ms, async-ref (0: sync) -> (iut) status,
-                             * actual, timestamp ns (async: (0,0,0) = queued) */
+                             * actual, timestamp ns (async: (0,0,0) = queued);
+                             * an async one may be POSTED: no reply, a refusal
+                             * is its USB_IO_DONE */
     DEXT_MSG_USB_ABORT,     /* (y) endpoint -> () */
     DEXT_MSG_USB_CLEAR_STALL, /* (y) endpoint -> () */
     /* PROVEV: publisher -> client driver */

@@ -1019,38 +1019,42 @@ int dext_usbhost_pipe_async_io(DextUsbHostPipe *p, DextBuffer *buf, uint64_t off
     }
     st->outstanding++;
     g_mutex_unlock(&st->lock);
-    /* Registered before it is sent: its USB_IO_DONE may overtake the
-     * reply. */
+    /* Registered before it is sent: its USB_IO_DONE may come at once.
+     * Posted: the publisher answers only with the USB_IO_DONE, which
+     * carries its refusal too, so queueing costs no round trip. */
     g_mutex_lock(&ch->lock);
+    if (ch->dead || ch->closing) {
+        g_mutex_unlock(&ch->lock);
+        rc = -ESHUTDOWN;
+        goto not_sent;
+    }
     io->ref = ch->next_ref++;
     g_hash_table_insert(ch->ios, &io->ref, io);
     g_mutex_unlock(&ch->lock);
-    DextMsg r;
-    rc = chan_call(ch, DEXT_MSG_USB_IO,
-                   g_variant_new("(yttuut)", p->addr, (guint64)handle, (guint64)offset, length,
-                                 (guint32)0, (guint64)io->ref),
-                   &r, DEXT_IPC_TIMEOUT_MS);
-    if (rc == 0) {
-        gint32 status;
-        guint32 act;
-        guint64 ts;
-        g_variant_get(r.body, "(iut)", &status, &act, &ts);
-        dext_msg_clear(&r);
-        if (status < 0) {
-            rc = status;    /* refused after all: no USB_IO_DONE follows */
-        }
-    }
+    DextMsg req;
+    dext_msg_init(&req, DEXT_MSG_USB_IO,
+                  g_variant_new("(yttuut)", p->addr, (guint64)handle, (guint64)offset, length,
+                                (guint32)0, (guint64)io->ref));
+    req.flags = DEXT_MSG_F_POSTED;
+    g_mutex_lock(&ch->send_lock);
+    rc = dext_ipc_send(ch->fd, &req);
+    g_mutex_unlock(&ch->send_lock);
+    dext_msg_clear(&req);
     if (rc == 0) {
         return 0;
     }
-    /* Not accepted: no completion will come (unless the channel died and
-     * the reader already completed it: then it was reported once). */
+    if (rc == -EPIPE || rc == -ECONNRESET) {
+        rc = -ESHUTDOWN;
+    }
+    /* Not sent: no completion will come (unless the channel died and the
+     * reader already completed it: then it was reported once). */
     g_mutex_lock(&ch->lock);
     bool mine = g_hash_table_steal(ch->ios, &io->ref);
     g_mutex_unlock(&ch->lock);
     if (!mine) {
         return 0;
     }
+not_sent:
     g_mutex_lock(&st->lock);
     st->outstanding--;
     g_cond_broadcast(&st->cond);

@@ -25,7 +25,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { MODE_NORMAL, MODE_DONE_FIRST, MODE_HOLD, MODE_HOSTILE };
+enum { MODE_NORMAL, MODE_HOLD, MODE_HOSTILE, MODE_REFUSE };
 
 static const uint8_t dev_desc[18] = {
     18, 1, 0x10, 0x02, 0, 0, 0, 64, 0x09, 0x12, 0x01, 0x00, 0x00, 0x01, 1, 2, 3, 1,
@@ -57,7 +57,7 @@ static struct {
     GMutex lock;
     GArray *held;               /* Held */
     uint64_t next_handle;
-    unsigned frees, aborts, ios;
+    unsigned frees, aborts, ios, posted;
 } prov = { .fd = -1 };
 
 static void send_reply(DextMsg *req, GVariant *body)
@@ -78,40 +78,43 @@ static void post_done(uint64_t ref, int status, uint32_t actual)
     dext_msg_clear(&m);
 }
 
+/* An async USB_IO travels posted, as the real provider expects: it gets no
+ * reply, only its USB_IO_DONE (which carries a refusal too). */
 static void serve_io(DextMsg *m)
 {
     guint8 ep;
     guint64 h, off, ref;
     guint32 len, tmo;
+    bool posted = m->flags & DEXT_MSG_F_POSTED;
     g_variant_get(m->body, "(yttuut)", &ep, &h, &off, &len, &tmo, &ref);
     g_mutex_lock(&prov.lock);
     prov.ios++;
+    prov.posted += posted;
     g_mutex_unlock(&prov.lock);
     if (!ref) {
         send_reply(m, g_variant_new("(iut)", 0, len, (guint64)1));
         return;
     }
+    if (!posted) {
+        send_reply(m, g_variant_new("(iut)", 0, 0u, (guint64)0));
+    }
     switch (g_atomic_int_get(&prov.mode)) {
     case MODE_NORMAL:
-        send_reply(m, g_variant_new("(iut)", 0, 0u, (guint64)0));
         post_done(ref, 0, len);
-        break;
-    case MODE_DONE_FIRST:
-        post_done(ref, 0, len);
-        send_reply(m, g_variant_new("(iut)", 0, 0u, (guint64)0));
         break;
     case MODE_HOLD: {
         Held x = { ref, ep, len };
         g_mutex_lock(&prov.lock);
         g_array_append_val(prov.held, x);
         g_mutex_unlock(&prov.lock);
-        send_reply(m, g_variant_new("(iut)", 0, 0u, (guint64)0));
         break;
     }
     case MODE_HOSTILE:
-        send_reply(m, g_variant_new("(iut)", 0, 0u, (guint64)0));
         post_done(ref + 1000, 0, 5);                /* nobody's */
         post_done(ref, 7, len * 2 + 5);             /* positive status, too long */
+        break;
+    case MODE_REFUSE:
+        post_done(ref, -EPIPE, 0);                  /* e.g. a halted endpoint */
         break;
     }
 }
@@ -385,26 +388,36 @@ static void test_io_completions(void)
     uint32_t actual = 0;
     CU_ASSERT_EQUAL(dext_usbhost_pipe_io(f.in, f.buf, 0, 100, &actual, 0), 0);
     CU_ASSERT_EQUAL(actual, 100);
-    for (int mode = MODE_NORMAL; mode <= MODE_DONE_FIRST; mode++) {
-        g_atomic_int_set(&prov.mode, mode);
-        Done d[16] = { 0 };
-        for (int k = 0; k < 16; k++) {
-            d[k].q = f.s->queue;
-            CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(k & 1 ? f.in : f.out, f.buf, 0,
-                                                       100 + k, NULL, on_done, &d[k]), 0);
-        }
-        for (int k = 0; k < 16; k++) {
-            CU_ASSERT_TRUE(wait_calls(&d[k], 1));
-            CU_ASSERT_EQUAL(d[k].status, 0);
-            CU_ASSERT_EQUAL(d[k].actual, 100u + k);
-            CU_ASSERT_TRUE(d[k].on_queue);
-        }
-        g_usleep(20000);
-        barrier(f.s->queue);
-        for (int k = 0; k < 16; k++) {
-            CU_ASSERT_EQUAL(g_atomic_int_get(&d[k].calls), 1); /* exactly once */
-        }
+    g_atomic_int_set(&prov.mode, MODE_NORMAL);
+    Done d[16] = { 0 };
+    for (int k = 0; k < 16; k++) {
+        d[k].q = f.s->queue;
+        CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(k & 1 ? f.in : f.out, f.buf, 0,
+                                                   100 + k, NULL, on_done, &d[k]), 0);
     }
+    for (int k = 0; k < 16; k++) {
+        CU_ASSERT_TRUE(wait_calls(&d[k], 1));
+        CU_ASSERT_EQUAL(d[k].status, 0);
+        CU_ASSERT_EQUAL(d[k].actual, 100u + k);
+        CU_ASSERT_TRUE(d[k].on_queue);
+    }
+    g_usleep(20000);
+    barrier(f.s->queue);
+    for (int k = 0; k < 16; k++) {
+        CU_ASSERT_EQUAL(g_atomic_int_get(&d[k].calls), 1); /* exactly once */
+    }
+    /* queueing is one posted message: no round trip to the publisher */
+    CU_ASSERT_EQUAL(prov.posted, 16u);
+    /* what the publisher refuses is the completion's status, exactly once */
+    g_atomic_int_set(&prov.mode, MODE_REFUSE);
+    Done rf = { .q = f.s->queue };
+    CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(f.in, f.buf, 0, 64, NULL, on_done, &rf), 0);
+    CU_ASSERT_TRUE(wait_calls(&rf, 1));
+    CU_ASSERT_EQUAL(rf.status, -EPIPE);
+    CU_ASSERT_EQUAL(rf.actual, 0u);
+    g_usleep(20000);
+    barrier(f.s->queue);
+    CU_ASSERT_EQUAL(g_atomic_int_get(&rf.calls), 1);
     /* a hostile publisher: positive status, actual beyond the length, a
      * completion for a reference nobody used */
     g_atomic_int_set(&prov.mode, MODE_HOSTILE);

@@ -4,11 +4,14 @@
  *
  * Shape: the provider keeps one ProvDev per attached device and one
  * ProvNub per published nub; a ProvChan per client channel runs on its
- * own thread.  IO completions (controller event thread, or whoever
- * aborts) only queue the ProvIo and poke the channel's eventfd: the
- * channel thread posts them, so the controller never waits on a client.
- * Sync USB_IO is an async IO whose completion is sent as the reply: the
- * channel keeps serving (abort, other pipes) while it is in flight.
+ * own thread.  An async IO's completion is posted by the thread that
+ * completes it (controller event thread, or whoever aborts) when nothing
+ * is queued before it and the socket takes it at once (MSG_DONTWAIT);
+ * otherwise it is queued and the channel thread posts it.  Either way the
+ * controller never waits on a client, completions keep their order, and
+ * the hot path costs no thread hop in the publisher.  Sync USB_IO is an
+ * async IO whose completion is sent as the reply: the channel keeps
+ * serving (abort, other pipes) while it is in flight.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -524,26 +527,67 @@ static void chan_wait_posted(ProvChan *c, unsigned ms)
     g_mutex_unlock(&c->lock);
 }
 
+/* USB_IO_DONE for @ref, sent now or not at all: 0, -EAGAIN (socket full),
+ * or another -errno (the client is gone).  Safe from any thread: one
+ * SOCK_SEQPACKET message is atomic against the channel thread's sends. */
+static int io_done_try_send(int fd, uint64_t ref, int status, uint32_t actual,
+                            uint64_t ts)
+{
+    uint8_t buf[128];
+    DextMsg m;
+    ssize_t len, n;
+
+    dext_msg_init(&m, DEXT_MSG_USB_IO_DONE,
+                  g_variant_new("(tiut)", (guint64)ref, status, actual,
+                                (guint64)ts));
+    m.flags = DEXT_MSG_F_POSTED;
+    len = dext_msg_encode(&m, buf, sizeof(buf));
+    dext_msg_clear(&m);
+    if (len < 0) {
+        return (int)len;
+    }
+    do {
+        n = send(fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n == len) {
+        return 0;
+    }
+    return n < 0 && errno != EWOULDBLOCK ? -errno : -EAGAIN;
+}
+
 /* IO completion: event thread, or the thread aborting the IO */
 static void io_done(void *opaque, int status, uint32_t actual, uint64_t ts)
 {
     ProvIo *io = opaque;
     ProvChan *c = io->c;
-
     uint64_t one = 1;
+    int ret = -EAGAIN;
 
     /* all of it under the lock: once the IO leaves c->pending the channel
-     * may close and be freed, so nothing of c is touched after unlock */
+     * may close and be freed, so nothing of c is touched after unlock; the
+     * fd stays open while an IO is pending and teardown sets quit first */
     g_mutex_lock(&c->lock);
     io->status = io->timed_out ? -ETIMEDOUT : status;
     io->actual = actual;
     io->ts = ts;
     io->buf->busy--;
     g_hash_table_remove(c->pending, io);
-    g_queue_push_tail(&c->done, io);
     g_atomic_int_add(&c->p->n_pending, -1);
-    if (c->wake >= 0 && write(c->wake, &one, sizeof(one)) < 0) {
-        /* counter saturated: the thread is awake anyway */
+    if (io->ref && g_queue_is_empty(&c->done) && !c->flushing &&
+        !g_atomic_int_get(&c->quit)) {
+        ret = io_done_try_send(c->fd, io->ref, io->status, io->actual,
+                               io->ts);
+    }
+    if (ret == 0) {
+        g_free(io);
+    } else {
+        if (ret != -EAGAIN) {
+            g_atomic_int_set(&c->quit, 1);     /* client gone: close */
+        }
+        g_queue_push_tail(&c->done, io);
+        if (c->wake >= 0 && write(c->wake, &one, sizeof(one)) < 0) {
+            /* counter saturated: the thread is awake anyway */
+        }
     }
     g_cond_broadcast(&c->cond);
     g_mutex_unlock(&c->lock);
@@ -1038,9 +1082,15 @@ static void h_buffer_free(ProvChan *c, DextMsg *m)
     reply(c, m, g_variant_new("()"));
 }
 
+/*
+ * USB_IO.  A posted async request (what the client library sends) gets no
+ * reply: if it is refused, its USB_IO_DONE carries the error instead, so
+ * queueing an IO costs the client no round trip.
+ */
 static void h_io(ProvChan *c, DextMsg *m)
 {
     DextUsbProvider *p = c->p;
+    bool posted = m->flags & DEXT_MSG_F_POSTED;
     guint8 ep;
     guint64 h, off, ref;
     guint32 len, tmo;
@@ -1048,41 +1098,53 @@ static void h_io(ProvChan *c, DextMsg *m)
     DextUsbPipe *pipe = NULL;
     ProvIo *io;
     const char *why = "";
+    g_autofree char *msg = NULL;
     int ret;
 
     g_variant_get(m->body, "(yttuut)", &ep, &h, &off, &len, &tmo, &ref);
-    if ((ret = chan_check(c, true, &why)) < 0) {
-        reply_err(c, m, ret, "%s", why);
+    if (posted && ref == 0) {
+        /* a sync IO's result is its reply: nothing to answer it with */
+        g_warning("usb-provider: channel of nub %" G_GUINT64_FORMAT
+                  ": posted USB_IO without an async-ref ignored", c->nub_id);
         return;
     }
+    if ((ret = chan_check(c, true, &why)) < 0) {
+        msg = g_strdup(why);
+        goto refuse;
+    }
     if (len > DEXT_USB_PROV_MAX_IO) {
-        reply_err(c, m, -EINVAL, "length %u > %u", len, DEXT_USB_PROV_MAX_IO);
-        return;
+        ret = -EINVAL;
+        msg = g_strdup_printf("length %u > %u", len, DEXT_USB_PROV_MAX_IO);
+        goto refuse;
     }
     cb = g_hash_table_lookup(c->bufs, &h);
     if (!cb) {
-        reply_err(c, m, -ENOENT, "no buffer %" G_GUINT64_FORMAT
-                  " on this channel", h);
-        return;
+        ret = -ENOENT;
+        msg = g_strdup_printf("no buffer %" G_GUINT64_FORMAT
+                              " on this channel", h);
+        goto refuse;
     }
     if (off > cb->cap || len > cb->cap - off) {
-        reply_err(c, m, -ERANGE, "[%" G_GUINT64_FORMAT ", +%u) outside buffer"
-                  " %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " bytes",
-                  off, len, h, cb->cap);
-        return;
+        ret = -ERANGE;
+        msg = g_strdup_printf("[%" G_GUINT64_FORMAT ", +%u) outside buffer"
+                              " %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                              " bytes", off, len, h, cb->cap);
+        goto refuse;
     }
     if (!(cb->dir & ((ep & 0x80) ? 1u : 2u))) {
-        reply_err(c, m, -EINVAL, "endpoint 0x%02x %s a buffer allocated for %s",
-                  ep, (ep & 0x80) ? "writes" : "reads",
-                  cb->dir == 1 ? "IN only" : "OUT only");
-        return;
+        ret = -EINVAL;
+        msg = g_strdup_printf("endpoint 0x%02x %s a buffer allocated for %s",
+                              ep, (ep & 0x80) ? "writes" : "reads",
+                              cb->dir == 1 ? "IN only" : "OUT only");
+        goto refuse;
     }
     g_mutex_lock(&c->lock);
     if (g_hash_table_size(c->pending) >= p->max_pending) {
         g_mutex_unlock(&c->lock);
-        reply_err(c, m, -EAGAIN, "%u IO pending on this channel",
-                  p->max_pending);
-        return;
+        ret = -EAGAIN;
+        msg = g_strdup_printf("%u IO pending on this channel",
+                              p->max_pending);
+        goto refuse;
     }
     g_mutex_unlock(&c->lock);
 
@@ -1119,19 +1181,36 @@ static void h_io(ProvChan *c, DextMsg *m)
     if (ret < 0) {
         g_free(io);
         if (ret == -ENODEV) {
-            reply_err(c, m, ret, "the device is gone");
+            msg = g_strdup("the device is gone");
         } else if (ret == -ENOENT || ret == -EINVAL) {
-            reply_err(c, m, ret, "endpoint 0x%02x is not in the current "
-                      "alternate setting", ep);
+            msg = g_strdup_printf("endpoint 0x%02x is not in the current "
+                                  "alternate setting", ep);
         } else {
-            reply_err(c, m, ret, "endpoint 0x%02x: %s", ep,
-                      ret == -EPIPE ? "halted (clear the stall)"
-                                    : g_strerror(-ret));
+            msg = g_strdup_printf("endpoint 0x%02x: %s", ep,
+                                  ret == -EPIPE ? "halted (clear the stall)"
+                                                : g_strerror(-ret));
         }
-        return;
+        goto refuse;
     }
-    if (ref) {
+    if (ref && !posted) {
         reply(c, m, g_variant_new("(iut)", 0, 0u, (guint64)0));
+    }
+    return;
+
+refuse:
+    if (posted) {
+        DextMsg d;
+
+        /* after every completion already queued (order), from this thread */
+        chan_flush(c);
+        dext_msg_init(&d, DEXT_MSG_USB_IO_DONE,
+                      g_variant_new("(tiut)", (guint64)ref, ret, 0u,
+                                    (guint64)g_get_monotonic_time() * 1000));
+        d.flags = DEXT_MSG_F_POSTED;
+        chan_send(c, &d);
+        dext_msg_clear(&d);
+    } else {
+        reply_err(c, m, ret, "%s", msg);
     }
 }
 

@@ -187,7 +187,11 @@ const DextUsbEndpointDescriptor *dext_usbhost_pipe_descriptor(DextUsbHostPipe *p
 int dext_usbhost_pipe_io(DextUsbHostPipe *p, DextBuffer *buf, uint64_t offset,
                          uint32_t length, uint32_t *actual, unsigned timeout_ms);
 /* Async IO: @done(ctx, status, actual, timestamp) runs on @q (NULL: the
- * service's default queue) exactly once, unless this returns an error. */
+ * service's default queue) exactly once, unless this returns an error.
+ * Queueing costs no round trip to the publisher: this returns errors found
+ * here (bad buffer or range, closed pipe, stopping, channel gone); what
+ * the publisher refuses (halted endpoint -EPIPE, device gone -ENODEV, too
+ * many pending -EAGAIN, ...) is the completion's status. */
 int dext_usbhost_pipe_async_io(DextUsbHostPipe *p, DextBuffer *buf,
                                uint64_t offset, uint32_t length, DextQueue *q,
                                DextUsbCompletion done, void *ctx);

@@ -860,6 +860,86 @@ static void test_stall(void)
     check_clean();
 }
 
+/* a posted async USB_IO (what the client library sends) */
+static void io_post(Cli *c, uint8_t ep, uint64_t handle, uint64_t off,
+                    uint32_t len, uint64_t ref)
+{
+    DextMsg m;
+
+    dext_msg_init(&m, DEXT_MSG_USB_IO,
+                  g_variant_new("(yttuut)", ep, (guint64)handle,
+                                (guint64)off, len, 0u, (guint64)ref));
+    m.serial = ++c->serial;
+    m.flags = DEXT_MSG_F_POSTED;
+    g_assert_cmpint(dext_ipc_send(c->fd, &m), ==, 0);
+    dext_msg_clear(&m);
+}
+
+/*
+ * Guards the posted USB_IO: it is never answered (cli_event asserts no
+ * reply comes), its USB_IO_DONE carries the transfer's status or, when the
+ * provider refuses it, the refusal; a posted sync IO (no async-ref) has
+ * nothing to answer with and is dropped without harming the channel.
+ */
+static void test_posted_io(void)
+{
+    Cli *c = cli_new(nub(IFC, SS)->id);
+    Buf ob, ib;
+    Ev e;
+
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_OPEN, g_variant_new("()")), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 8192, DIR_OUT, &ob), ==, 0);
+    g_assert_cmpint(buf_alloc(c, 8192, DIR_IN, &ib), ==, 0);
+    for (uint32_t k = 0; k < 3000; k++) {
+        ob.map[k] = (uint8_t)(k * 7 + 1);
+    }
+    memset(ib.map, 0xa5, 4096);
+    io_post(c, DEXTLAB_USB_EP_BULK_IN, ib.handle, 0, 4096, 31);
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle, 0, 3000, 32);
+    g_assert_true(cli_event(c, 32, &e, 10000));
+    g_assert_cmpint(e.status, ==, 0);
+    g_assert_cmpuint(e.actual, ==, 3000);
+    g_assert_true(cli_event(c, 31, &e, 10000));
+    g_assert_cmpint(e.status, ==, 0);
+    g_assert_cmpuint(e.actual, ==, 3000);
+    g_assert_true(memcmp(ob.map, ib.map, 3000) == 0);
+    /* refused: unknown buffer, a range outside it, a buffer of the other
+     * direction */
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle + 100, 0, 10, 33);
+    g_assert_true(cli_event(c, 33, &e, 10000));
+    g_assert_cmpint(e.status, ==, -ENOENT);
+    g_assert_cmpuint(e.actual, ==, 0);
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle, 8000, 193, 34);
+    g_assert_true(cli_event(c, 34, &e, 10000));
+    g_assert_cmpint(e.status, ==, -ERANGE);
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ib.handle, 0, 10, 35);
+    g_assert_true(cli_event(c, 35, &e, 10000));
+    g_assert_cmpint(e.status, ==, -EINVAL);
+    /* the first IN on a stalled endpoint fails in the device, the next is
+     * refused by the provider: both -EPIPE, as completions */
+    g_assert_cmpint(control(c, 0x40, DEXTLAB_USB_REQ_FORCE_STALL, 0,
+                            DEXTLAB_USB_EP_BULK_IN, 0, NULL, 0, NULL, NULL),
+                    ==, 0);
+    io_post(c, DEXTLAB_USB_EP_BULK_IN, ib.handle, 0, 512, 36);
+    g_assert_true(cli_event(c, 36, &e, 10000));
+    g_assert_cmpint(e.status, ==, -EPIPE);
+    io_post(c, DEXTLAB_USB_EP_BULK_IN, ib.handle, 0, 512, 37);
+    g_assert_true(cli_event(c, 37, &e, 10000));
+    g_assert_cmpint(e.status, ==, -EPIPE);
+    g_assert_cmpint(call0(c, DEXT_MSG_USB_CLEAR_STALL,
+                          g_variant_new("(y)", DEXTLAB_USB_EP_BULK_IN)), ==,
+                    0);
+    /* posted sync IO: dropped, nothing sent back, the channel serves on */
+    g_test_expect_message(NULL, G_LOG_LEVEL_WARNING,
+                          "*posted USB_IO without an async-ref ignored");
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle, 0, 10, 0);
+    g_assert_false(cli_event(c, 0, &e, 200));
+    loop_once(c, &ob, &ib, 100, 9, true);    /* in order: after the drop */
+    g_test_assert_expected_messages();
+    cli_free(c);
+    check_clean();
+}
+
 static void test_select_alt(void)
 {
     Cli *c = cli_new(nub(IFC, HS)->id), *d = cli_new(nub(DEV, HS)->id);
@@ -1573,6 +1653,7 @@ int main(int argc, char **argv)
     g_test_add_func("/usb-provider/bulk-loopback", test_bulk);
     g_test_add_func("/usb-provider/buffers", test_buffers);
     g_test_add_func("/usb-provider/stall-clear", test_stall);
+    g_test_add_func("/usb-provider/posted-io", test_posted_io);
     g_test_add_func("/usb-provider/select-alt", test_select_alt);
     g_test_add_func("/usb-provider/interrupt-events", test_interrupt);
     g_test_add_func("/usb-provider/two-devices", test_two_devices);

@@ -177,9 +177,12 @@ struct DextXhci {
 
     GThread *thread;
     GThread *self_check;       /* == event thread, for -EDEADLK */
+    GMutex proc_lock;          /* one event-ring pass (and its completions)
+                                * at a time: per-endpoint order */
     int efd;                   /* MSI-X vector 0 (or wake-up only) */
     int stop;
     bool msix;
+    bool irq_direct;           /* the backend calls dext_xhci_interrupt() */
     DextXhciStats stats;
 };
 
@@ -266,9 +269,13 @@ static int wr64(DextXhci *x, uint64_t off, uint64_t v)
     return ret < 0 ? ret : wr32(x, off + 4, (uint32_t)(v >> 32));
 }
 
+/* the controller whose completions the calling thread is running */
+static __thread DextXhci *tls_in_events;
+
 static bool on_event_thread(DextXhci *x)
 {
-    return x->thread && g_thread_self() == x->self_check;
+    return tls_in_events == x ||
+           (x->thread && g_thread_self() == x->self_check);
 }
 
 bool dext_xhci_on_event_thread(DextXhci *x)
@@ -545,9 +552,15 @@ static void process_events(DextXhci *x)
 {
     GQueue done = G_QUEUE_INIT;
     GArray *ports = g_array_new(FALSE, FALSE, sizeof(unsigned));
+    DextXhci *outer = tls_in_events;
     bool any = false;
     uint64_t ts;
 
+    /* the event thread (timeouts) and a direct interrupt may both get
+     * here: one pass at a time, or an endpoint's completions could be
+     * delivered out of order */
+    g_mutex_lock(&x->proc_lock);
+    tls_in_events = x;
     g_mutex_lock(&x->lock);
     for (unsigned budget = 0; budget < EV_RING_TRBS; budget++) {
         XhciTrb e;
@@ -619,6 +632,14 @@ static void process_events(DextXhci *x)
         }
     }
     g_array_free(ports, TRUE);
+    tls_in_events = outer;
+    g_mutex_unlock(&x->proc_lock);
+}
+
+void dext_xhci_interrupt(DextXhci *x)
+{
+    __atomic_fetch_add(&x->stats.irqs, 1, __ATOMIC_RELAXED);
+    process_events(x);
 }
 
 static gpointer event_thread(gpointer opaque)
@@ -715,6 +736,7 @@ int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
     x->timeout_ms = x->cfg.timeout_ms ? x->cfg.timeout_ms : 5000;
     x->efd = -1;
     g_mutex_init(&x->lock);
+    g_mutex_init(&x->proc_lock);
     g_mutex_init(&x->cmd_lock);
     g_cond_init(&x->cond);
     x->scratch_pages = g_array_new(FALSE, TRUE, sizeof(DextXhciDma));
@@ -831,8 +853,11 @@ int dext_xhci_create_hw(const DextXhciHwOps *ops, void *hw,
         ret = -errno;
         goto fail;
     }
-    if (!x->cfg.force_poll && ops->irq_bind &&
-        ops->irq_bind(hw, x->efd) == 0) {
+    if (!x->cfg.force_poll && ops->irq_bind_direct &&
+        ops->irq_bind_direct(hw, x) == 0) {
+        x->msix = x->irq_direct = true;
+    } else if (!x->cfg.force_poll && ops->irq_bind &&
+               ops->irq_bind(hw, x->efd) == 0) {
         x->msix = true;
     }
     x->stats.msix = x->msix;
@@ -870,6 +895,10 @@ void dext_xhci_destroy(DextXhci *x)
             dext_xhci_slot_destroy(x->slots[i], -ECANCELED);
         }
     }
+    /* no interrupt (direct ones process events) once teardown goes on */
+    if (x->msix && x->ops->irq_unbind) {
+        x->ops->irq_unbind(x->hw);
+    }
     if (x->thread) {
         uint64_t one = 1;
 
@@ -878,9 +907,6 @@ void dext_xhci_destroy(DextXhci *x)
             /* the thread polls with a timeout anyway */
         }
         g_thread_join(x->thread);
-    }
-    if (x->msix && x->ops->irq_unbind) {
-        x->ops->irq_unbind(x->hw);
     }
     if (x->efd >= 0) {
         close(x->efd);
@@ -896,6 +922,7 @@ void dext_xhci_destroy(DextXhci *x)
         x->ops->destroy(x->hw);
     }
     g_mutex_clear(&x->lock);
+    g_mutex_clear(&x->proc_lock);
     g_mutex_clear(&x->cmd_lock);
     g_cond_clear(&x->cond);
     g_free(x);

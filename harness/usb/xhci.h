@@ -98,7 +98,11 @@ typedef struct DextXhciHwOps {
     /* interrupter 0's message adds 1 to @eventfd (dup it); NULL or an
      * error: the driver polls the event ring */
     int (*irq_bind)(void *hw, int eventfd);
-    void (*irq_unbind)(void *hw);
+    /* preferred over irq_bind when set: interrupter 0's message makes the
+     * backend call dext_xhci_interrupt(@x) on its own interrupt thread, so
+     * completions run there without a hop to the event thread */
+    int (*irq_bind_direct)(void *hw, DextXhci *x);
+    void (*irq_unbind)(void *hw);   /* either kind; no call after it */
     bool (*alive)(void *hw);
     void (*destroy)(void *hw);   /* free the backend state (may be NULL) */
     /* optional: the fd (borrowed) whose MAP_SHARED mapping at *@offset
@@ -137,8 +141,12 @@ void dext_xhci_dma_free(DextXhci *x, DextXhciDma *d);
 /* The backend's shareable fd of @d (DextXhciHwOps.dma_fd): fd or -errno. */
 int dext_xhci_dma_fd(DextXhci *x, const DextXhciDma *d, uint64_t *offset);
 
-/* True when called from the controller's event thread (completions). */
+/* True when called from the controller's event context (the event thread
+ * or a direct interrupt: where completions run). */
 bool dext_xhci_on_event_thread(DextXhci *x);
+/* For irq_bind_direct backends, from their interrupt thread: process the
+ * event ring now (completions run on the calling thread). */
+void dext_xhci_interrupt(DextXhci *x);
 unsigned dext_xhci_num_ports(DextXhci *x);
 unsigned dext_xhci_timeout_ms(DextXhci *x);
 /* Protocol of a root port: 2 (USB 2) or 3 (USB 3), from the supported

@@ -16,7 +16,7 @@ typedef struct DextHw {
     GMutex lock;
     GHashTable *dma;             /* iova -> DmaAlloc */
     DextInterruptSource *irq;
-    int efd;                     /* dup of the driver's eventfd */
+    DextXhci *x;                 /* direct: process events in dx_irq */
 } DextHw;
 
 typedef struct DmaAlloc {
@@ -127,18 +127,17 @@ static int dx_dma_fd(void *hw, const DextXhciDma *d, uint64_t *offset)
     return ret < 0 ? ret : fd;
 }
 
+/* The interrupt source's thread (its queue is ours alone, so the handler
+ * runs inline there): the event ring is processed right here and the
+ * completions run on this thread, one wake-up per interrupt. */
 static void dx_irq(void *ctx, uint64_t count, uint64_t time_ns)
 {
     DextHw *h = ctx;
-    uint64_t one = 1;
 
-    if (write(h->efd, &one, sizeof(one)) < 0) {
-        /* eventfd full cannot happen at these counts; the driver also
-         * polls with a timeout */
-    }
+    dext_xhci_interrupt(h->x);
 }
 
-static int dx_irq_bind(void *hw, int eventfd)
+static int dx_irq_bind_direct(void *hw, DextXhci *x)
 {
     DextHw *h = hw;
     int ret;
@@ -146,14 +145,10 @@ static int dx_irq_bind(void *hw, int eventfd)
     if (dext_pci_msix_count(h->dev) == 0) {
         return -ENOTSUP;
     }
-    h->efd = dup(eventfd);
-    if (h->efd < 0) {
-        return -errno;
-    }
+    h->x = x;
     ret = dext_interrupt_source_create(h->dev, 0, h->q, dx_irq, h, &h->irq);
     if (ret < 0) {
-        close(h->efd);
-        h->efd = -1;
+        h->x = NULL;
         return ret;
     }
     dext_interrupt_source_set_enabled(h->irq, true);
@@ -166,13 +161,10 @@ static void dx_irq_unbind(void *hw)
 
     if (h->irq) {
         dext_interrupt_source_set_enabled(h->irq, false);
-        dext_interrupt_source_destroy(h->irq);
+        dext_interrupt_source_destroy(h->irq);     /* waits for dx_irq */
         h->irq = NULL;
     }
-    if (h->efd >= 0) {
-        close(h->efd);
-        h->efd = -1;
-    }
+    h->x = NULL;
 }
 
 static bool dx_alive(void *hw)
@@ -200,7 +192,7 @@ const DextXhciHwOps dext_xhci_dext_ops = {
     .dma_alloc = dx_dma_alloc,
     .dma_free = dx_dma_free,
     .dma_ok = dx_dma_ok,
-    .irq_bind = dx_irq_bind,
+    .irq_bind_direct = dx_irq_bind_direct,
     .irq_unbind = dx_irq_unbind,
     .alive = dx_alive,
     .destroy = dx_destroy,
@@ -213,7 +205,6 @@ void *dext_xhci_dext_new(DextPciDevice *dev, DextQueue *q)
 
     h->dev = dev;
     h->q = q;
-    h->efd = -1;
     g_mutex_init(&h->lock);
     h->dma = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                    (GDestroyNotify)dma_alloc_free);

@@ -10,7 +10,8 @@
  *     events [-n COUNT] [-r HZ]  subscribe, trigger COUNT soft events (or run
  *                                the tick timer at HZ) and check their order
  *     regs [REG [VALUE]]         dump the registers, read one or write one
- *     bench [-n COUNT] [-d DEPTH]  loopback throughput 64 KiB .. 1 MiB beside
+ *     bench [-n COUNT] [-d DEPTH]  loopback throughput 64 KiB .. 1 MiB (data checked
+ *                                by a stamp per 4 KiB page) beside
  *                                a memcpy baseline of the same run
  * Sizes take K/M suffixes.  Exit status 0 only if everything verified.
  */
@@ -157,7 +158,7 @@ static int cmd_loopback(int argc, char **argv, bool bench)
         printf("memcpy baseline: %.1f MB/s\n", memcpy_mbs);
         for (uint64_t s = 64 << 10; s <= DXU_UC_XFER_MAX; s <<= 1) {
             DxuRun r;
-            int rc = dxu_app_loopback_run(&a, s, 0, count, depth, 7, 20000, &r);
+            int rc = dxu_app_loopback_bench(&a, s, count, depth, 7, 20000, &r);
             double mbs = r.ns ? r.bytes * 1e3 / r.ns : 0.0;
             printf("loopback %7" G_GUINT64_FORMAT " B x %u depth %u: %8.1f MB/s (%.4f x memcpy)"
                    "%s\n", s, count, depth, mbs, mbs / memcpy_mbs,

@@ -128,8 +128,51 @@ static void fill(uint8_t *p, uint64_t n, uint32_t seed)
     }
 }
 
-int dxu_app_loopback_run(DxuApp *a, uint64_t size, uint64_t in_extra, unsigned count,
-                         unsigned depth, uint32_t seed, int timeout_ms, DxuRun *res)
+/* Bench mode: one 8-byte stamp (request seed, page) per 4 KiB page and in
+ * the last word.  An IN that moved nothing, the wrong request or a shifted
+ * page still fails; the app's cost is a few hundred stores, not a pass over
+ * the data. */
+#define STAMP_STEP 4096u
+
+static uint64_t stamp(uint32_t seed, uint64_t at)
+{
+    return ((uint64_t)seed << 32 | (uint32_t)(at / 8)) * 0x9e3779b97f4a7c15ull + 1;
+}
+
+static void stamp_fill(uint8_t *p, uint64_t n, uint32_t seed)
+{
+    for (uint64_t at = 0; at + 8 <= n; at += STAMP_STEP) {
+        uint64_t w = stamp(seed, at);
+        memcpy(p + at, &w, 8);
+    }
+    if (n >= 8) {
+        uint64_t w = stamp(seed, n - 8);
+        memcpy(p + n - 8, &w, 8);
+    } else {
+        fill(p, n, seed);
+    }
+}
+
+static bool stamp_check(const uint8_t *in, uint64_t n, uint32_t seed)
+{
+    for (uint64_t at = 0; at + 8 <= n; at += STAMP_STEP) {
+        uint64_t w = stamp(seed, at);
+        if (memcmp(in + at, &w, 8)) {
+            return false;
+        }
+    }
+    if (n >= 8) {
+        uint64_t w = stamp(seed, n - 8);
+        return memcmp(in + n - 8, &w, 8) == 0;
+    }
+    uint8_t t[8];
+    fill(t, n, seed);
+    return memcmp(in, t, n) == 0;
+}
+
+static int loopback_run(DxuApp *a, uint64_t size, uint64_t in_extra, unsigned count,
+                        unsigned depth, uint32_t seed, int timeout_ms, bool stamped,
+                        DxuRun *res)
 {
     uint64_t slot = size + in_extra;
     slot = (slot + 63) & ~63ull;
@@ -154,7 +197,11 @@ int dxu_app_loopback_run(DxuApp *a, uint64_t size, uint64_t in_extra, unsigned c
             }
             uint64_t out = 2 * s * slot, in = out + slot;
             seeds[s] = seed + issued;
-            fill(a->win + out, size, seeds[s]);
+            if (stamped) {
+                stamp_fill(a->win + out, size, seeds[s]);
+            } else {
+                fill(a->win + out, size, seeds[s]);
+            }
             /* the IN half keeps the previous request's bytes (another seed),
              * so an IN that writes nothing cannot pass; only the tail past
              * @size needs a marker */
@@ -197,7 +244,8 @@ int dxu_app_loopback_run(DxuApp *a, uint64_t size, uint64_t in_extra, unsigned c
         uint64_t out = 2 * s * slot, in = out + slot;
         /* the device only read the OUT half: it still holds the pattern */
         if (data[DXU_LB_OUT_ACTUAL] != size || data[DXU_LB_IN_ACTUAL] != size ||
-            memcmp(a->win + in, a->win + out, size) ||
+            (stamped ? !stamp_check(a->win + in, size, seeds[s])
+                     : memcmp(a->win + in, a->win + out, size) != 0) ||
             (in_extra && a->win[in + size] != 0xa5)) {
             res->bad_data++;
         } else {
@@ -210,4 +258,16 @@ out:
     g_free(seeds);
     g_free(used);
     return rc;
+}
+
+int dxu_app_loopback_run(DxuApp *a, uint64_t size, uint64_t in_extra, unsigned count,
+                         unsigned depth, uint32_t seed, int timeout_ms, DxuRun *res)
+{
+    return loopback_run(a, size, in_extra, count, depth, seed, timeout_ms, false, res);
+}
+
+int dxu_app_loopback_bench(DxuApp *a, uint64_t size, unsigned count, unsigned depth,
+                           uint32_t seed, int timeout_ms, DxuRun *res)
+{
+    return loopback_run(a, size, 0, count, depth, seed, timeout_ms, true, res);
 }

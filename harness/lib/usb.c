@@ -7,9 +7,17 @@
  * serial and block on their own reply.  One reader thread per channel
  * reads everything the publisher sends: replies are handed to the caller
  * waiting on that serial, USB_IO_DONE events are turned into completions
- * dispatched on the queue the IO was submitted with.  Reading in one place
- * keeps the publisher's order: an abort's completions are dispatched before
- * the abort's reply wakes its caller.
+ * on the queue the IO was submitted with.  Reading in one place keeps the
+ * publisher's order: an abort's completions are dispatched before the
+ * abort's reply wakes its caller.
+ *
+ * A completion whose queue is idle runs on the reader thread itself (the
+ * queue held, as an interrupt source does): no thread wake-up per IO.  A
+ * handler that then calls the publisher synchronously (abort, clear stall,
+ * a control request) must not wait for the reader it is running on: such a
+ * call reads the channel itself until its reply comes, handing other
+ * replies to their callers and queueing other completions (their queue is
+ * held by this handler, so they run after it, in order).
  *
  * Lifetime: the service's stop hooks (server.c) end it.  Phase 0, before
  * the class's stop: no new IO is accepted, every pending IO is aborted at
@@ -21,6 +29,7 @@
  */
 #include "internal.h"
 #include "usb-client.h"
+#include "fdsource.h"
 #include "dext/usb.h"
 
 #include <errno.h>
@@ -113,6 +122,8 @@ struct UsbState {
 };
 
 static GMutex open_lock;        /* creation of svc->usb */
+/* the channel whose reader thread this is (NULL elsewhere) */
+static __thread Chan *tls_reader;
 
 static void chan_unref(Chan *ch)
 {
@@ -147,7 +158,8 @@ static void io_complete(Io *io, int status, uint32_t actual, uint64_t ts)
     io->status = status;
     io->actual = actual;
     io->ts = ts;
-    if (dext_queue_dispatch_async(io->q, io_run, io) < 0) {
+    if ((tls_reader ? dext_queue_run_or_dispatch(io->q, io_run, io)
+                    : dext_queue_dispatch_async(io->q, io_run, io)) < 0) {
         /* The queue is being destroyed: the driver gave up on it. */
         DEXT_WARN("USB completion for endpoint 0x%02x dropped: its queue is gone", io->ep);
         UsbState *st = io->st;
@@ -204,13 +216,67 @@ static void reader_event(Chan *ch, DextMsg *m)
     io_complete(io, status, MIN(actual, io->length), ts);
 }
 
+/*
+ * Read one message and act on it (reader thread only): 0, -ETIMEDOUT
+ * (nothing within @timeout_ms), or another -errno: the channel is broken
+ * and was marked dead (calls fail, IO completes -ECANCELED).
+ */
+static int reader_step(Chan *ch, int timeout_ms)
+{
+    DextMsg m;
+    char *why = NULL;
+    int rc = dext_ipc_recv(ch->fd, DEXT_CH_PROV | DEXT_CH_PROVEV, &m, timeout_ms, &why);
+    if (rc == -ETIMEDOUT) {
+        return rc;
+    }
+    if (rc < 0) {
+        /* The publisher went away or broke the protocol: either way
+         * nothing more can be trusted on this channel. */
+        if (rc != -ECONNRESET && rc != -EPIPE && rc != -EBADF) {
+            DEXT_WARN("USB provider channel: %s: closing it", why ? why : g_strerror(-rc));
+        }
+        g_free(why);
+        GPtrArray *ios = g_ptr_array_new();
+        g_mutex_lock(&ch->lock);
+        ch->dead = true;
+        chan_fail_all_locked(ch, ios);
+        g_mutex_unlock(&ch->lock);
+        for (guint i = 0; i < ios->len; i++) {
+            io_complete(ios->pdata[i], -ECANCELED, 0, dext_time_ns());
+        }
+        g_ptr_array_free(ios, TRUE);
+        return rc;
+    }
+    if (m.flags & DEXT_MSG_F_REPLY) {
+        g_mutex_lock(&ch->lock);
+        Call *c = g_hash_table_lookup(ch->calls, GUINT_TO_POINTER(m.reply_to));
+        if (c) {
+            g_hash_table_remove(ch->calls, GUINT_TO_POINTER(m.reply_to));
+            c->reply = m;
+            c->done = true;
+            g_cond_broadcast(&ch->cond);
+        }
+        g_mutex_unlock(&ch->lock);
+        if (!c) {
+            dext_msg_clear(&m); /* a caller that gave up */
+        }
+        return 0;
+    }
+    if (m.type == DEXT_MSG_USB_IO_DONE) {
+        reader_event(ch, &m);
+    } else {
+        DEXT_WARN("USB provider sent an unexpected %s: ignored", dext_msg_name(m.type));
+    }
+    dext_msg_clear(&m);
+    return 0;
+}
+
 static gpointer reader_thread(gpointer data)
 {
     Chan *ch = data;
+    tls_reader = ch;
     for (;;) {
-        DextMsg m;
-        char *why = NULL;
-        int rc = dext_ipc_recv(ch->fd, DEXT_CH_PROV | DEXT_CH_PROVEV, &m, 1000, &why);
+        int rc = reader_step(ch, 1000);
         if (rc == -ETIMEDOUT) {
             bool closing;
             g_mutex_lock(&ch->lock);
@@ -219,39 +285,12 @@ static gpointer reader_thread(gpointer data)
             if (closing) {
                 break;
             }
-            continue;
-        }
-        if (rc < 0) {
-            /* The publisher went away or broke the protocol: either way
-             * nothing more can be trusted on this channel. */
-            if (rc != -ECONNRESET && rc != -EPIPE && rc != -EBADF) {
-                DEXT_WARN("USB provider channel: %s: closing it", why ? why : g_strerror(-rc));
-            }
-            g_free(why);
+        } else if (rc < 0) {
             break;
         }
-        if (m.flags & DEXT_MSG_F_REPLY) {
-            g_mutex_lock(&ch->lock);
-            Call *c = g_hash_table_lookup(ch->calls, GUINT_TO_POINTER(m.reply_to));
-            if (c) {
-                g_hash_table_remove(ch->calls, GUINT_TO_POINTER(m.reply_to));
-                c->reply = m;
-                c->done = true;
-                g_cond_broadcast(&ch->cond);
-            }
-            g_mutex_unlock(&ch->lock);
-            if (!c) {
-                dext_msg_clear(&m); /* a caller that gave up */
-            }
-            continue;
-        }
-        if (m.type == DEXT_MSG_USB_IO_DONE) {
-            reader_event(ch, &m);
-        } else {
-            DEXT_WARN("USB provider sent an unexpected %s: ignored", dext_msg_name(m.type));
-        }
-        dext_msg_clear(&m);
     }
+    /* closing: what is still waiting fails (after a broken channel this
+     * finds nothing left) */
     GPtrArray *ios = g_ptr_array_new();
     g_mutex_lock(&ch->lock);
     ch->dead = true;
@@ -325,10 +364,24 @@ static int chan_call(Chan *ch, uint16_t type, GVariant *body, DextMsg *reply,
     rc = dext_ipc_send(ch->fd, &req);
     g_mutex_unlock(&ch->send_lock);
 
+    gint64 end = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    if (rc == 0 && tls_reader == ch) {
+        /* a completion handler running on this channel's reader: read the
+         * channel here until the reply comes (see the top of this file) */
+        bool done = false;
+        while (!done) {
+            gint64 left = (end - g_get_monotonic_time()) / 1000;
+            if (left <= 0 || reader_step(ch, (int)left) < 0) {
+                break;
+            }
+            g_mutex_lock(&ch->lock);
+            done = c.done;
+            g_mutex_unlock(&ch->lock);
+        }
+    }
     g_mutex_lock(&ch->lock);
     if (rc == 0) {
-        gint64 end = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-        while (!c.done && g_cond_wait_until(&ch->cond, &ch->lock, end)) {
+        while (!c.done && tls_reader != ch && g_cond_wait_until(&ch->cond, &ch->lock, end)) {
         }
         rc = c.done ? c.rc : -ETIMEDOUT;
     } else if (rc == -EPIPE || rc == -ECONNRESET) {

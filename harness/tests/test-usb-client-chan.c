@@ -477,6 +477,80 @@ static void test_abort_and_stop(void)
     svc_free(f.s);
 }
 
+/* A completion handler that calls the publisher synchronously. */
+typedef struct {
+    DextUsbHostPipe *abort_pipe, *io_pipe;
+    DextBuffer *buf;
+    int abort_rc, io_rc;
+    uint32_t io_actual;
+    gint64 us;
+    gint seq;                   /* order stamp when it ran */
+    gint calls;
+} Reentrant;
+
+static gint order;
+
+static void on_done_reentrant(void *ctx, int status, uint32_t actual, uint64_t ts)
+{
+    Reentrant *r = ctx;
+    gint64 t0 = g_get_monotonic_time();
+    r->abort_rc = dext_usbhost_pipe_abort(r->abort_pipe);
+    r->io_rc = dext_usbhost_pipe_io(r->io_pipe, r->buf, 0, 40, &r->io_actual, 0);
+    r->us = g_get_monotonic_time() - t0;
+    r->seq = g_atomic_int_add(&order, 1);
+    g_atomic_int_inc(&r->calls);
+}
+
+static void on_done_ordered(void *ctx, int status, uint32_t actual, uint64_t ts)
+{
+    Done *d = ctx;
+    on_done(ctx, status, actual, ts);
+    d->actual = (uint32_t)g_atomic_int_add(&order, 1);     /* order stamp */
+}
+
+/*
+ * Guards inline completions: a completion may run on the channel's reader
+ * thread, and its handler may then call the publisher synchronously (abort,
+ * sync IO) without waiting for itself (a deadlock broken only by the IPC
+ * timeout).  A completion that arrives meanwhile for the same queue runs
+ * after the handler, exactly once.
+ */
+static void test_handler_calls_publisher(void)
+{
+    Fix f;
+    fix_open(&f);
+    g_atomic_int_set(&order, 0);
+    g_atomic_int_set(&prov.mode, MODE_HOLD);
+    Done held = { .q = f.s->queue };
+    CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(f.in, f.buf, 0, 10, NULL, on_done_ordered, &held),
+                    0);
+    g_usleep(20000);            /* the fake holds it before the next one */
+    g_atomic_int_set(&prov.mode, MODE_NORMAL);
+    Reentrant r = { .abort_pipe = f.in, .io_pipe = f.in, .buf = f.buf };
+    CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(f.out, f.buf, 0, 20, NULL, on_done_reentrant, &r),
+                    0);
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while ((!g_atomic_int_get(&r.calls) || !g_atomic_int_get(&held.calls)) &&
+           g_get_monotonic_time() < end) {
+        g_usleep(1000);
+    }
+    CU_ASSERT_EQUAL(g_atomic_int_get(&r.calls), 1);
+    CU_ASSERT_EQUAL(r.abort_rc, 0);
+    CU_ASSERT_EQUAL(r.io_rc, 0);
+    CU_ASSERT_EQUAL(r.io_actual, 40u);
+    CU_ASSERT(r.us < DEXT_IPC_TIMEOUT_MS * 1000 / 2);
+    /* the aborted IO: once, -ECANCELED, after the handler that aborted it */
+    CU_ASSERT_EQUAL(g_atomic_int_get(&held.calls), 1);
+    CU_ASSERT_EQUAL(held.status, -ECANCELED);
+    CU_ASSERT_TRUE(held.on_queue);
+    CU_ASSERT(held.actual > (uint32_t)r.seq);
+    g_usleep(20000);
+    barrier(f.s->queue);
+    CU_ASSERT_EQUAL(g_atomic_int_get(&r.calls), 1);
+    CU_ASSERT_EQUAL(g_atomic_int_get(&held.calls), 1);
+    fix_close(&f);
+}
+
 static void test_provider_gone(void)
 {
     Fix f;
@@ -511,6 +585,7 @@ int main(void)
         { "open-descriptors-alt", test_open_descriptors },
         { "io-completions-once", test_io_completions },
         { "abort-and-stop-drain", test_abort_and_stop },
+        { "handler-calls-publisher", test_handler_calls_publisher },
         { "provider-gone", test_provider_gone },
         { NULL, NULL },
     };

@@ -67,6 +67,18 @@ typedef struct DextPlatformOps {
     void (*irq_fn_removed)(DextPlatform *p, int fn_idx);
     void (*irq_stats)(DextPlatform *p, DextIrqStats *out);
 
+    /* Direct MMIO channel (see platform.h): open one for function fn_idx
+     * granting win[i] bytes from the start of BAR i (validated: memory
+     * BARs only, within the BAR); *fd is the caller's end.  The backend
+     * revokes a function's channels itself when it resets, loses or
+     * re-enumerates the function (irq_forget, irq_fn_removed).  NULL:
+     * -ENOTSUP (VFIO: the driver maps the BARs itself anyway). */
+    int (*mmio_channel_open)(DextPlatform *p, int fn_idx,
+                             const uint64_t win[DEXT_PCI_NUM_BARS], int *fd,
+                             unsigned *id);
+    int (*mmio_channel_close)(DextPlatform *p, unsigned id);
+    unsigned (*mmio_channel_count)(DextPlatform *p);
+
     void (*set_event_cb)(DextPlatform *p, DextPlatformEventFn fn, void *op);
 
     /* DMA memory: make [iova, iova + size) of the pool reachable by devices

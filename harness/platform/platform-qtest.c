@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -57,6 +58,10 @@ typedef struct QtReq {
 /* Marker in the pending FIFO for a posted command (nobody waits). */
 static QtReq posted_marker;
 #define QT_POSTED (&posted_marker)
+/* A posted command whose failure is expected and ignored (a clean-up that
+ * may find nothing to clean). */
+static QtReq quiet_marker;
+#define QT_QUIET (&quiet_marker)
 
 typedef struct IrqBinding {
     int fn_idx;
@@ -64,7 +69,13 @@ typedef struct IrqBinding {
     DextIrqKind kind;
     int efd;                   /* dup of the caller's eventfd */
     uint32_t data;             /* MSI data; gsi for INTx */
+    bool direct;               /* QEMU signals efd itself (msi_eventfd) */
 } IrqBinding;
+
+typedef struct QtChannel {
+    unsigned id;               /* QEMU's channel ID */
+    int fn_idx;
+} QtChannel;
 
 typedef struct QtestPlatform {
     DextPlatform base;
@@ -79,7 +90,8 @@ typedef struct QtestPlatform {
     GMutex send_lock;          /* wire order == FIFO order */
     GMutex lock;               /* everything below */
     GCond cond;
-    GQueue pending;            /* QtReq* or QT_POSTED, in wire order */
+    GQueue pending;            /* QtReq*, QT_POSTED or QT_QUIET, in wire
+                                * order */
     unsigned posted;           /* posted commands not yet answered */
     int deferred_err;
     char *deferred_msg;
@@ -91,6 +103,11 @@ typedef struct QtestPlatform {
     unsigned next_block;       /* MSI data block cursor */
     GHashTable *msi_routes;    /* data -> IrqBinding* */
     GPtrArray *bindings;       /* IrqBinding*, owned */
+    bool no_msi_eventfd;       /* QEMU lacks msi_eventfd: relay only */
+    uint64_t direct_retired;   /* signals of direct bindings since gone */
+    uint64_t direct_last_ns;   /* latest signal among those */
+    bool no_mmio_channel;      /* QEMU lacks mmio_channel */
+    GArray *channels;          /* QtChannel: open MMIO channels */
     int gsi_level[MAX_GSI];
     DextIrqStats stats;
     DextPlatformEventFn ev_fn;
@@ -126,7 +143,7 @@ static void mark_dead_locked(QtestPlatform *q, const char *why)
     q->dead = true;
     q->death = g_strdup(why);
     while ((r = g_queue_pop_head(&q->pending))) {
-        if (r == QT_POSTED) {
+        if (r == QT_POSTED || r == QT_QUIET) {
             continue;
         }
         r->err = -EPIPE;
@@ -150,13 +167,39 @@ static int dead_error(QtestPlatform *q)
 
 /* ------------------------------------------------------------ sending */
 
-static int send_all(QtestPlatform *q, const char *buf, size_t len)
+/* Send @len bytes; @fd >= 0 travels (SCM_RIGHTS) with the first bytes
+ * that go out, i.e. with the command line that starts at @buf. */
+static int send_all_fd(QtestPlatform *q, const char *buf, size_t len, int fd)
 {
     gint64 end = g_get_monotonic_time() +
                  (gint64)q->base.timeout_ms * 1000;
 
     while (len) {
-        ssize_t n = send(q->qt_fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n;
+
+        if (fd >= 0) {
+            union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+            } u;
+            struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+            struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                                 .msg_control = u.buf,
+                                 .msg_controllen = sizeof(u.buf) };
+            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+            memset(&u, 0, sizeof(u));
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &fd, sizeof(int));
+            n = sendmsg(q->qt_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                fd = -1;                    /* the fd went with byte 0 */
+            }
+        } else {
+            n = send(q->qt_fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
 
         if (n > 0) {
             buf += n;
@@ -180,12 +223,18 @@ static int send_all(QtestPlatform *q, const char *buf, size_t len)
     return 0;
 }
 
+static int send_all(QtestPlatform *q, const char *buf, size_t len)
+{
+    return send_all_fd(q, buf, len, -1);
+}
+
 /*
  * Queue and send one command line.  @req NULL posts it.  On a send failure
  * the connection is unusable (a partial line may be on the wire): the
  * machine is marked dead.
  */
-static int qt_send(QtestPlatform *q, const char *line, size_t len, QtReq *req)
+static int qt_send_fd(QtestPlatform *q, const char *line, size_t len,
+                      QtReq *req, int fd)
 {
     int r;
 
@@ -197,11 +246,11 @@ static int qt_send(QtestPlatform *q, const char *line, size_t len, QtReq *req)
         return dead_error(q);
     }
     g_queue_push_tail(&q->pending, req ? req : QT_POSTED);
-    if (!req) {
+    if (!req || req == QT_QUIET) {
         q->posted++;
     }
     g_mutex_unlock(&q->lock);
-    r = send_all(q, line, len);
+    r = send_all_fd(q, line, len, fd);
     if (r < 0) {
         g_mutex_lock(&q->lock);
         mark_dead_locked(q, r == -ETIMEDOUT ? "qtest socket stalled"
@@ -215,6 +264,11 @@ static int qt_send(QtestPlatform *q, const char *line, size_t len, QtReq *req)
                  : 0;
 }
 
+static int qt_send(QtestPlatform *q, const char *line, size_t len, QtReq *req)
+{
+    return qt_send_fd(q, line, len, req, -1);
+}
+
 static int check_thread(QtestPlatform *q)
 {
     if (g_thread_self() == q->reader_self) {
@@ -226,8 +280,8 @@ static int check_thread(QtestPlatform *q)
 
 /* Send a command and wait for its reply.  *reply (optional) gets the text
  * after "OK". */
-static int qt_cmd(QtestPlatform *q, const char *line, size_t len,
-                  char **reply)
+static int qt_cmd_fd(QtestPlatform *q, const char *line, size_t len,
+                     char **reply, int fd)
 {
     QtReq *req;
     gint64 end;
@@ -237,7 +291,7 @@ static int qt_cmd(QtestPlatform *q, const char *line, size_t len,
         return r;
     }
     req = g_new0(QtReq, 1);
-    r = qt_send(q, line, len, req);
+    r = qt_send_fd(q, line, len, req, fd);
     if (r < 0) {
         g_mutex_lock(&q->lock);
         /* dead before queueing: req is ours; after: mark_dead completed it */
@@ -286,6 +340,12 @@ static int qt_cmd(QtestPlatform *q, const char *line, size_t len,
     g_free(req->reply);
     g_free(req);
     return r;
+}
+
+static int qt_cmd(QtestPlatform *q, const char *line, size_t len,
+                  char **reply)
+{
+    return qt_cmd_fd(q, line, len, reply, -1);
 }
 
 static int qt_cmd_u64(QtestPlatform *q, const char *line, size_t len,
@@ -382,8 +442,8 @@ static void handle_qt_line(QtestPlatform *q, char *line)
     if (!r) {
         dext_platform_log(&q->base, G_LOG_LEVEL_WARNING, "qtest: unexpected "
                           "line '%s'", line);
-    } else if (r == QT_POSTED) {
-        if (l.kind != QT_LINE_OK && !q->deferred_err) {
+    } else if (r == QT_POSTED || r == QT_QUIET) {
+        if (r == QT_POSTED && l.kind != QT_LINE_OK && !q->deferred_err) {
             q->deferred_err = -EIO;
             q->deferred_msg = g_strdup(line);
         }
@@ -887,6 +947,98 @@ static uint32_t alloc_data(QtestPlatform *q, DextIrqKind kind, int fn_idx,
     return UINT32_MAX;
 }
 
+/* ------------------------------------------------ direct MSI eventfds */
+
+/*
+ * The fork's msi_eventfd command makes QEMU signal a bound vector's eventfd
+ * itself: no "IRQ msi" line, no reader thread, no daemon in the path.  The
+ * binding stays in msi_routes all the same, so the relay takes over
+ * wherever the direct binding is missing (stock QEMU answers FAIL, the
+ * command failed).  QEMU counts the signals per binding; a binding's count
+ * is harvested into direct_retired before it goes away.
+ */
+
+/* Query QEMU's counters of the direct binding of @data. */
+static int direct_query(QtestPlatform *q, uint32_t data, uint64_t *count,
+                        uint64_t *last_ns)
+{
+    char line[48], *rep = NULL, *end = NULL;
+    int n = snprintf(line, sizeof(line), "msi_eventfd_stats 0x%x\n", data);
+    int r = qt_cmd(q, line, n, &rep);
+
+    if (r == 0) {
+        *count = g_ascii_strtoull(rep ? rep : "", &end, 0);
+        if (!end || end == rep || *end != ' ') {
+            r = dext_platform_set_error(&q->base, -EPROTO, "msi_eventfd_stats:"
+                                        " bad reply '%s'", rep ? rep : "");
+        } else {
+            *last_ns = g_ascii_strtoull(end + 1, NULL, 0);
+        }
+    }
+    g_free(rep);
+    return r;
+}
+
+/* The direct binding of @data is going: keep its count, then drop it in
+ * QEMU.  The clear is posted quietly (nothing to clear is no error), so
+ * this also works from the reader thread, where only the count is lost. */
+static void direct_retire(QtestPlatform *q, uint32_t data)
+{
+    uint64_t cnt = 0, last = 0;
+    char line[48];
+    int n;
+
+    if (g_thread_self() != q->reader_self &&
+        direct_query(q, data, &cnt, &last) == 0) {
+        g_mutex_lock(&q->lock);
+        q->direct_retired += cnt;
+        q->direct_last_ns = MAX(q->direct_last_ns, last);
+        g_mutex_unlock(&q->lock);
+    }
+    n = snprintf(line, sizeof(line), "msi_eventfd_clear 0x%x\n", data);
+    qt_send(q, line, n, QT_QUIET);
+}
+
+/* Bind MSI data @data (already routed to a binding) to its eventfd in
+ * QEMU.  Failure is not an error: the reader keeps relaying. */
+static void direct_bind(QtestPlatform *q, uint32_t data)
+{
+    char line[48], *rep = NULL;
+    IrqBinding *b;
+    int n, efd = -1, r;
+
+    g_mutex_lock(&q->lock);
+    b = g_hash_table_lookup(q->msi_routes, GUINT_TO_POINTER(data));
+    if (b && !q->no_msi_eventfd) {
+        /* our own dup: the binding (and its fd) may go meanwhile */
+        efd = fcntl(b->efd, F_DUPFD_CLOEXEC, 0);
+    }
+    g_mutex_unlock(&q->lock);
+    if (efd < 0) {
+        return;
+    }
+    n = snprintf(line, sizeof(line), "msi_eventfd 0x%x\n", data);
+    r = qt_cmd_fd(q, line, n, &rep, efd);
+    close(efd);
+    g_mutex_lock(&q->lock);
+    if (r == 0) {
+        b = g_hash_table_lookup(q->msi_routes, GUINT_TO_POINTER(data));
+        if (b) {
+            b->direct = true;
+        }
+    } else if (r == -EIO) {
+        /* "FAIL Unknown command": a fork without patch 0006 */
+        q->no_msi_eventfd = true;
+    }
+    g_mutex_unlock(&q->lock);
+    g_free(rep);
+    if (r == 0 && !b) {
+        direct_retire(q, data);             /* unbound meanwhile */
+    }
+    /* the probe's failure is not the caller's error */
+    dext_platform_set_error(&q->base, 0, "%s", "");
+}
+
 static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
                        unsigned vector, int eventfd)
 {
@@ -914,9 +1066,19 @@ static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
     old = find_binding(q, fn_idx, vector);
     if (old) {
         /* rebind: swap the eventfd, device programming is unchanged */
+        bool direct = old->direct;
+        uint32_t data = old->data;
+
         close(old->efd);
         old->efd = efd;
+        old->direct = false;
         g_mutex_unlock(&q->lock);
+        if (direct) {
+            direct_retire(q, data);
+        }
+        if (kind != DEXT_IRQ_INTX) {
+            direct_bind(q, data);
+        }
         return 0;
     }
     b = g_new0(IrqBinding, 1);
@@ -938,14 +1100,24 @@ static int qt_irq_bind(DextPlatform *p, int fn_idx, DextIrqKind kind,
     g_mutex_unlock(&q->lock);
 
     if (kind != DEXT_IRQ_INTX) {
-        r = dext_pci_msi_program(p, &f, kind, vector, MSI_ADDR, b->data,
+        uint32_t data = b->data;
+
+        /* direct first, so that the first MSI already goes straight */
+        direct_bind(q, data);
+        r = dext_pci_msi_program(p, &f, kind, vector, MSI_ADDR, data,
                                  true, false);
-    }
-    if (r < 0) {
-        g_mutex_lock(&q->lock);
-        g_hash_table_remove(q->msi_routes, GUINT_TO_POINTER(b->data));
-        g_ptr_array_remove_fast(q->bindings, b);
-        g_mutex_unlock(&q->lock);
+        if (r < 0) {
+            bool direct;
+
+            g_mutex_lock(&q->lock);
+            direct = b->direct;
+            g_hash_table_remove(q->msi_routes, GUINT_TO_POINTER(data));
+            g_ptr_array_remove_fast(q->bindings, b);
+            g_mutex_unlock(&q->lock);
+            if (direct) {
+                direct_retire(q, data);
+            }
+        }
     }
     return r;
 }
@@ -956,7 +1128,8 @@ static int qt_irq_unbind(DextPlatform *p, int fn_idx, unsigned vector)
     DextPciFunction f;
     IrqBinding *b;
     DextIrqKind kind, k2;
-    bool last;
+    uint32_t data;
+    bool last, direct;
     int r = 0;
 
     g_mutex_lock(&p->lock);
@@ -970,6 +1143,8 @@ static int qt_irq_unbind(DextPlatform *p, int fn_idx, unsigned vector)
                                        vector);
     }
     kind = b->kind;
+    data = b->data;
+    direct = b->direct;
     if (kind != DEXT_IRQ_INTX) {
         g_hash_table_remove(q->msi_routes, GUINT_TO_POINTER(b->data));
     }
@@ -979,12 +1154,149 @@ static int qt_irq_unbind(DextPlatform *p, int fn_idx, unsigned vector)
     if (kind != DEXT_IRQ_INTX) {
         r = dext_pci_msi_program(p, &f, kind, vector, 0, 0, false, last);
     }
+    /* after masking: nothing can signal it between harvest and clear */
+    if (direct) {
+        direct_retire(q, data);
+    }
     return r;
+}
+
+/* ------------------------------------------------ direct MMIO channel */
+
+/*
+ * The fork's mmio_channel command: QEMU serves DextMmioReq records from one
+ * end of a SOCK_SEQPACKET pair in its main loop; the driver gets the other.
+ * We only open, track and revoke them: the records never pass through here.
+ */
+static int qt_mmio_channel_open(DextPlatform *p, int fn_idx,
+                                const uint64_t win[DEXT_PCI_NUM_BARS],
+                                int *fd, unsigned *id)
+{
+    QtestPlatform *q = QP(p);
+    DextPciFunction f;
+    GString *line;
+    char *rep = NULL, *end = NULL;
+    uint64_t v = 0;
+    int sv[2], r;
+
+    g_mutex_lock(&q->lock);
+    r = q->no_mmio_channel ? -ENOTSUP : 0;
+    g_mutex_unlock(&q->lock);
+    if (r < 0) {
+        return dext_platform_set_error(p, r, "QEMU has no mmio_channel");
+    }
+    g_mutex_lock(&p->lock);
+    f = p->fns[fn_idx];
+    g_mutex_unlock(&p->lock);
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        return dext_platform_set_error(p, -errno, "mmio_channel: socketpair:"
+                                       " %s", g_strerror(errno));
+    }
+    line = g_string_new("mmio_channel");
+    for (unsigned i = 0; i < DEXT_PCI_NUM_BARS; i++) {
+        g_string_append_printf(line, " 0x%" PRIx64 " 0x%" PRIx64,
+                               win[i] ? f.bars[i].addr : 0, win[i]);
+    }
+    g_string_append_c(line, '\n');
+    r = qt_cmd_fd(q, line->str, line->len, &rep, sv[1]);
+    close(sv[1]);                       /* QEMU has its own now */
+    g_string_free(line, TRUE);
+    if (r == -EIO && rep && strstr(rep, "nknown command")) {
+        g_mutex_lock(&q->lock);
+        q->no_mmio_channel = true;
+        g_mutex_unlock(&q->lock);
+        r = dext_platform_set_error(p, -ENOTSUP, "QEMU has no mmio_channel");
+    } else if (r == 0) {
+        v = g_ascii_strtoull(rep ? rep : "", &end, 0);
+        if (!end || end == rep || v == 0 || v > UINT_MAX) {
+            r = dext_platform_set_error(p, -EPROTO, "mmio_channel: bad reply "
+                                        "'%s'", rep ? rep : "");
+        }
+    }
+    g_free(rep);
+    if (r < 0) {
+        close(sv[0]);
+        return r;
+    }
+    {
+        QtChannel c = { .id = (unsigned)v, .fn_idx = fn_idx };
+
+        g_mutex_lock(&q->lock);
+        g_array_append_val(q->channels, c);
+        g_mutex_unlock(&q->lock);
+    }
+    *fd = sv[0];
+    *id = (unsigned)v;
+    return 0;
+}
+
+static int qt_mmio_channel_close(DextPlatform *p, unsigned id)
+{
+    QtestPlatform *q = QP(p);
+    bool known = false;
+    char line[48];
+    int n, r;
+
+    g_mutex_lock(&q->lock);
+    for (guint i = 0; i < q->channels->len; i++) {
+        if (g_array_index(q->channels, QtChannel, i).id == id) {
+            g_array_remove_index_fast(q->channels, i);
+            known = true;
+            break;
+        }
+    }
+    g_mutex_unlock(&q->lock);
+    if (!known) {
+        return dext_platform_set_error(p, -ENOENT, "no MMIO channel %u", id);
+    }
+    n = snprintf(line, sizeof(line), "mmio_channel_close %u\n", id);
+    r = qt_cmd(q, line, n, NULL);
+    return r == -EIO ? dext_platform_set_error(p, -ENOENT, "QEMU has no MMIO "
+                                               "channel %u", id) : r;
+}
+
+static unsigned qt_mmio_channel_count(DextPlatform *p)
+{
+    QtestPlatform *q = QP(p);
+    unsigned n;
+
+    g_mutex_lock(&q->lock);
+    n = q->channels->len;
+    g_mutex_unlock(&q->lock);
+    return n;
+}
+
+/* Revoke every channel of @fn_idx (-1: all).  Posted and quiet, so it also
+ * works from the reader thread; wire order puts the close before any later
+ * command, so nothing reaches the function through it afterwards. */
+static void channels_revoke(QtestPlatform *q, int fn_idx)
+{
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(unsigned));
+
+    g_mutex_lock(&q->lock);
+    for (guint i = q->channels->len; i-- > 0;) {
+        QtChannel *c = &g_array_index(q->channels, QtChannel, i);
+
+        if (fn_idx < 0 || c->fn_idx == fn_idx) {
+            g_array_append_val(ids, c->id);
+            g_array_remove_index_fast(q->channels, i);
+        }
+    }
+    g_mutex_unlock(&q->lock);
+    for (guint i = 0; i < ids->len; i++) {
+        char line[48];
+        int n = snprintf(line, sizeof(line), "mmio_channel_close %u\n",
+                         g_array_index(ids, unsigned, i));
+
+        qt_send(q, line, n, QT_QUIET);
+    }
+    g_array_free(ids, TRUE);
 }
 
 static void qt_irq_forget(DextPlatform *p, int fn_idx)
 {
     QtestPlatform *q = QP(p);
+    GArray *direct = g_array_new(FALSE, FALSE, sizeof(uint32_t));
 
     g_mutex_lock(&q->lock);
     for (guint i = q->bindings->len; i-- > 0;) {
@@ -994,10 +1306,22 @@ static void qt_irq_forget(DextPlatform *p, int fn_idx)
             if (b->kind != DEXT_IRQ_INTX) {
                 g_hash_table_remove(q->msi_routes, GUINT_TO_POINTER(b->data));
             }
+            if (b->direct) {
+                g_array_append_val(direct, b->data);
+            }
             g_ptr_array_remove_index_fast(q->bindings, i);
         }
     }
     g_mutex_unlock(&q->lock);
+    /* the function's state is gone (reset) or its BARs may move (rescan):
+     * direct access to it stops here, its holders must ask again */
+    channels_revoke(q, fn_idx);
+    /* QEMU holds its own dup of each eventfd: drop those too, or a data
+     * value handed out again would signal a dead binding's eventfd */
+    for (guint i = 0; i < direct->len; i++) {
+        direct_retire(q, g_array_index(direct, uint32_t, i));
+    }
+    g_array_free(direct, TRUE);
 }
 
 static void qt_irq_fn_removed(DextPlatform *p, int fn_idx)
@@ -1011,6 +1335,13 @@ static void qt_irq_fn_removed(DextPlatform *p, int fn_idx)
 
         if (b->fn_idx > fn_idx) {
             b->fn_idx--;
+        }
+    }
+    for (guint i = 0; i < q->channels->len; i++) {
+        QtChannel *c = &g_array_index(q->channels, QtChannel, i);
+
+        if (c->fn_idx > fn_idx) {
+            c->fn_idx--;
         }
     }
     g_mutex_unlock(&q->lock);
@@ -1039,13 +1370,40 @@ static int qt_intx_level(DextPlatform *p, int fn_idx)
     return lvl;
 }
 
+/* The reader's counts plus QEMU's counts of the direct bindings (live
+ * ones queried now, gone ones harvested when they went). */
 static void qt_irq_stats(DextPlatform *p, DextIrqStats *out)
 {
     QtestPlatform *q = QP(p);
+    GArray *direct = g_array_new(FALSE, FALSE, sizeof(uint32_t));
+    uint64_t cnt = 0, last = 0, sum = 0, max_ns = 0;
 
     g_mutex_lock(&q->lock);
-    *out = q->stats;
+    for (guint i = 0; i < q->bindings->len; i++) {
+        IrqBinding *b = g_ptr_array_index(q->bindings, i);
+
+        if (b->direct) {
+            g_array_append_val(direct, b->data);
+        }
+    }
     g_mutex_unlock(&q->lock);
+    if (g_thread_self() != q->reader_self) {
+        for (guint i = 0; i < direct->len; i++) {
+            if (direct_query(q, g_array_index(direct, uint32_t, i), &cnt,
+                             &last) == 0) {
+                sum += cnt;
+                max_ns = MAX(max_ns, last);
+            }
+        }
+    }
+    g_mutex_lock(&q->lock);
+    *out = q->stats;
+    out->msi_direct = sum + q->direct_retired;
+    out->direct_bindings = direct->len;
+    out->msi_received += out->msi_direct;
+    out->last_msi_ns = MAX(out->last_msi_ns, MAX(max_ns, q->direct_last_ns));
+    g_mutex_unlock(&q->lock);
+    g_array_free(direct, TRUE);
 }
 
 static void qt_set_event_cb(DextPlatform *p, DextPlatformEventFn fn, void *op)
@@ -1373,7 +1731,7 @@ static void qt_destroy(DextPlatform *p)
 
         /* abandoned requests still queued belong to us now */
         while ((r = g_queue_pop_head(&q->pending))) {
-            if (r != QT_POSTED && r->abandoned) {
+            if (r != QT_POSTED && r != QT_QUIET && r->abandoned) {
                 g_free(r->reply);
                 g_free(r);
             }
@@ -1382,6 +1740,7 @@ static void qt_destroy(DextPlatform *p)
     g_queue_clear_full(&q->qmp_events, g_free);
     g_hash_table_destroy(q->msi_routes);
     g_ptr_array_free(q->bindings, TRUE);
+    g_array_free(q->channels, TRUE);
     g_free(q->deferred_msg);
     g_free(q->death);
     g_free(q->qmp_reply);
@@ -1415,6 +1774,9 @@ static const DextPlatformOps qtest_ops = {
     .irq_forget = qt_irq_forget,
     .irq_fn_removed = qt_irq_fn_removed,
     .irq_stats = qt_irq_stats,
+    .mmio_channel_open = qt_mmio_channel_open,
+    .mmio_channel_close = qt_mmio_channel_close,
+    .mmio_channel_count = qt_mmio_channel_count,
     .set_event_cb = qt_set_event_cb,
     .qmp = qt_qmp,
     .qmp_wait_event = qt_qmp_wait_event,
@@ -1443,6 +1805,7 @@ static QtestPlatform *qt_new(unsigned timeout_ms, const char *machine,
     g_queue_init(&q->qmp_events);
     q->msi_routes = g_hash_table_new(g_direct_hash, g_direct_equal);
     q->bindings = g_ptr_array_new_with_free_func(binding_free);
+    q->channels = g_array_new(FALSE, FALSE, sizeof(QtChannel));
     return q;
 }
 

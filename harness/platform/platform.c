@@ -5,6 +5,7 @@
  * and dispatches to the backend's const ops.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -500,6 +501,59 @@ void dext_platform_irq_stats(DextPlatform *p, DextIrqStats *out)
     if (p->ops->irq_stats) {
         p->ops->irq_stats(p, out);
     }
+}
+
+int dext_platform_mmio_channel_open(DextPlatform *p, DextPciAddr addr,
+                                    const uint64_t win[DEXT_PCI_NUM_BARS],
+                                    int *fd, unsigned *id)
+{
+    DextPciFunction f;
+    int idx;
+
+    if (!win || !fd || !id) {
+        return dext_platform_set_error(p, -EINVAL, "mmio_channel: NULL "
+                                       "argument");
+    }
+    *fd = -1;
+    *id = 0;
+    if (!p->ops->mmio_channel_open) {
+        return dext_platform_set_error(p, -ENOTSUP, "no direct MMIO channel "
+                                       "on the %s platform", p->ops->name);
+    }
+    idx = dext_platform_fn_index(p, addr);
+    if (idx < 0) {
+        char b[13];
+
+        return dext_platform_set_error(p, -ENODEV, "mmio_channel: unknown "
+                                       "%s", dext_pci_addr_format(addr, b));
+    }
+    g_mutex_lock(&p->lock);
+    f = p->fns[idx];
+    g_mutex_unlock(&p->lock);
+    for (unsigned i = 0; i < DEXT_PCI_NUM_BARS; i++) {
+        if (win[i] && (f.bars[i].kind == DEXT_BAR_IO ||
+                       f.bars[i].kind == DEXT_BAR_NONE ||
+                       win[i] > f.bars[i].size)) {
+            return dext_platform_set_error(p, -EINVAL, "mmio_channel: BAR%u "
+                                           "window 0x%" PRIx64 " not within "
+                                           "a memory BAR", i, win[i]);
+        }
+    }
+    return p->ops->mmio_channel_open(p, idx, win, fd, id);
+}
+
+int dext_platform_mmio_channel_close(DextPlatform *p, unsigned id)
+{
+    if (!p->ops->mmio_channel_close) {
+        return dext_platform_set_error(p, -ENOTSUP, "no direct MMIO channel "
+                                       "on the %s platform", p->ops->name);
+    }
+    return p->ops->mmio_channel_close(p, id);
+}
+
+unsigned dext_platform_mmio_channel_count(DextPlatform *p)
+{
+    return p->ops->mmio_channel_count ? p->ops->mmio_channel_count(p) : 0;
 }
 
 /* MSI/MSI-X programming through config space and the table BAR. */

@@ -436,14 +436,44 @@ int dext_platform_intx_level(DextPlatform *p, DextPciAddr addr);
 
 /* Interrupt counters (for tests and benchmarks). */
 typedef struct DextIrqStats {
-    uint64_t msi_received;     /* MSI lines seen */
+    uint64_t msi_received;     /* MSIs delivered: relayed lines + direct */
     uint64_t msi_unclaimed;    /* MSI lines matching no binding */
     uint64_t intx_edges;       /* INTx rising edges seen */
     uint64_t last_msi_ns;      /* CLOCK_MONOTONIC (g_get_monotonic_time
-                                * scale x1000) when the reader parsed the
-                                * latest MSI line: for latency figures */
+                                * scale x1000) of the latest MSI: when the
+                                * reader parsed its line, or when QEMU
+                                * signalled a direct eventfd: for latency
+                                * figures */
+    uint64_t msi_direct;       /* of msi_received: signalled by QEMU on the
+                                * binding's eventfd itself (qtest fork's
+                                * msi_eventfd), counted by QEMU */
+    unsigned direct_bindings;  /* live bindings QEMU signals directly */
 } DextIrqStats;
 void dext_platform_irq_stats(DextPlatform *p, DextIrqStats *out);
+
+/* ------------------------------------------------ direct MMIO channel */
+
+/*
+ * A channel lets a driver process reach a function's BARs without the
+ * daemon: a SOCK_SEQPACKET socket whose other end QEMU serves (records in
+ * harness/common/mmio-channel.h).  Only the qtest backend of the dextlab
+ * fork (patch 0006) has it; elsewhere open returns -ENOTSUP and accesses
+ * take the normal path.
+ *
+ * open: @win[i] is how many bytes from the start of BAR i the channel may
+ * touch (0: none; I/O BARs and lengths beyond the BAR are -EINVAL); the
+ * caller owns *fd (CLOEXEC) and the id.  close revokes the channel: QEMU
+ * closes its end, the holder sees EOF/EPIPE; -ENOENT if it is already gone.
+ * The platform revokes a function's channels by itself when it resets the
+ * function, the function is unplugged, or a rescan re-enumerates it (its
+ * BARs may move): a holder must be ready to lose it at any time.
+ * count: channels QEMU serves right now (tests).
+ */
+int dext_platform_mmio_channel_open(DextPlatform *p, DextPciAddr addr,
+                                    const uint64_t win[DEXT_PCI_NUM_BARS],
+                                    int *fd, unsigned *id);
+int dext_platform_mmio_channel_close(DextPlatform *p, unsigned id);
+unsigned dext_platform_mmio_channel_count(DextPlatform *p);
 
 /* ----------------------------------------------------------- events */
 

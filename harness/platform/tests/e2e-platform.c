@@ -19,11 +19,13 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <CUnit/Basic.h>
 
 #include "platform.h"
+#include "../../common/mmio-channel.h"
 #include "hw/dextlab/dextlab-dma-regs.h"
 
 static const char *const q35_devices[] = {
@@ -550,6 +552,76 @@ static void test_q35_msix(void)
 }
 
 /*
+ * The direct MSI path (fork patch 0006, msi_eventfd): a bound vector's MSI
+ * reaches its eventfd from QEMU itself, the reader sees no "IRQ msi" line,
+ * and the stats still count it (QEMU's count, harvested when the binding
+ * goes).  Guards against the relay silently coming back on the hot path
+ * and against a rebind or unbind leaving QEMU signalling a stale eventfd.
+ */
+static void test_q35_msix_direct(void)
+{
+    int efd[2] = { eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC) };
+    uint64_t n = 0, t0;
+    DextIrqStats st0, st1, st2;
+
+    if (!dext_platform_has_msi(plat)) {
+        CU_FAIL("fork without msi_intercept");
+        return;
+    }
+    dext_platform_irq_stats(plat, &st0);
+    t0 = g_get_monotonic_time() * 1000;
+    CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, dma.addr,
+                    DEXT_PCI_ENABLE_MEM | DEXT_PCI_ENABLE_BUSMASTER, true), 0);
+    CU_ASSERT_EQUAL(dext_platform_irq_bind(plat, dma.addr, DEXT_IRQ_MSIX,
+                                           DXL_DMA_VEC_QUEUE(3), efd[0], NULL),
+                    0);
+    dext_platform_irq_stats(plat, &st1);
+    if (st1.direct_bindings != st0.direct_bindings + 1) {
+        CU_FAIL("fork without msi_eventfd (hw/patches/0006)");
+        dext_platform_irq_unbind(plat, dma.addr, DXL_DMA_VEC_QUEUE(3));
+        goto out;
+    }
+    for (int i = 0; i < 5; i++) {
+        reg_wr(DXL_REG_INT_SET, DXL_INT_QUEUE(3));
+    }
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    CU_ASSERT_TRUE(wait_efd(efd[0], 2000, &n));
+    CU_ASSERT_EQUAL(n, 5);
+    dext_platform_irq_stats(plat, &st1);
+    CU_ASSERT_EQUAL(st1.msi_direct - st0.msi_direct, 5);
+    CU_ASSERT_EQUAL(st1.msi_received - st0.msi_received, 5);
+    /* relayed = received - direct: the reader parsed no line */
+    CU_ASSERT_EQUAL(st1.msi_received - st1.msi_direct,
+                    st0.msi_received - st0.msi_direct);
+    CU_ASSERT_TRUE(st1.last_msi_ns >= t0);
+    CU_ASSERT_TRUE(st1.last_msi_ns <= (uint64_t)g_get_monotonic_time() * 1000);
+    /* rebind to another eventfd: the old one hears nothing any more */
+    CU_ASSERT_EQUAL(dext_platform_irq_bind(plat, dma.addr, DEXT_IRQ_MSIX,
+                                           DXL_DMA_VEC_QUEUE(3), efd[1], NULL),
+                    0);
+    reg_wr(DXL_REG_INT_SET, DXL_INT_QUEUE(3));
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    CU_ASSERT_TRUE(wait_efd(efd[1], 2000, &n));
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_FALSE(wait_efd(efd[0], 50, NULL));
+    /* unbind: the count survives (harvested), nothing more is delivered */
+    CU_ASSERT_EQUAL(dext_platform_irq_unbind(plat, dma.addr,
+                                             DXL_DMA_VEC_QUEUE(3)), 0);
+    reg_wr(DXL_REG_INT_SET, DXL_INT_QUEUE(3));
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    CU_ASSERT_FALSE(wait_efd(efd[1], 100, NULL));
+    dext_platform_irq_stats(plat, &st2);
+    CU_ASSERT_EQUAL(st2.msi_direct - st0.msi_direct, 6);
+    CU_ASSERT_EQUAL(st2.direct_bindings, st0.direct_bindings);
+    CU_ASSERT_EQUAL(st2.msi_unclaimed, st0.msi_unclaimed);
+out:
+    reg_wr(DXL_REG_INT_STATUS, DXL_INT_ALL);
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    close(efd[0]);
+    close(efd[1]);
+}
+
+/*
  * Virtual time: a completion interrupt coalesced by time (COAL_COUNT 8,
  * COAL_USEC 500) fires only when the machine's virtual clock passes 500 us.
  * Under qtest that clock stands still until dext_platform_clock_step() moves
@@ -700,6 +772,133 @@ static void test_q35_reset(void)
     CU_ASSERT_EQUAL(reg_rd(DXL_REG_SCRATCH), 0);     /* device was reset */
     CU_ASSERT_EQUAL(reg_rd(DXL_REG_ID), DXL_DMA_ID_MAGIC);
     close(efd);
+}
+
+/* ------------------------------------------- direct MMIO channel */
+
+static int chan_req(int fd, uint8_t op, uint8_t size, uint8_t bar, uint64_t off,
+                    uint64_t val)
+{
+    DextMmioReq q = { .op = op, .size = size, .bar = bar, .off = off,
+                      .val = val };
+
+    return send(fd, &q, sizeof(q), MSG_NOSIGNAL) == sizeof(q) ? 0 : -errno;
+}
+
+/* Wait (bounded) for one reply; -ENODATA on EOF, -ETIMEDOUT. */
+static int chan_resp(int fd, DextMmioResp *r)
+{
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    ssize_t n;
+
+    if (poll(&pfd, 1, 5000) <= 0) {
+        return -ETIMEDOUT;
+    }
+    n = recv(fd, r, sizeof(*r), 0);
+    return n == sizeof(*r) ? 0 : n == 0 ? -ENODATA : -EPROTO;
+}
+
+static int chan_read(int fd, uint8_t bar, uint64_t off, unsigned size,
+                     uint64_t *val)
+{
+    DextMmioResp r;
+    int rc = chan_req(fd, DEXT_MMIO_OP_READ, size, bar, off, 0);
+
+    if (rc == 0) {
+        rc = chan_resp(fd, &r);
+    }
+    if (rc == 0) {
+        rc = r.status;
+        *val = r.val;
+    }
+    return rc;
+}
+
+/*
+ * The channel reaches the same device state as the qtest path: a write on
+ * it is read back through qtest and the other way round, SYNC orders it,
+ * accesses outside the granted windows and malformed records are refused
+ * with a status (QEMU lives on), and a revoked channel reads EOF.  Guards
+ * the record layout of harness/common/mmio-channel.h against the fork.
+ */
+static void test_q35_mmio_channel(void)
+{
+    uint64_t win[DEXT_PCI_NUM_BARS] = { dma.bars[0].size, 0,
+                                        dma.bars[2].size / 2 };
+    uint64_t v = 0;
+    unsigned id = 0, n0 = dext_platform_mmio_channel_count(plat);
+    DextMmioResp r;
+    uint8_t shortmsg[10] = { DEXT_MMIO_OP_READ, 4 };
+    int fd = -1;
+
+    CU_ASSERT_EQUAL(dext_platform_pci_set_enables(plat, dma.addr,
+                    DEXT_PCI_ENABLE_MEM | DEXT_PCI_ENABLE_BUSMASTER, true), 0);
+    /* windows must lie in memory BARs */
+    win[3] = 4096;
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_open(plat, dma.addr, win, &fd,
+                                                    &id), -EINVAL);
+    win[3] = 0;
+    if (dext_platform_mmio_channel_open(plat, dma.addr, win, &fd, &id) < 0) {
+        CU_FAIL("fork without mmio_channel (hw/patches/0006)");
+        return;
+    }
+    CU_ASSERT_TRUE(fd >= 0 && id > 0);
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_count(plat), n0 + 1);
+    /* channel write, qtest read */
+    CU_ASSERT_EQUAL(chan_req(fd, DEXT_MMIO_OP_WRITE, 4, 0, DXL_REG_SCRATCH,
+                             0xc4a77e1), 0);
+    CU_ASSERT_EQUAL(chan_req(fd, DEXT_MMIO_OP_SYNC, 0, 0, 0, 0), 0);
+    CU_ASSERT_EQUAL(chan_resp(fd, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 0);
+    CU_ASSERT_EQUAL(reg_rd(DXL_REG_SCRATCH), 0xc4a77e1);
+    /* qtest write, channel read; 8 bytes of device memory in BAR2 */
+    reg_wr(DXL_REG_SCRATCH, 0x600d);
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    CU_ASSERT_EQUAL(chan_read(fd, 0, DXL_REG_SCRATCH, 4, &v), 0);
+    CU_ASSERT_EQUAL(v, 0x600d);
+    CU_ASSERT_EQUAL(chan_req(fd, DEXT_MMIO_OP_WRITE, 8, 2, 0x100,
+                             0x0123456789abcdefull), 0);
+    CU_ASSERT_EQUAL(chan_read(fd, 2, 0x100, 8, &v), 0);
+    CU_ASSERT_EQUAL(v, 0x0123456789abcdefull);
+    CU_ASSERT_EQUAL(dext_platform_bar_read(plat, dma.addr, 2, 0x100, 8, &v), 0);
+    CU_ASSERT_EQUAL(v, 0x0123456789abcdefull);
+    /* outside the windows: past BAR0, the ungranted BAR1 (MSI-X table),
+     * the ungranted half of BAR2, straddling the end; bad size and op */
+    CU_ASSERT_EQUAL(chan_read(fd, 0, dma.bars[0].size, 4, &v), -EFAULT);
+    CU_ASSERT_EQUAL(chan_read(fd, 0, dma.bars[0].size - 2, 4, &v), -EFAULT);
+    CU_ASSERT_EQUAL(chan_read(fd, 1, 0, 4, &v), -EINVAL);   /* no window */
+    CU_ASSERT_EQUAL(chan_read(fd, 2, win[2], 4, &v), -EFAULT);
+    CU_ASSERT_EQUAL(chan_read(fd, 0, DXL_REG_SCRATCH, 3, &v), -EINVAL);
+    CU_ASSERT_EQUAL(chan_read(fd, 6, 0, 4, &v), -EINVAL);
+    CU_ASSERT_EQUAL(chan_req(fd, 9, 4, 0, 0, 0), 0);
+    CU_ASSERT_EQUAL(chan_resp(fd, &r), 0);
+    CU_ASSERT_EQUAL(r.status, -EINVAL);
+    CU_ASSERT_EQUAL(send(fd, shortmsg, sizeof(shortmsg), MSG_NOSIGNAL),
+                    (ssize_t)sizeof(shortmsg));
+    CU_ASSERT_EQUAL(chan_resp(fd, &r), 0);
+    CU_ASSERT_EQUAL(r.status, -EINVAL);
+    /* a bad write is dropped; the channel and later accesses carry on */
+    CU_ASSERT_EQUAL(chan_req(fd, DEXT_MMIO_OP_WRITE, 4, 1, 0, 0xbad), 0);
+    CU_ASSERT_EQUAL(chan_read(fd, 0, DXL_REG_ID, 4, &v), 0);
+    CU_ASSERT_EQUAL(v, DXL_DMA_ID_MAGIC);
+    /* revoke: EOF for the holder, -ENOENT the second time, QEMU lives */
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_close(plat, id), 0);
+    CU_ASSERT_EQUAL(chan_resp(fd, &r), -ENODATA);
+    CU_ASSERT_NOT_EQUAL(chan_req(fd, DEXT_MMIO_OP_SYNC, 0, 0, 0, 0), 0);
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_close(plat, id), -ENOENT);
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_count(plat), n0);
+    CU_ASSERT_TRUE(dext_platform_alive(plat));
+    CU_ASSERT_EQUAL(reg_rd(DXL_REG_ID), DXL_DMA_ID_MAGIC);
+    close(fd);
+    /* a reset of the function revokes its channels (device state gone) */
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_open(plat, dma.addr, win, &fd,
+                                                    &id), 0);
+    CU_ASSERT_EQUAL(dext_platform_reset_function(plat, dma.addr, false), 0);
+    CU_ASSERT_EQUAL(dext_platform_flush(plat), 0);
+    CU_ASSERT_EQUAL(chan_resp(fd, &r), -ENODATA);
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_count(plat), n0);
+    CU_ASSERT_EQUAL(dext_platform_mmio_channel_close(plat, id), -ENOENT);
+    close(fd);
 }
 
 /* device_add into the empty root port, then a rescan finds and places it */
@@ -1154,9 +1353,11 @@ int main(void)
     CU_add_test(s, "threads", test_q35_threads);
     CU_add_test(s, "dma-roundtrip", test_q35_dma_roundtrip);
     CU_add_test(s, "msix", test_q35_msix);
+    CU_add_test(s, "msix-direct", test_q35_msix_direct);
     CU_add_test(s, "msi-intx", test_q35_msi_intx);
     CU_add_test(s, "virtual-time", test_q35_virtual_time);
     CU_add_test(s, "reset", test_q35_reset);
+    CU_add_test(s, "mmio-channel", test_q35_mmio_channel);
     CU_add_test(s, "hotplug-rescan", test_q35_hotplug_rescan);
     CU_add_test(s, "unplug-replug", test_q35_unplug);
     CU_add_test(s, "no-leaks-after-q35", test_no_leaks);

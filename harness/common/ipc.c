@@ -39,6 +39,7 @@ static const DextMsgSpec specs[] = {
     { DEXT_MSG_NUB_PUBLISH, "NUB_PUBLISH", "(ttssa{sv})", "(t)", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_NUB_TERMINATE, "NUB_TERMINATE", "(t)", "()", 0, 0, DEXT_CH_RPC, false },
     { DEXT_MSG_PROVIDER_OPEN, "PROVIDER_OPEN", "(t)", "()", 0, 1, DEXT_CH_RPC, false },
+    { DEXT_MSG_MMIO_CHANNEL, "MMIO_CHANNEL", "(t)", "(uat)", 0, 1, DEXT_CH_RPC, false },
     { DEXT_MSG_OPEN, "OPEN", "(ss)", "(tt)", 0, 1, DEXT_CH_APP, false },
     { DEXT_MSG_REGISTRY, "REGISTRY", "(b)", "(s)", 0, 0, DEXT_CH_APP, false },
     { DEXT_MSG_SERVICES, "SERVICES", "()", "(a(tsssxuu))", 0, 0, DEXT_CH_APP, false },

@@ -97,6 +97,11 @@ typedef enum {
                              * children terminated, its entry removed */
     DEXT_MSG_PROVIDER_OPEN, /* (t) own service whose provider is a published nub
                              * -> () + fd: a provider-protocol channel to it */
+    DEXT_MSG_MMIO_CHANNEL,  /* (t) open device -> (uat) channel id, bytes granted
+                             * from the start of BAR 0..5 + fd: a direct MMIO
+                             * channel to the device (harness/common/mmio-channel.h;
+                             * replaces the caller's previous one); -ENOTSUP
+                             * where the platform has none */
     /* APP: app -> dextd */
     DEXT_MSG_OPEN = 64,     /* (ss) by ("class"|"name"|"id"), value -> (tt) service, client + fd */
     DEXT_MSG_REGISTRY,      /* (b) json -> (s) dump */

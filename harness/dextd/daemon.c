@@ -58,6 +58,7 @@ struct Device {
     DextDeviceInfo info;
     Server *opened_by;
     GArray *irqs;            /* unsigned vectors bound on behalf of opened_by */
+    unsigned mmio_chan;      /* opened_by's direct MMIO channel (0: none) */
     uint32_t cmd_at_enum;    /* PCI_COMMAND as enumeration left it */
     bool nub;
     char *label;             /* nubs: "IOClass:name" for lists and explain */
@@ -573,6 +574,24 @@ static void match_all(Dextd *d)
 
 /* ---- device release ------------------------------------------------------ */
 
+/* Revoke the direct MMIO channel of the device's opener: from here on the
+ * driver reaches the device through dextd only (or not at all).  The
+ * platform revokes channels itself on resets, unplug and rescans; such a
+ * channel is already gone (-ENOENT). */
+static void revoke_channel(Dextd *d, Device *dev)
+{
+    if (!dev->mmio_chan) {
+        return;
+    }
+    int rc = dext_platform_mmio_channel_close(d->plat, dev->mmio_chan);
+    if (rc < 0 && rc != -ENOENT && dext_platform_alive(d->plat)) {
+        LOGW("%s: cannot revoke MMIO channel %u: %s", dext_reg_entry_name(dev->entry),
+             dev->mmio_chan, dext_platform_last_error(d->plat));
+    }
+    dev->mmio_chan = 0;
+    dext_reg_entry_set(dev->entry, "mmio-channel", NULL);
+}
+
 static void release_device(Dextd *d, Device *dev, bool reset)
 {
     if (dev->nub) {
@@ -580,6 +599,7 @@ static void release_device(Dextd *d, Device *dev, bool reset)
     }
     char addr[13];
     dext_pci_addr_format(dev->fn.addr, addr);
+    revoke_channel(d, dev);   /* before anything else changes under it */
     for (guint i = 0; i < dev->irqs->len; i++) {
         dext_platform_irq_unbind(d->plat, dev->fn.addr, g_array_index(dev->irqs, unsigned, i));
     }
@@ -1854,7 +1874,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
     case DEXT_MSG_PCI_OPEN: case DEXT_MSG_PCI_CLOSE: case DEXT_MSG_CFG_READ:
     case DEXT_MSG_CFG_WRITE: case DEXT_MSG_MMIO_READ: case DEXT_MSG_MMIO_WRITE:
     case DEXT_MSG_IRQ_BIND: case DEXT_MSG_IRQ_UNBIND: case DEXT_MSG_RESET:
-    case DEXT_MSG_IRQ_INFO:
+    case DEXT_MSG_IRQ_INFO: case DEXT_MSG_MMIO_CHANNEL:
         g_variant_get_child(m->body, 0, "t", &id);
         dev = device_by_id(d, id);
         if (dev && dev->nub) {
@@ -1916,6 +1936,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         dext_msg_init_reply(rep, m, NULL);
         return 0;
     case DEXT_MSG_PCI_CLOSE:
+        revoke_channel(d, dev);
         for (guint i = 0; i < dev->irqs->len; i++) {
             dext_platform_irq_unbind(pl, dev->fn.addr, g_array_index(dev->irqs, unsigned, i));
         }
@@ -2072,6 +2093,7 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
         return -ENOENT;
     }
     case DEXT_MSG_RESET:
+        revoke_channel(d, dev);   /* the driver asks for a new one after */
         rc = dext_platform_reset_function(pl, dev->fn.addr, false);
         if (rc < 0) {
             PLAT_FAIL(rc);
@@ -2082,6 +2104,40 @@ static int handle_rpc(Server *srv, DextMsg *m, DextMsg *rep, char **why)
     case DEXT_MSG_IRQ_INFO:
         dext_msg_init_reply(rep, m, g_variant_new("(u)", (guint32)dev->fn.msix_table_size));
         return 0;
+    case DEXT_MSG_MMIO_CHANNEL: {
+        /* The memory BARs, but never the MSI-X table or PBA (the runtime
+         * owns them, see mmio_protected): a BAR holding them is granted up
+         * to the first of them; accesses beyond go through MMIO_READ/WRITE. */
+        const DextPciFunction *f = &dev->fn;
+        uint64_t win[DEXT_PCI_NUM_BARS];
+        GVariantBuilder b;
+        unsigned cid;
+        int fd;
+        for (unsigned i = 0; i < DEXT_PCI_NUM_BARS; i++) {
+            bool mem = f->bars[i].kind == DEXT_BAR_MEM32 || f->bars[i].kind == DEXT_BAR_MEM64;
+            win[i] = mem ? f->bars[i].size : 0;
+            if (f->msix_cap && f->msix_table_size && i == f->msix_table_bar) {
+                win[i] = MIN(win[i], f->msix_table_offset);
+            }
+            if (f->msix_cap && f->msix_table_size && i == f->msix_pba_bar) {
+                win[i] = MIN(win[i], f->msix_pba_offset);
+            }
+        }
+        revoke_channel(d, dev);   /* one per device: a new one replaces it */
+        if ((rc = dext_platform_mmio_channel_open(pl, f->addr, win, &fd, &cid)) < 0) {
+            PLAT_FAIL(rc);
+        }
+        dev->mmio_chan = cid;
+        dext_reg_entry_set(dev->entry, "mmio-channel", g_variant_new_uint32(cid));
+        g_variant_builder_init(&b, G_VARIANT_TYPE("at"));
+        for (unsigned i = 0; i < DEXT_PCI_NUM_BARS; i++) {
+            g_variant_builder_add(&b, "t", (guint64)win[i]);
+        }
+        dext_msg_init_reply(rep, m, g_variant_new("(uat)", (guint32)cid, &b));
+        rep->fds[0] = fd;   /* owned: closed after sending */
+        rep->nfds = 1;
+        return 0;
+    }
     case DEXT_MSG_IRQ_STATS: {
         DextIrqStats st;
         dext_platform_irq_stats(pl, &st);

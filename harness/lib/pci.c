@@ -1,12 +1,22 @@
 /*
  * libdext PCI device object and interrupt dispatch sources: thin RPCs to
  * dextd, which checks ownership and performs the access on its platform.
+ *
+ * BAR accesses take the direct MMIO channel instead when dextd granted one
+ * (qtest platform with the dextlab fork, docs/runtime/platform.md): records
+ * go straight to QEMU, dextd only opened the channel and may revoke it.
+ * Ordering across the two paths is kept by hand: a SYNC on the channel
+ * before any RPC about the device, an RPC SYNC before the first channel
+ * access after a posted RPC write.
  */
 #include "internal.h"
 #include "fdsource.h"
+#include "mmio-channel.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 struct DextPciDevice {
@@ -17,6 +27,12 @@ struct DextPciDevice {
     uint32_t class_code;
     unsigned msix;
     gint open;
+
+    GMutex chan_lock;           /* the fields below; one record in flight */
+    int chan_fd;                /* direct MMIO channel, -1 none */
+    bool chan_dead;             /* revoked or broken: -ENODEV until reopen */
+    bool rpc_posted;            /* an RPC write may be outstanding */
+    uint64_t chan_win[DEXT_MMIO_MAX_BARS];  /* bytes granted per BAR */
 };
 
 DextPciDevice *dext__pci_new(DextService *svc)
@@ -42,11 +58,164 @@ DextPciDevice *dext__pci_new(DextService *svc)
     d->subdevice = dext_service_provider_u64(svc, "subsystem-id", &v) == 0 ? v : 0;
     d->class_code = dext_service_provider_u64(svc, "class-code", &v) == 0 ? v : 0;
     d->msix = dext_service_provider_u64(svc, "msix-vectors", &v) == 0 ? v : 0;
+    g_mutex_init(&d->chan_lock);
+    d->chan_fd = -1;
     return d;
+}
+
+/* ------------------------------------------------ direct MMIO channel */
+
+/* Called with chan_lock held. */
+static void chan_drop_locked(DextPciDevice *dev)
+{
+    if (dev->chan_fd >= 0) {
+        close(dev->chan_fd);
+    }
+    dev->chan_fd = -1;
+    dev->chan_dead = false;
+    memset(dev->chan_win, 0, sizeof(dev->chan_win));
+}
+
+/* Ask dextd for a (new) channel; none (-ENOTSUP: another platform, an
+ * older QEMU; or DEXT_NO_MMIO_CHANNEL set) leaves the RPC path. */
+static void chan_acquire(DextPciDevice *dev)
+{
+    DextMsg r;
+    int rc;
+
+    g_mutex_lock(&dev->chan_lock);
+    chan_drop_locked(dev);
+    g_mutex_unlock(&dev->chan_lock);
+    if (g_getenv("DEXT_NO_MMIO_CHANNEL")) {
+        return;
+    }
+    rc = dext__rpc(DEXT_MSG_MMIO_CHANNEL, g_variant_new("(t)", (guint64)dev->id), false, &r);
+    if (rc < 0) {
+        DEXT_DEBUG("%s: no direct MMIO channel (%d): RPC path", dev->addr, rc);
+        return;
+    }
+    GVariantIter *it;
+    guint32 cid;
+    guint64 w;
+    unsigned i = 0;
+    g_mutex_lock(&dev->chan_lock);
+    g_variant_get(r.body, "(uat)", &cid, &it);
+    while (g_variant_iter_next(it, "t", &w)) {
+        if (i < DEXT_MMIO_MAX_BARS) {
+            dev->chan_win[i++] = w;
+        }
+    }
+    g_variant_iter_free(it);
+    dev->chan_fd = dext_msg_take_fd(&r, 0);
+    g_mutex_unlock(&dev->chan_lock);
+    dext_msg_clear(&r);
+}
+
+/* One record and, for READ/SYNC, its reply, bounded like a dextd RPC.
+ * Called with chan_lock held and a live channel. */
+static int chan_xfer_locked(DextPciDevice *dev, const DextMmioReq *q, uint64_t *val)
+{
+    DextMmioResp resp;
+    ssize_t n;
+
+    do {
+        n = send(dev->chan_fd, q, sizeof(*q), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof(*q)) {
+        goto dead;                      /* EPIPE: revoked; nothing else fits */
+    }
+    if (q->op == DEXT_MMIO_OP_WRITE) {
+        return 0;
+    }
+    gint64 end = g_get_monotonic_time() + (gint64)DEXT_IPC_TIMEOUT_MS * 1000;
+    for (;;) {
+        struct pollfd pfd = { .fd = dev->chan_fd, .events = POLLIN };
+        gint64 left = (end - g_get_monotonic_time()) / 1000;
+        int pr = left > 0 ? poll(&pfd, 1, (int)left) : 0;
+        if (pr < 0 && errno == EINTR) {
+            continue;
+        }
+        if (pr <= 0) {
+            goto dead;                  /* a stuck QEMU: fail fast from now */
+        }
+        n = recv(dev->chan_fd, &resp, sizeof(resp), 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        break;
+    }
+    if (n != (ssize_t)sizeof(resp)) {
+        goto dead;                      /* EOF: revoked */
+    }
+    if (resp.status < 0) {
+        return resp.status;             /* -EFAULT/-EINVAL/-EIO: this access */
+    }
+    if (val) {
+        *val = resp.val;
+    }
+    return 0;
+
+dead:
+    DEXT_DEBUG("%s: direct MMIO channel lost", dev->addr);
+    dev->chan_dead = true;
+    return -ENODEV;
+}
+
+/* Everything sent on the channel has been performed (before an RPC about
+ * the device that must come after it).  0 without a channel. */
+static int chan_sync(DextPciDevice *dev)
+{
+    DextMmioReq q = { .op = DEXT_MMIO_OP_SYNC };
+    int rc = 0;
+
+    g_mutex_lock(&dev->chan_lock);
+    if (dev->chan_dead) {
+        rc = -ENODEV;
+    } else if (dev->chan_fd >= 0) {
+        rc = chan_xfer_locked(dev, &q, NULL);
+    }
+    g_mutex_unlock(&dev->chan_lock);
+    return rc;
+}
+
+/*
+ * BAR access through the channel.  Returns 1 when the access is not the
+ * channel's (none, or outside the granted window: the RPC path does it and
+ * dextd checks it), else 0 or -errno.
+ */
+static int chan_access(DextPciDevice *dev, uint8_t op, uint8_t bar, uint64_t off, unsigned w,
+                       uint64_t *val)
+{
+    DextMmioReq q = { .op = op, .size = w, .bar = bar, .off = off, .val = *val };
+    int rc;
+
+    g_mutex_lock(&dev->chan_lock);
+    if (dev->chan_dead) {
+        rc = -ENODEV;
+    } else if (dev->chan_fd < 0 || bar >= DEXT_MMIO_MAX_BARS || off >= dev->chan_win[bar] ||
+               w > dev->chan_win[bar] - off) {
+        rc = 1;
+    } else {
+        rc = 0;
+        if (dev->rpc_posted) {
+            /* an earlier posted RPC write must land first */
+            rc = dext__rpc(DEXT_MSG_SYNC, NULL, false, NULL);
+            dev->rpc_posted = rc < 0;
+        }
+        if (rc == 0) {
+            rc = chan_xfer_locked(dev, &q, val);
+        }
+    }
+    g_mutex_unlock(&dev->chan_lock);
+    return rc;
 }
 
 void dext__pci_free(DextPciDevice *dev)
 {
+    g_mutex_lock(&dev->chan_lock);
+    chan_drop_locked(dev);
+    g_mutex_unlock(&dev->chan_lock);
+    g_mutex_clear(&dev->chan_lock);
     g_free(dev);
 }
 
@@ -62,6 +231,7 @@ int dext_pci_open(DextPciDevice *dev)
     }
     int rc = dext__rpc(DEXT_MSG_PCI_OPEN, g_variant_new("(t)", (guint64)dev->id), false, NULL);
     if (rc == 0) {
+        chan_acquire(dev);
         g_atomic_int_set(&dev->open, 1);
     }
     return rc;
@@ -73,6 +243,10 @@ int dext_pci_close(DextPciDevice *dev)
         return -EINVAL;
     }
     g_atomic_int_set(&dev->open, 0);
+    chan_sync(dev);                     /* what was written lands first */
+    g_mutex_lock(&dev->chan_lock);
+    chan_drop_locked(dev);
+    g_mutex_unlock(&dev->chan_lock);
     return dext__rpc(DEXT_MSG_PCI_CLOSE, g_variant_new("(t)", (guint64)dev->id), false, NULL);
 }
 
@@ -82,7 +256,11 @@ static int cfg_read(DextPciDevice *dev, uint16_t off, unsigned w, uint32_t *val)
     if (!dev || !val) {
         return -EINVAL;
     }
-    int rc = dext__rpc(DEXT_MSG_CFG_READ, g_variant_new("(tqy)", (guint64)dev->id, off, w),
+    int rc = chan_sync(dev);
+    if (rc < 0) {
+        return rc;
+    }
+    rc = dext__rpc(DEXT_MSG_CFG_READ, g_variant_new("(tqy)", (guint64)dev->id, off, w),
                        false, &r);
     if (rc == 0) {
         g_variant_get(r.body, "(u)", val);
@@ -95,6 +273,10 @@ static int cfg_write(DextPciDevice *dev, uint16_t off, unsigned w, uint32_t val)
 {
     if (!dev) {
         return -EINVAL;
+    }
+    int rc = chan_sync(dev);
+    if (rc < 0) {
+        return rc;
     }
     return dext__rpc(DEXT_MSG_CFG_WRITE, g_variant_new("(tqyu)", (guint64)dev->id, off, w, val),
                      false, NULL);
@@ -146,7 +328,18 @@ static int mem_read(DextPciDevice *dev, uint8_t bar, uint64_t off, unsigned w, u
     if (!dev || !val) {
         return -EINVAL;
     }
-    int rc = dext__rpc(DEXT_MSG_MMIO_READ,
+    uint64_t v0 = 0;
+    int rc = chan_access(dev, DEXT_MMIO_OP_READ, bar, off, w, &v0);
+    if (rc <= 0) {
+        if (rc == 0) {
+            *val = v0;
+        }
+        return rc;
+    }
+    if ((rc = chan_sync(dev)) < 0) {
+        return rc;
+    }
+    rc = dext__rpc(DEXT_MSG_MMIO_READ,
                        g_variant_new("(tyty)", (guint64)dev->id, bar, (guint64)off, w), false, &r);
     if (rc == 0) {
         guint64 v;
@@ -165,9 +358,21 @@ static int mem_write(DextPciDevice *dev, uint8_t bar, uint64_t off, unsigned w, 
     if (!dext__pci_is_open(dev)) {
         return -ENOTCONN; /* posted: catch the obvious misuse locally */
     }
-    return dext__rpc(DEXT_MSG_MMIO_WRITE,
-                     g_variant_new("(tytyt)", (guint64)dev->id, bar, (guint64)off, w,
-                                   (guint64)val), true, NULL);
+    int rc = chan_access(dev, DEXT_MMIO_OP_WRITE, bar, off, w, &val);
+    if (rc <= 0) {
+        return rc;
+    }
+    if ((rc = chan_sync(dev)) < 0) {
+        return rc;
+    }
+    /* posted over RPC: a later channel access waits for it (rpc_posted) */
+    g_mutex_lock(&dev->chan_lock);
+    rc = dext__rpc(DEXT_MSG_MMIO_WRITE,
+                   g_variant_new("(tytyt)", (guint64)dev->id, bar, (guint64)off, w,
+                                 (guint64)val), true, NULL);
+    dev->rpc_posted |= rc == 0 && dev->chan_fd >= 0;
+    g_mutex_unlock(&dev->chan_lock);
+    return rc;
 }
 
 #define READ_FN(bits, type) \
@@ -191,6 +396,10 @@ READ_FN(64, uint64_t)
 
 int dext_pci_flush(DextPciDevice *dev)
 {
+    int rc = dev ? chan_sync(dev) : 0;
+    if (rc < 0) {
+        return rc;
+    }
     return dext__rpc(DEXT_MSG_SYNC, NULL, false, NULL);
 }
 
@@ -269,7 +478,16 @@ int dext_pci_reset(DextPciDevice *dev)
     if (!dev) {
         return -EINVAL;
     }
-    return dext__rpc(DEXT_MSG_RESET, g_variant_new("(tu)", (guint64)dev->id, 0), false, NULL);
+    int rc = chan_sync(dev);
+    if (rc < 0 && rc != -ENODEV) {
+        return rc;
+    }
+    /* dextd revokes the channel for the reset: a fresh one afterwards */
+    rc = dext__rpc(DEXT_MSG_RESET, g_variant_new("(tu)", (guint64)dev->id, 0), false, NULL);
+    if (rc == 0 && dext__pci_is_open(dev)) {
+        chan_acquire(dev);
+    }
+    return rc;
 }
 
 void dext_pci_get_ids(const DextPciDevice *dev, uint16_t *vendor, uint16_t *device,

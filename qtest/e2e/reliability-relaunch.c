@@ -233,6 +233,32 @@ static long registry_dma_allocations(void)
 
 /* ---- tests ----------------------------------------------------------------------- */
 
+/* The direct MMIO channels dextd has handed out (registry property
+ * "mmio-channel" of the opened devices): how many, and the highest ID. */
+static unsigned channels(guint64 *max_id)
+{
+    char *j = NULL;
+    unsigned n = 0;
+    *max_id = 0;
+    if (dext_daemon_registry(dd.sock, 1, &j) < 0) {
+        return 0;
+    }
+    GRegex *re = g_regex_new("\"mmio-channel\"\\s*:\\s*([0-9]+)", 0, 0, NULL);
+    GMatchInfo *mi = NULL;
+    g_regex_match(re, j, 0, &mi);
+    while (g_match_info_matches(mi)) {
+        char *v = g_match_info_fetch(mi, 1);
+        *max_id = MAX(*max_id, g_ascii_strtoull(v, NULL, 10));
+        n++;
+        g_free(v);
+        g_match_info_next(mi, NULL);
+    }
+    g_match_info_free(mi);
+    g_regex_unref(re);
+    g_free(j);
+    return n;
+}
+
 /* Guards: kill -9 of a driver in the middle of DMA copies: the app's
  * outstanding call fails with -ECONNRESET (never a silent success), dextd
  * logs the crash, disables bus mastering, resets the function (FLR), frees
@@ -245,10 +271,19 @@ static void test_kill_mid_dma(void)
     load_start(&l);
     g_assert_true(wait_copies(&l, 20, 20000));
     long launches = rel_service_num(&dd, CLS, 5);
+    guint64 max0 = 0, max1 = 0;
+    unsigned nch = channels(&max0);
     kill_driver();
     g_assert_true(rel_wait_state(&dd, CLS, "running", 20000));
     g_assert_cmpint(rel_service_num(&dd, CLS, 5), ==, launches + 1);
     g_assert_true(wait_copies(&l, 20, 20000));
+    /* the dead driver's direct MMIO channel was revoked with its device;
+     * the relaunched one works through a fresh one (IDs are never reused) */
+    if (!g_getenv("DEXT_NO_MMIO_CHANNEL")) {
+        g_assert_cmpuint(nch, >=, 1);
+        g_assert_cmpuint(channels(&max1), ==, nch);
+        g_assert_cmpuint(max1, >, max0);
+    }
     load_stop(&l);
     g_assert_cmpint(l.econnreset, >=, 1);
     char *log = rel_log(&dd);

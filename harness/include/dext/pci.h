@@ -9,11 +9,20 @@
  * PCIe posted write with no completer).  Reads and config writes wait for
  * completion.  dext_pci_flush() waits for every posted write.
  *
- * Threading: all functions are thread-safe; accesses from one thread are
- * ordered; accesses from several threads are ordered by arrival.
+ * On the qtest platform (dextlab fork) BAR accesses may go straight to the
+ * device emulator over a direct channel dextd grants and may revoke
+ * (docs/runtime/platform.md, "The direct path"); the API and its ordering
+ * are the same either way.
+ *
+ * Threading: all functions are thread-safe.  Accesses to one device
+ * (BAR, config, reset, flush, close) are ordered per device: those from
+ * one thread in program order, those from several threads by arrival;
+ * accesses to different devices are not ordered against each other.
  * Errors: negative errno: -ENOTCONN not open, -EBUSY opened by another
  * service, -ERANGE/-EINVAL bad offset/width, -EPERM a protected register
- * (BARs, MSI-X table: the runtime owns them), -ESHUTDOWN dextd gone.
+ * (BARs, MSI-X table: the runtime owns them), -ESHUTDOWN dextd gone,
+ * -ENODEV the device's direct channel was revoked (driver stopped, device
+ * reset or unplugged behind the driver's back).
  */
 #ifndef DEXT_PCI_H
 #define DEXT_PCI_H

@@ -1894,6 +1894,10 @@ static int qt_start(QtestPlatform *q)
         return dext_platform_set_error(p, r, "QMP handshake failed: %s",
                                        g_strerror(-r));
     }
+    /* A/B measurements: the paths of a fork without patch 0006 */
+    if (g_getenv("DEXT_QTEST_NO_DIRECT")) {
+        q->no_msi_eventfd = q->no_mmio_channel = true;
+    }
     q->reader = g_thread_try_new("dext-qtest-rd", reader_main, q, NULL);
     if (!q->reader) {
         return dext_platform_set_error(p, -EAGAIN, "cannot start reader");

@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct DextPciDevice {
@@ -107,6 +108,13 @@ static void chan_acquire(DextPciDevice *dev)
     }
     g_variant_iter_free(it);
     dev->chan_fd = dext_msg_take_fd(&r, 0);
+    if (dev->chan_fd >= 0) {
+        /* a WRITE is one send: bounded like an RPC, so a QEMU that stops
+         * reading fails the access (-ENODEV) instead of blocking it */
+        struct timeval tv = { .tv_sec = DEXT_IPC_TIMEOUT_MS / 1000,
+                              .tv_usec = (DEXT_IPC_TIMEOUT_MS % 1000) * 1000 };
+        setsockopt(dev->chan_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
     g_mutex_unlock(&dev->chan_lock);
     dext_msg_clear(&r);
 }

@@ -439,10 +439,12 @@ int main(int argc, char **argv)
 {
     gboolean quick = FALSE;
     char *sizes_arg = NULL, *depths_arg = NULL;
-    double secs = 0.6;
+    /* 1.5 s: rounds of 0.2 s (0.6 s a point) swung 0.08-0.11x at 1 MiB x 4
+     * where 1 s rounds gave 0.106-0.109x on the same quiet host */
+    double secs = 1.5;
     GOptionEntry entries[] = {
         { "quick", 0, 0, G_OPTION_ARG_NONE, &quick, "fewer samples, shorter points", NULL },
-        { "time", 't', 0, G_OPTION_ARG_DOUBLE, &secs, "seconds per point (0.6)", "S" },
+        { "time", 't', 0, G_OPTION_ARG_DOUBLE, &secs, "seconds per point (1.5)", "S" },
         { "sizes", 0, 0, G_OPTION_ARG_STRING, &sizes_arg, "only these request sizes", "64K,1M" },
         { "depths", 0, 0, G_OPTION_ARG_STRING, &depths_arg, "only these depths", "1,4" },
         { NULL },

@@ -192,6 +192,21 @@ static void chan_fail_all_locked(Chan *ch, GPtrArray *ios_out)
     g_cond_broadcast(&ch->cond);
 }
 
+/* No more replies: callers fail -ESHUTDOWN, pending IO completes
+ * -ECANCELED (reader thread). */
+static void chan_kill(Chan *ch)
+{
+    GPtrArray *ios = g_ptr_array_new();
+    g_mutex_lock(&ch->lock);
+    ch->dead = true;
+    chan_fail_all_locked(ch, ios);
+    g_mutex_unlock(&ch->lock);
+    for (guint i = 0; i < ios->len; i++) {
+        io_complete(ios->pdata[i], -ECANCELED, 0, dext_time_ns());
+    }
+    g_ptr_array_free(ios, TRUE);
+}
+
 static void reader_event(Chan *ch, DextMsg *m)
 {
     guint64 ref, ts;
@@ -236,15 +251,7 @@ static int reader_step(Chan *ch, int timeout_ms)
             DEXT_WARN("USB provider channel: %s: closing it", why ? why : g_strerror(-rc));
         }
         g_free(why);
-        GPtrArray *ios = g_ptr_array_new();
-        g_mutex_lock(&ch->lock);
-        ch->dead = true;
-        chan_fail_all_locked(ch, ios);
-        g_mutex_unlock(&ch->lock);
-        for (guint i = 0; i < ios->len; i++) {
-            io_complete(ios->pdata[i], -ECANCELED, 0, dext_time_ns());
-        }
-        g_ptr_array_free(ios, TRUE);
+        chan_kill(ch);
         return rc;
     }
     if (m.flags & DEXT_MSG_F_REPLY) {
@@ -291,15 +298,7 @@ static gpointer reader_thread(gpointer data)
     }
     /* closing: what is still waiting fails (after a broken channel this
      * finds nothing left) */
-    GPtrArray *ios = g_ptr_array_new();
-    g_mutex_lock(&ch->lock);
-    ch->dead = true;
-    chan_fail_all_locked(ch, ios);
-    g_mutex_unlock(&ch->lock);
-    for (guint i = 0; i < ios->len; i++) {
-        io_complete(ios->pdata[i], -ECANCELED, 0, dext_time_ns());
-    }
-    g_ptr_array_free(ios, TRUE);
+    chan_kill(ch);
     return NULL;
 }
 

@@ -21,6 +21,7 @@
  */
 #include "dxl-app.h"
 #include "e2e-dextd.h"
+#include "bench-common.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -37,11 +38,6 @@ static struct {
     E2eDextd *d;
     const char *sock;
 } dd;
-
-static double now_s(void)
-{
-    return (double)dxl_now_ns() / 1e9;
-}
 
 static int start_dextd(void)
 {
@@ -100,68 +96,11 @@ static void stop_dextd(bool failed)
 
 /* ---- processes and CPU time --------------------------------------------- */
 
-static double proc_cpu_s(int pid)
-{
-    char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
-    double v = 0;
-    if (g_file_get_contents(path, &s, NULL, NULL)) {
-        char *p = strrchr(s, ')');
-        unsigned long ut = 0, st = 0;
-        /* fields after ")": state ppid pgrp session tty tpgid flags minflt
-         * cminflt majflt cmajflt utime stime */
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                        &st) == 2) {
-            v = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-        }
-    }
-    g_free(s);
-    g_free(path);
-    return v;
-}
-
-static int child_named(int ppid, const char *prefix)
-{
-    GDir *d = g_dir_open("/proc", 0, NULL);
-    const char *n;
-    int hit = -1;
-    while (d && (n = g_dir_read_name(d)) && hit < 0) {
-        int pid = atoi(n);
-        if (pid <= 0) {
-            continue;
-        }
-        char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
-        if (g_file_get_contents(path, &s, NULL, NULL)) {
-            char *l = strchr(s, '('), *r = strrchr(s, ')');
-            int pp = 0;
-            if (l && r && sscanf(r + 2, "%*c %d", &pp) == 1 && pp == ppid &&
-                !strncmp(l + 1, prefix, strlen(prefix))) {
-                hit = pid;
-            }
-        }
-        g_free(s);
-        g_free(path);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    return hit;
-}
-
-static double self_cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
-}
-
-/* ---- baselines ----------------------------------------------------------- */
-
 /* memcpy over the same regions the DMA job used (src -> dst of each). */
 static double memcpy_mibs(DxlApp *a, uint64_t size, unsigned regions, double secs)
 {
     uint64_t bytes = 0;
-    double t0 = now_s(), t;
+    double t0 = bench_now_s(), t;
     unsigned r = 0;
     do {
         uint8_t *base = a->win + (uint64_t)r * 2 * size;
@@ -169,74 +108,12 @@ static double memcpy_mibs(DxlApp *a, uint64_t size, unsigned regions, double sec
         __asm__ volatile("" ::: "memory");
         bytes += size;
         r = (r + 1) % regions;
-        t = now_s();
+        t = bench_now_s();
     } while (t - t0 < secs);
     return (double)bytes / (1 << 20) / (t - t0);
 }
 
-static int cmp_u64(const void *x, const void *y)
-{
-    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
-    return a < b ? -1 : a > b;
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
-
-/* eventfd ping-pong between two processes: one-way wake-up, ns samples. */
-static void eventfd_floor(unsigned n, uint64_t *p50, uint64_t *p99)
-{
-    int ping = eventfd(0, 0), pong = eventfd(0, 0);
-    uint64_t v = 1, *s = g_new(uint64_t, n);
-    pid_t pid = fork();
-    if (pid == 0) {
-        for (unsigned i = 0; i < n; i++) {
-            if (read(ping, &v, 8) != 8 || write(pong, &v, 8) != 8) {
-                _exit(1);
-            }
-        }
-        _exit(0);
-    }
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t t0 = dxl_now_ns();
-        v = 1;
-        if (write(ping, &v, 8) != 8 || read(pong, &v, 8) != 8) {
-            break;
-        }
-        s[i] = (dxl_now_ns() - t0) / 2;
-    }
-    waitpid(pid, NULL, 0);
-    qsort(s, n, sizeof(*s), cmp_u64);
-    *p50 = s[n / 2];
-    *p99 = s[n * 99 / 100];
-    g_free(s);
-    close(ping);
-    close(pong);
-}
-
 /* ---- main ---------------------------------------------------------------- */
-
-/* "4K,1M,16M" -> bytes; false on a malformed list. */
-static bool parse_sizes(const char *s, uint64_t *out, unsigned *n, unsigned max)
-{
-    char **v = g_strsplit(s, ",", -1);
-    bool ok = true;
-    *n = 0;
-    for (char **p = v; *p && ok; p++) {
-        char *end;
-        uint64_t x = g_ascii_strtoull(*p, &end, 10);
-        uint64_t mul = *end == 'K' ? 1024 : *end == 'M' ? 1024 * 1024 : *end ? 0 : 1;
-        ok = x && mul && (!*end || !end[1]) && *n < max;
-        if (ok) {
-            out[(*n)++] = x * mul;
-        }
-    }
-    g_strfreev(v);
-    return ok && *n;
-}
 
 static void job_for(DxlJob *j, uint64_t size, unsigned depth)
 {
@@ -284,8 +161,8 @@ int main(int argc, char **argv)
         stop_dextd(true);
         return 1;
     }
-    int drv_pid = child_named(e2e_dextd_pid(dd.d), "dextlab-dma");
-    int qemu_pid = child_named(e2e_dextd_pid(dd.d), "qemu-system");
+    int drv_pid = bench_child_named(e2e_dextd_pid(dd.d), "dextlab-dma", false);
+    int qemu_pid = bench_child_named(e2e_dextd_pid(dd.d), "qemu-system", false);
     char host[256] = "";
     gethostname(host, sizeof(host));
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -305,14 +182,14 @@ int main(int argc, char **argv)
     unsigned depths[G_N_ELEMENTS(depths_all)], ndepths = G_N_ELEMENTS(depths_all);
     memcpy(depths, depths_all, sizeof(depths));
     if (sizes_arg) {
-        if (!parse_sizes(sizes_arg, sizes_sel, &nsizes, G_N_ELEMENTS(sizes_sel))) {
+        if (!bench_parse_sizes(sizes_arg, sizes_sel, &nsizes, G_N_ELEMENTS(sizes_sel))) {
             fprintf(stderr, "bad --sizes %s\n", sizes_arg);
             return 2;
         }
         sizes = sizes_sel;
     }
     if (depths_arg) {
-        if (!parse_sizes(depths_arg, depths_sel, &ndepths, G_N_ELEMENTS(depths_sel))) {
+        if (!bench_parse_sizes(depths_arg, depths_sel, &ndepths, G_N_ELEMENTS(depths_sel))) {
             fprintf(stderr, "bad --depths %s\n", depths_arg);
             return 2;
         }
@@ -356,8 +233,8 @@ int main(int argc, char **argv)
             if (failed) {
                 continue;
             }
-            qsort(m, 3, sizeof(double), cmp_double);
-            qsort(c, 3, sizeof(double), cmp_double);
+            qsort(m, 3, sizeof(double), bench_cmp_double);
+            qsort(c, 3, sizeof(double), bench_cmp_double);
             double mibs = m[1], base = c[1];
             r.ok = ok;
             r.ns = ns;
@@ -397,7 +274,7 @@ int main(int argc, char **argv)
         rc = dxl_app_job(&a, &j, &r);
         uint64_t total = dxl_now_ns() - t0;
         uint64_t f50, f99;
-        eventfd_floor(quick ? 500 : 3000, &f50, &f99);
+        bench_eventfd_floor(quick ? 500 : 3000, &f50, &f99);
         if (rc == 0 && r.nlat) {
             uint64_t p50 = dxl_result_lat_pct(&r, 50), p99 = dxl_result_lat_pct(&r, 99);
             printf("\ninterrupt -> completion in the app (4 KiB, depth 1, %" PRIu64 " requests):\n"
@@ -418,24 +295,24 @@ int main(int argc, char **argv)
         DxlResult r;
         job_for(&j, 1 << 20, 16);
         j.min_ns = (uint64_t)(MAX(secs * 4, 1.0) * 1e9);
-        double c_app = self_cpu_s(), c_drv = proc_cpu_s(drv_pid), c_dd = proc_cpu_s(e2e_dextd_pid(dd.d)),
-               c_q = proc_cpu_s(qemu_pid);
+        double c_app = bench_self_cpu_s(), c_drv = bench_proc_cpu_s(drv_pid), c_dd = bench_proc_cpu_s(e2e_dextd_pid(dd.d)),
+               c_q = bench_proc_cpu_s(qemu_pid);
         rc = dxl_app_job(&a, &j, &r);
         double gib = (double)r.bytes / (1 << 30);
-        c_app = self_cpu_s() - c_app;
-        c_drv = proc_cpu_s(drv_pid) - c_drv;
-        c_dd = proc_cpu_s(e2e_dextd_pid(dd.d)) - c_dd;
-        c_q = proc_cpu_s(qemu_pid) - c_q;
-        double m0 = self_cpu_s(), w0 = now_s();
+        c_app = bench_self_cpu_s() - c_app;
+        c_drv = bench_proc_cpu_s(drv_pid) - c_drv;
+        c_dd = bench_proc_cpu_s(e2e_dextd_pid(dd.d)) - c_dd;
+        c_q = bench_proc_cpu_s(qemu_pid) - c_q;
+        double m0 = bench_self_cpu_s(), w0 = bench_now_s();
         unsigned regions = 16;
         uint64_t bytes = 0;
-        while (now_s() - w0 < 1.0) {
+        while (bench_now_s() - w0 < 1.0) {
             uint8_t *base = a.win + (uint64_t)(bytes >> 20) % regions * (2 << 20);
             memcpy(base + (1 << 20), base, 1 << 20);
             __asm__ volatile("" ::: "memory");
             bytes += 1 << 20;
         }
-        double mcpu = (self_cpu_s() - m0) / ((double)bytes / (1 << 30));
+        double mcpu = (bench_self_cpu_s() - m0) / ((double)bytes / (1 << 30));
         if (rc == 0 && gib > 0) {
             printf("\nCPU time per GiB moved (1 MiB COPY, depth 16, %.2f GiB):\n", gib);
             printf("  app %.3f s  driver %.3f s  dextd %.3f s  QEMU %.3f s  total %.3f s\n",

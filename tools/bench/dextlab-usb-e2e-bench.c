@@ -31,6 +31,7 @@
  */
 #include "dxu-app.h"
 #include "e2e-dextd.h"
+#include "bench-common.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -52,18 +53,6 @@ static struct {
     const char *sock;
     char *ss_id;                /* service id of the SuperSpeed device */
 } dd;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static double now_s(void)
-{
-    return (double)now_ns() / 1e9;
-}
 
 /* The running SuperSpeed service with the bench FIFO (as the tool's
  * `list` finds services), or NULL. */
@@ -156,67 +145,6 @@ static void stop_dextd(bool failed)
 
 /* ---- processes and CPU time --------------------------------------------- */
 
-static double proc_cpu_s(int pid)
-{
-    if (pid <= 0) {
-        return 0;
-    }
-    char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
-    double v = 0;
-    if (g_file_get_contents(path, &s, NULL, NULL)) {
-        char *p = strrchr(s, ')');
-        unsigned long ut = 0, st = 0;
-        /* fields after ")": state ppid pgrp session tty tpgid flags minflt
-         * cminflt majflt cmajflt utime stime */
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                        &st) == 2) {
-            v = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-        }
-    }
-    g_free(s);
-    g_free(path);
-    return v;
-}
-
-/* A child of @ppid whose command name is exactly @name (the kernel keeps
- * 15 characters). */
-static int child_named(int ppid, const char *name)
-{
-    GDir *d = g_dir_open("/proc", 0, NULL);
-    const char *n;
-    int hit = -1;
-    while (d && (n = g_dir_read_name(d)) && hit < 0) {
-        int pid = atoi(n);
-        if (pid <= 0) {
-            continue;
-        }
-        char *path = g_strdup_printf("/proc/%d/stat", pid), *s = NULL;
-        if (g_file_get_contents(path, &s, NULL, NULL)) {
-            char *l = strchr(s, '('), *r = strrchr(s, ')');
-            int pp = 0;
-            if (l && r && sscanf(r + 2, "%*c %d", &pp) == 1 && pp == ppid &&
-                (size_t)(r - l - 1) == MIN(strlen(name), 15u) &&
-                !strncmp(l + 1, name, (size_t)(r - l - 1))) {
-                hit = pid;
-            }
-        }
-        g_free(s);
-        g_free(path);
-    }
-    if (d) {
-        g_dir_close(d);
-    }
-    return hit;
-}
-
-static double self_cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
-}
-
 /* ---- baselines ----------------------------------------------------------- */
 
 /* The slot size dxu_app_loopback_bench() uses: OUT at 2*s*slot, IN after. */
@@ -229,7 +157,7 @@ static uint64_t slot_of(uint64_t size)
 static double memcpy_mbs(DxuApp *a, uint64_t size, unsigned depth, double secs)
 {
     uint64_t bytes = 0, slot = slot_of(size);
-    double t0 = now_s(), t;
+    double t0 = bench_now_s(), t;
     unsigned r = 0;
     do {
         uint8_t *base = a->win + (uint64_t)r * 2 * slot;
@@ -237,77 +165,12 @@ static double memcpy_mbs(DxuApp *a, uint64_t size, unsigned depth, double secs)
         __asm__ volatile("" ::: "memory");
         bytes += size;
         r = (r + 1) % depth;
-        t = now_s();
+        t = bench_now_s();
     } while (t - t0 < secs);
     return (double)bytes / 1e6 / (t - t0);
 }
 
-static int cmp_u64(const void *x, const void *y)
-{
-    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
-    return a < b ? -1 : a > b;
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
-
-/* eventfd ping-pong between two processes: one-way wake-up, ns samples. */
-static void eventfd_floor(unsigned n, uint64_t *p50, uint64_t *p99)
-{
-    int ping = eventfd(0, 0), pong = eventfd(0, 0);
-    uint64_t v = 1, *s = g_new0(uint64_t, n);
-    unsigned got = 0;
-    pid_t pid = fork();
-    if (pid == 0) {
-        for (unsigned i = 0; i < n; i++) {
-            if (read(ping, &v, 8) != 8 || write(pong, &v, 8) != 8) {
-                _exit(1);
-            }
-        }
-        _exit(0);
-    }
-    for (unsigned i = 0; i < n && pid > 0; i++) {
-        uint64_t t0 = now_ns();
-        v = 1;
-        if (write(ping, &v, 8) != 8 || read(pong, &v, 8) != 8) {
-            break;
-        }
-        s[got++] = (now_ns() - t0) / 2;
-    }
-    if (pid > 0) {
-        waitpid(pid, NULL, 0);
-    }
-    qsort(s, got, sizeof(*s), cmp_u64);
-    *p50 = got ? s[got / 2] : 0;
-    *p99 = got ? s[got * 99 / 100] : 0;
-    g_free(s);
-    close(ping);
-    close(pong);
-}
-
 /* ---- main ---------------------------------------------------------------- */
-
-/* "64K,1M" -> values; false on a malformed list. */
-static bool parse_list(const char *s, uint64_t *out, unsigned *n, unsigned max)
-{
-    char **v = g_strsplit(s, ",", -1);
-    bool ok = true;
-    *n = 0;
-    for (char **p = v; *p && ok; p++) {
-        char *end;
-        uint64_t x = g_ascii_strtoull(*p, &end, 10);
-        uint64_t mul = *end == 'K' ? 1024 : *end == 'M' ? 1024 * 1024 : *end ? 0 : 1;
-        ok = x && mul && (!*end || !end[1]) && *n < max;
-        if (ok) {
-            out[(*n)++] = x * mul;
-        }
-    }
-    g_strfreev(v);
-    return ok && *n;
-}
 
 static uint32_t seed_next = 1;
 
@@ -354,9 +217,9 @@ static bool event_latency(DxuApp *a, unsigned n, unsigned efd_n)
     bool ok = true;
     for (unsigned i = 0; i < n && ok; i++) {
         uint64_t in[2] = { 1, i & 0xffff };
-        uint64_t t0 = now_ns();
+        uint64_t t0 = bench_now_ns();
         rc = dxu_app_call(a, DXU_UC_SEL_TRIGGER_EVENTS, in, 2, NULL, 0);
-        uint64_t tr = now_ns();
+        uint64_t tr = bench_now_ns();
         if (rc < 0) {
             printf("\nevents: trigger %u failed: %s\n", i, g_strerror(-rc));
             ok = false;
@@ -367,7 +230,7 @@ static bool event_latency(DxuApp *a, unsigned n, unsigned efd_n)
             int st;
             uint32_t nd;
             rc = dxu_app_wait(a, 5000, &ref, &st, data, &nd);
-            uint64_t t1 = now_ns();
+            uint64_t t1 = bench_now_ns();
             if (rc < 0) {
                 printf("\nevents: no event %u in 5 s: %s\n", i, g_strerror(-rc));
                 ok = false;
@@ -408,15 +271,15 @@ static bool event_latency(DxuApp *a, unsigned n, unsigned efd_n)
         }
     }
     uint64_t f50, f99;
-    eventfd_floor(efd_n, &f50, &f99);
+    bench_eventfd_floor(efd_n, &f50, &f99);
     if (got) {
-        qsort(trig, got, sizeof(*trig), cmp_u64);
-        qsort(call, got, sizeof(*call), cmp_u64);
+        qsort(trig, got, sizeof(*trig), bench_cmp_u64);
+        qsort(call, got, sizeof(*call), bench_cmp_u64);
         printf("\ninterrupt-endpoint events through the runtime (SuperSpeed device, one SOFT event"
                " per trigger, %u events, %u sequence gaps, %u lost by the device):\n",
                got, gaps, lost);
         if (ndeliv) {
-            qsort(deliv, ndeliv, sizeof(*deliv), cmp_u64);
+            qsort(deliv, ndeliv, sizeof(*deliv), bench_cmp_u64);
             uint64_t p50 = deliv[ndeliv / 2], p99 = deliv[ndeliv * 99 / 100];
             printf("  xHCI dext completes the interrupt IN -> event in the app: p50 %.1f us  "
                    "p99 %.1f us   (%.1fx / %.1fx the eventfd floor)\n", p50 / 1e3, p99 / 1e3,
@@ -460,11 +323,11 @@ int main(int argc, char **argv)
     }
     uint64_t sizes[8] = { 64 << 10, 256 << 10, 1 << 20 }, dsel[8] = { 1, 4, 8 };
     unsigned nsizes = 3, ndepths = 3;
-    if (sizes_arg && !parse_list(sizes_arg, sizes, &nsizes, G_N_ELEMENTS(sizes))) {
+    if (sizes_arg && !bench_parse_sizes(sizes_arg, sizes, &nsizes, G_N_ELEMENTS(sizes))) {
         fprintf(stderr, "bad --sizes %s\n", sizes_arg);
         return 2;
     }
-    if (depths_arg && !parse_list(depths_arg, dsel, &ndepths, G_N_ELEMENTS(dsel))) {
+    if (depths_arg && !bench_parse_sizes(depths_arg, dsel, &ndepths, G_N_ELEMENTS(dsel))) {
         fprintf(stderr, "bad --depths %s\n", depths_arg);
         return 2;
     }
@@ -492,9 +355,9 @@ int main(int argc, char **argv)
         return 1;
     }
     GPid dpid = e2e_dextd_pid(dd.d);
-    int qemu_pid = child_named(dpid, "qemu-system-x86_64");
-    int xhci_pid = child_named(dpid, "dextlab-xhci");
-    int drv_pid = child_named(dpid, "dextlab-usb");
+    int qemu_pid = bench_child_named(dpid, "qemu-system-x86_64", true);
+    int xhci_pid = bench_child_named(dpid, "dextlab-xhci", true);
+    int drv_pid = bench_child_named(dpid, "dextlab-usb", true);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     double load[3] = { 0 };
     getloadavg(load, 3);
@@ -546,8 +409,8 @@ int main(int argc, char **argv)
                 bad = true;
                 continue;
             }
-            qsort(m, 3, sizeof(double), cmp_double);
-            qsort(c, 3, sizeof(double), cmp_double);
+            qsort(m, 3, sizeof(double), bench_cmp_double);
+            qsort(c, 3, sizeof(double), bench_cmp_double);
             printf("%-9s %5u %12.1f %13.1f %7.3f %10.0f\n", sz, depth, m[1], c[1], m[1] / c[1],
                    (double)ok / ((double)ns / 1e9));
             fflush(stdout);
@@ -561,31 +424,31 @@ int main(int argc, char **argv)
 
     /* 3. CPU time per GiB (1 MiB loopbacks, depth 4) */
     {
-        double c_app = self_cpu_s(), c_dd = proc_cpu_s(dpid), c_q = proc_cpu_s(qemu_pid),
-               c_x = proc_cpu_s(xhci_pid), c_drv = proc_cpu_s(drv_pid);
-        double t0 = now_s(), want = MAX(secs * 4, 1.5);
+        double c_app = bench_self_cpu_s(), c_dd = bench_proc_cpu_s(dpid), c_q = bench_proc_cpu_s(qemu_pid),
+               c_x = bench_proc_cpu_s(xhci_pid), c_drv = bench_proc_cpu_s(drv_pid);
+        double t0 = bench_now_s(), want = MAX(secs * 4, 1.5);
         uint64_t bytes = 0;
         DxuRun r;
         bool ok = true;
-        while (ok && now_s() - t0 < want) {
+        while (ok && bench_now_s() - t0 < want) {
             ok = lb_run(&a, 1 << 20, 32, 4, &r);
             bytes += r.bytes;
         }
-        double gib = (double)bytes / (1 << 30), took = now_s() - t0;
-        c_app = self_cpu_s() - c_app;
-        c_dd = proc_cpu_s(dpid) - c_dd;
-        c_q = proc_cpu_s(qemu_pid) - c_q;
-        c_x = proc_cpu_s(xhci_pid) - c_x;
-        c_drv = proc_cpu_s(drv_pid) - c_drv;
-        double m0 = self_cpu_s(), w0 = now_s();
+        double gib = (double)bytes / (1 << 30), took = bench_now_s() - t0;
+        c_app = bench_self_cpu_s() - c_app;
+        c_dd = bench_proc_cpu_s(dpid) - c_dd;
+        c_q = bench_proc_cpu_s(qemu_pid) - c_q;
+        c_x = bench_proc_cpu_s(xhci_pid) - c_x;
+        c_drv = bench_proc_cpu_s(drv_pid) - c_drv;
+        double m0 = bench_self_cpu_s(), w0 = bench_now_s();
         uint64_t mbytes = 0, slot = slot_of(1 << 20);
-        while (now_s() - w0 < 1.0) {
+        while (bench_now_s() - w0 < 1.0) {
             uint8_t *base = a.win + (mbytes >> 20) % 4 * 2 * slot;
             memcpy(base + slot, base, 1 << 20);
             __asm__ volatile("" ::: "memory");
             mbytes += 1 << 20;
         }
-        double mcpu = (self_cpu_s() - m0) / ((double)mbytes / (1 << 30));
+        double mcpu = (bench_self_cpu_s() - m0) / ((double)mbytes / (1 << 30));
         if (!ok) {
             bad = true;
         } else if (gib > 0) {

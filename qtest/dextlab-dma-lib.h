@@ -185,6 +185,27 @@ static inline void *dxl_ptr(DxlDev *d, uint64_t gpa)
     return d->ram + gpa;
 }
 
+/* Enable MSI-X with vector v -> APIC address, data 0x40 + v. */
+static void G_GNUC_UNUSED dxl_msix_setup(DxlDev *d)
+{
+    QPCIDevice *p = d->pdev;
+    unsigned v;
+
+    qpci_msix_enable(p);
+    for (v = 0; v < DXL_DMA_MSIX_VECTORS; v++) {
+        uint64_t off = p->msix_table_off + v * PCI_MSIX_ENTRY_SIZE;
+
+        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_LOWER_ADDR,
+                       DXL_APIC_ADDR);
+        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_UPPER_ADDR,
+                       0);
+        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_DATA,
+                       0x40 + v);
+        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_VECTOR_CTRL,
+                       0);
+    }
+}
+
 static void G_GNUC_UNUSED dxl_fill_random(void *p, size_t len)
 {
     uint8_t *b = p;

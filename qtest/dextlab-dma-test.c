@@ -108,26 +108,6 @@ static void test_identity(const void *data)
 /* ------------------------------------------------------------------------ */
 /* Interrupts */
 
-/* Enable MSI-X with vector v -> APIC address, data 0x40 + v. */
-static void dxl_msix_setup(DxlDev *d)
-{
-    QPCIDevice *p = d->pdev;
-    unsigned v;
-
-    qpci_msix_enable(p);
-    for (v = 0; v < DXL_DMA_MSIX_VECTORS; v++) {
-        uint64_t off = p->msix_table_off + v * PCI_MSIX_ENTRY_SIZE;
-
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_LOWER_ADDR,
-                       DXL_APIC_ADDR);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_UPPER_ADDR,
-                       0);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_DATA,
-                       0x40 + v);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_VECTOR_CTRL,
-                       0);
-    }
-}
 
 static void dxl_msix_mask(DxlDev *d, unsigned v, bool mask)
 {

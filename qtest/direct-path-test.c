@@ -485,25 +485,6 @@ static void test_bad_commands(void)
 /* ------------------------------------------------------------------------ */
 /* MSI eventfds */
 
-/* Enable MSI-X with vector v -> APIC address, data 0x40 + v. */
-static void dxl_msix_setup(DxlDev *d)
-{
-    QPCIDevice *p = d->pdev;
-
-    qpci_msix_enable(p);
-    for (unsigned v = 0; v < DXL_DMA_MSIX_VECTORS; v++) {
-        uint64_t off = p->msix_table_off + v * PCI_MSIX_ENTRY_SIZE;
-
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_LOWER_ADDR,
-                       DXL_APIC_ADDR);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_UPPER_ADDR,
-                       0);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_DATA,
-                       0x40 + v);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_VECTOR_CTRL,
-                       0);
-    }
-}
 
 /* Raise queue q's interrupt cause: MSI-X vector 1 + q. */
 static void dxl_fire_queue(DxlDev *d, unsigned q)

@@ -16,8 +16,9 @@
  * handler that then calls the publisher synchronously (abort, clear stall,
  * a control request) must not wait for the reader it is running on: such a
  * call reads the channel itself until its reply comes, handing other
- * replies to their callers and queueing other completions (their queue is
- * held by this handler, so they run after it, in order).
+ * replies to their callers and queueing other completions (never running
+ * them inside the waiting handler; on its own queue they run after it, in
+ * order).
  *
  * Lifetime: the service's stop hooks (server.c) end it.  Phase 0, before
  * the class's stop: no new IO is accepted, every pending IO is aborted at
@@ -124,6 +125,8 @@ struct UsbState {
 static GMutex open_lock;        /* creation of svc->usb */
 /* the channel whose reader thread this is (NULL elsewhere) */
 static __thread Chan *tls_reader;
+/* > 0 while a handler on the reader thread waits in chan_call */
+static __thread unsigned tls_reader_waits;
 
 static void chan_unref(Chan *ch)
 {
@@ -158,8 +161,11 @@ static void io_complete(Io *io, int status, uint32_t actual, uint64_t ts)
     io->status = status;
     io->actual = actual;
     io->ts = ts;
-    if ((tls_reader ? dext_queue_run_or_dispatch(io->q, io_run, io)
-                    : dext_queue_dispatch_async(io->q, io_run, io)) < 0) {
+    /* inline only from the reader's own loop: never nested inside a
+     * handler's synchronous call (it may hold locks another handler
+     * needs) */
+    if ((tls_reader && !tls_reader_waits ? dext_queue_run_or_dispatch(io->q, io_run, io)
+                                         : dext_queue_dispatch_async(io->q, io_run, io)) < 0) {
         /* The queue is being destroyed: the driver gave up on it. */
         DEXT_WARN("USB completion for endpoint 0x%02x dropped: its queue is gone", io->ep);
         UsbState *st = io->st;
@@ -368,6 +374,7 @@ static int chan_call(Chan *ch, uint16_t type, GVariant *body, DextMsg *reply,
         /* a completion handler running on this channel's reader: read the
          * channel here until the reply comes (see the top of this file) */
         bool done = false;
+        tls_reader_waits++;
         while (!done) {
             gint64 left = (end - g_get_monotonic_time()) / 1000;
             if (left <= 0 || reader_step(ch, (int)left) < 0) {
@@ -377,6 +384,7 @@ static int chan_call(Chan *ch, uint16_t type, GVariant *body, DextMsg *reply,
             done = c.done;
             g_mutex_unlock(&ch->lock);
         }
+        tls_reader_waits--;
     }
     g_mutex_lock(&ch->lock);
     if (rc == 0) {

@@ -486,7 +486,10 @@ typedef struct {
     gint64 us;
     gint seq;                   /* order stamp when it ran */
     gint calls;
+    GThread *thread;            /* where it ran */
 } Reentrant;
+
+static GThread *held_thread;    /* where on_done_ordered ran */
 
 static gint order;
 
@@ -494,6 +497,7 @@ static void on_done_reentrant(void *ctx, int status, uint32_t actual, uint64_t t
 {
     Reentrant *r = ctx;
     gint64 t0 = g_get_monotonic_time();
+    r->thread = g_thread_self();
     r->abort_rc = dext_usbhost_pipe_abort(r->abort_pipe);
     r->io_rc = dext_usbhost_pipe_io(r->io_pipe, r->buf, 0, 40, &r->io_actual, 0);
     r->us = g_get_monotonic_time() - t0;
@@ -505,6 +509,7 @@ static void on_done_ordered(void *ctx, int status, uint32_t actual, uint64_t ts)
 {
     Done *d = ctx;
     on_done(ctx, status, actual, ts);
+    held_thread = g_thread_self();
     d->actual = (uint32_t)g_atomic_int_add(&order, 1);     /* order stamp */
 }
 
@@ -512,17 +517,23 @@ static void on_done_ordered(void *ctx, int status, uint32_t actual, uint64_t ts)
  * Guards inline completions: a completion may run on the channel's reader
  * thread, and its handler may then call the publisher synchronously (abort,
  * sync IO) without waiting for itself (a deadlock broken only by the IPC
- * timeout).  A completion that arrives meanwhile for the same queue runs
- * after the handler, exactly once.
+ * timeout).  A completion that arrives meanwhile runs exactly once and never
+ * inside the waiting handler: on the handler's queue after it, on another
+ * (idle) queue on that queue's thread.
  */
-static void test_handler_calls_publisher(void)
+static void handler_calls_publisher(bool other_queue)
 {
     Fix f;
     fix_open(&f);
+    DextQueue *q2 = NULL;
+    if (other_queue) {
+        CU_ASSERT_EQUAL_FATAL(dext_queue_create("test-q2", &q2), 0);
+    }
     g_atomic_int_set(&order, 0);
+    held_thread = NULL;
     g_atomic_int_set(&prov.mode, MODE_HOLD);
-    Done held = { .q = f.s->queue };
-    CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(f.in, f.buf, 0, 10, NULL, on_done_ordered, &held),
+    Done held = { .q = q2 ? q2 : f.s->queue };
+    CU_ASSERT_EQUAL(dext_usbhost_pipe_async_io(f.in, f.buf, 0, 10, q2, on_done_ordered, &held),
                     0);
     g_usleep(20000);            /* the fake holds it before the next one */
     g_atomic_int_set(&prov.mode, MODE_NORMAL);
@@ -543,12 +554,28 @@ static void test_handler_calls_publisher(void)
     CU_ASSERT_EQUAL(g_atomic_int_get(&held.calls), 1);
     CU_ASSERT_EQUAL(held.status, -ECANCELED);
     CU_ASSERT_TRUE(held.on_queue);
-    CU_ASSERT(held.actual > (uint32_t)r.seq);
+    CU_ASSERT(held_thread != r.thread);         /* not nested in the handler */
+    if (!other_queue) {
+        CU_ASSERT(held.actual > (uint32_t)r.seq);
+    }
     g_usleep(20000);
     barrier(f.s->queue);
     CU_ASSERT_EQUAL(g_atomic_int_get(&r.calls), 1);
     CU_ASSERT_EQUAL(g_atomic_int_get(&held.calls), 1);
     fix_close(&f);
+    if (q2) {
+        dext_queue_destroy(q2);
+    }
+}
+
+static void test_handler_calls_publisher(void)
+{
+    handler_calls_publisher(false);
+}
+
+static void test_handler_calls_publisher_other_queue(void)
+{
+    handler_calls_publisher(true);
 }
 
 static void test_provider_gone(void)
@@ -586,6 +613,7 @@ int main(void)
         { "io-completions-once", test_io_completions },
         { "abort-and-stop-drain", test_abort_and_stop },
         { "handler-calls-publisher", test_handler_calls_publisher },
+        { "handler-calls-publisher-other-queue", test_handler_calls_publisher_other_queue },
         { "provider-gone", test_provider_gone },
         { NULL, NULL },
     };

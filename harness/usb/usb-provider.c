@@ -544,7 +544,7 @@ static int io_done_try_send(int fd, uint64_t ref, int status, uint32_t actual,
     len = dext_msg_encode(&m, buf, sizeof(buf));
     dext_msg_clear(&m);
     if (len < 0) {
-        return (int)len;
+        return -EAGAIN;         /* the channel thread's send will say why */
     }
     do {
         n = send(fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -450,22 +450,11 @@ static gint cmp_strp(gconstpointer a, gconstpointer b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The description of a kernel-owned function from sysfs (config bytes as
- * the kernel reads them, BARs from "resource"). */
-static int describe_kernel_fn(VfioPlatform *v, const char *bdf,
-                              DextPciFunction *f)
+/* @f from the first 64 bytes of @cfg: ids, class, header type; the rest
+ * (interrupts, capabilities, BARs, parent) is the caller's. */
+static void describe_header(const char *bdf, const uint8_t *cfg,
+                            DextPciFunction *f)
 {
-    g_autofree char *path = g_strdup_printf("%s/bus/pci/devices/%s/config",
-                                            v->sysfs, bdf);
-    g_autofree char *res = NULL;
-    g_autofree gchar *raw = NULL;
-    uint8_t cfg[256] = { 0 };
-    gsize n = 0;
-
-    if (!g_file_get_contents(path, &raw, &n, NULL) || n < 64) {
-        return -ENODEV;
-    }
-    memcpy(cfg, raw, MIN(n, sizeof(cfg)));
     memset(f, 0, sizeof(*f));
     parse_bdf(bdf, &f->addr);
     f->irq_gsi = -1;
@@ -482,6 +471,25 @@ static int describe_kernel_fn(VfioPlatform *v, const char *bdf,
         f->subsys_id = cfg_get(cfg, 256, 0x2e, 2);
     }
     f->is_bridge = f->header_type == 1;
+}
+
+/* The description of a kernel-owned function from sysfs (config bytes as
+ * the kernel reads them, BARs from "resource"). */
+static int describe_kernel_fn(VfioPlatform *v, const char *bdf,
+                              DextPciFunction *f)
+{
+    g_autofree char *path = g_strdup_printf("%s/bus/pci/devices/%s/config",
+                                            v->sysfs, bdf);
+    g_autofree char *res = NULL;
+    g_autofree gchar *raw = NULL;
+    uint8_t cfg[256] = { 0 };
+    gsize n = 0;
+
+    if (!g_file_get_contents(path, &raw, &n, NULL) || n < 64) {
+        return -ENODEV;
+    }
+    memcpy(cfg, raw, MIN(n, sizeof(cfg)));
+    describe_header(bdf, cfg, f);
     if (n >= 256) {
         parse_caps(cfg, 256, f);
     }
@@ -564,23 +572,8 @@ static int open_function(VfioPlatform *v, const char *bdf, VfioFn **out,
     }
 
     /* The description, as the generic walker would fill it. */
-    memset(f, 0, sizeof(*f));
-    parse_bdf(bdf, &f->addr);
-    f->irq_gsi = -1;
-    f->vendor_id = cfg_get(cfg, 256, 0, 2);
-    f->device_id = cfg_get(cfg, 256, 2, 2);
-    f->revision = cfg[8];
-    f->class_prog_if = cfg[9];
-    f->class_sub = cfg[10];
-    f->class_base = cfg[11];
-    f->header_type = cfg[0x0e] & 0x7f;
-    f->multifunction = cfg[0x0e] & 0x80;
+    describe_header(bdf, cfg, f);
     f->irq_pin = cfg[0x3d] <= 4 ? cfg[0x3d] : 0;
-    if (f->header_type == 0) {
-        f->subsys_vendor_id = cfg_get(cfg, 256, 0x2c, 2);
-        f->subsys_id = cfg_get(cfg, 256, 0x2e, 2);
-    }
-    f->is_bridge = f->header_type == 1;
     parse_caps(cfg, 256, f);
     find_parent(v, bdf, f);
     irq = sysfs_read(v, bdf, "irq");

@@ -9,6 +9,7 @@
  */
 #include "dext/client.h"
 #include "e2e-dextd.h"
+#include "e2e-services.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -47,21 +48,9 @@ static unsigned count_substr(const char *hay, const char *needle)
 /* Service table line for class, or NULL. */
 static char *service_line(const char *cls)
 {
-    char *out = NULL;
-    if (dext_daemon_services(sock(), &out) < 0) {
-        return NULL;
-    }
-    char **lines = g_strsplit(out, "\n", -1);
-    char *hit = NULL;
-    for (char **l = lines; *l && !hit; l++) {
-        char **f = g_strsplit(*l, " ", -1);
-        if (g_strv_length(f) == 7 && !strcmp(f[1], cls)) {
-            hit = g_strdup(*l);
-        }
-        g_strfreev(f);
-    }
-    g_strfreev(lines);
-    g_free(out);
+    GPtrArray *a = e2e_services(sock(), cls);
+    char *hit = a->len ? g_strjoinv(" ", a->pdata[0]) : NULL;
+    g_ptr_array_unref(a);
     return hit;
 }
 

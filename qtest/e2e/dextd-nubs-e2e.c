@@ -8,6 +8,7 @@
  */
 #include "dext/client.h"
 #include "e2e-dextd.h"
+#include "e2e-services.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -54,36 +55,18 @@ static bool wait_log(const char *needle, unsigned count, unsigned ms)
  * starts) of class cls, or NULL; g_free. */
 static char *service_field(const char *cls, int idx)
 {
-    char *out = NULL, *hit = NULL;
-    if (dext_daemon_services(sock(), &out) < 0) {
-        return NULL;
-    }
-    char **lines = g_strsplit(out, "\n", -1);
-    for (char **l = lines; *l && !hit; l++) {
-        char **f = g_strsplit(*l, " ", -1);
-        if (g_strv_length(f) == 7 && !strcmp(f[1], cls)) {
-            hit = g_strdup(f[idx]);
-        }
-        g_strfreev(f);
-    }
-    g_strfreev(lines);
-    g_free(out);
-    return hit;
+    return e2e_service_field(sock(), cls, idx);
 }
 
 static unsigned service_count(const char *cls)
 {
     char *out = NULL;
-    unsigned n = 0;
+    /* dextd answers: a count of 0 must not mean "no reply" */
     g_assert_cmpint(dext_daemon_services(sock(), &out), ==, 0);
-    char **lines = g_strsplit(out, "\n", -1);
-    for (char **l = lines; *l; l++) {
-        char **f = g_strsplit(*l, " ", -1);
-        n += g_strv_length(f) == 7 && !strcmp(f[1], cls);
-        g_strfreev(f);
-    }
-    g_strfreev(lines);
     g_free(out);
+    GPtrArray *a = e2e_services(sock(), cls);
+    unsigned n = a->len;
+    g_ptr_array_unref(a);
     return n;
 }
 

@@ -16,6 +16,7 @@
  */
 #include "dxu-app.h"
 #include "e2e-dextd.h"
+#include "e2e-services.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -107,23 +108,7 @@ static void qmp_connect(void)
 /* Our class's lines "id class server state pid launches starts". */
 static GPtrArray *services(void)
 {
-    GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
-    char *out = NULL;
-    if (dext_daemon_services(t.sock, &out) < 0) {
-        return a;
-    }
-    char **lines = g_strsplit(out, "\n", -1);
-    for (char **l = lines; *l; l++) {
-        char **f = g_strsplit(*l, " ", -1);
-        if (g_strv_length(f) == 7 && !strcmp(f[1], DXU_UC_CLASS)) {
-            g_ptr_array_add(a, f);
-        } else {
-            g_strfreev(f);
-        }
-    }
-    g_strfreev(lines);
-    g_free(out);
-    return a;
+    return e2e_services(t.sock, DXU_UC_CLASS);
 }
 
 /* Wait until exactly @n services of ours run, none with pid @not_pid

@@ -14,6 +14,7 @@
 
 #include "dext/client.h"
 #include "e2e-dextd.h"
+#include "e2e-services.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -132,21 +133,7 @@ static inline void rel_cleanup(RelDextd *r, bool keep)
  * launches starts), or NULL. */
 static inline char *rel_service_field(const RelDextd *r, const char *cls, int idx)
 {
-    char *out = NULL, *hit = NULL;
-    if (dext_daemon_services(r->sock, &out) < 0) {
-        return NULL;
-    }
-    char **lines = g_strsplit(out, "\n", -1);
-    for (char **l = lines; *l && !hit; l++) {
-        char **f = g_strsplit(*l, " ", -1);
-        if (g_strv_length(f) == 7 && !strcmp(f[1], cls)) {
-            hit = g_strdup(f[idx]);
-        }
-        g_strfreev(f);
-    }
-    g_strfreev(lines);
-    g_free(out);
-    return hit;
+    return e2e_service_field(r->sock, cls, idx);
 }
 
 static inline long rel_service_num(const RelDextd *r, const char *cls, int idx)

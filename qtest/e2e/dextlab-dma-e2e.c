@@ -160,34 +160,6 @@ static void qmp_connect(void)
     qmp_int("{\"execute\":\"qmp_capabilities\"}\n");
 }
 
-/* A bundle whose executable runs the real driver under valgrind. */
-static char *valgrind_bundle(const char *bundle, const char *valgrind)
-{
-    char *dir = g_build_filename(t.dir, "vg", "dextlab-dma", NULL);
-    char *pers_src = g_build_filename(bundle, "dextlab-dma.personality", NULL);
-    char *pers = g_build_filename(dir, "dextlab-dma.personality", NULL);
-    char *wrap = g_build_filename(dir, "vg.sh", NULL);
-    char *real = g_build_filename(bundle, "dextlab-dma", NULL);
-    char *text = NULL;
-    g_assert_cmpint(g_mkdir_with_parents(dir, 0755), ==, 0);
-    g_assert_true(g_file_get_contents(pers_src, &text, NULL, NULL));
-    char *with_exe = g_strconcat(text, "\n[Bundle]\nExecutable=vg.sh\n", NULL);
-    g_assert_true(g_file_set_contents(pers, with_exe, -1, NULL));
-    char *sh = g_strdup_printf("#!/bin/sh\nexec '%s' --error-exitcode=99 --leak-check=full "
-                               "--errors-for-leak-kinds=definite --log-file='%s/vg-%%p.log' "
-                               "'%s' \"$@\"\n", valgrind, t.dir, real);
-    g_assert_true(g_file_set_contents(wrap, sh, -1, NULL));
-    g_assert_cmpint(g_chmod(wrap, 0755), ==, 0);
-    g_free(sh);
-    g_free(with_exe);
-    g_free(text);
-    g_free(real);
-    g_free(wrap);
-    g_free(pers);
-    g_free(pers_src);
-    return dir;
-}
-
 /* Every valgrind log of the run: no errors, no definite leaks. */
 static bool valgrind_clean(void)
 {
@@ -231,7 +203,9 @@ static void start_dextd(void)
      * handed to the E2eDextd */
     t.dir = g_dir_make_tmp("dxl-e2e-XXXXXX", NULL);
     if (g_getenv("DEXTLAB_DMA_VALGRIND")) {
-        bundle = valgrind_bundle(bundle, g_getenv("DEXTLAB_DMA_VALGRIND"));
+        GError *vg_err = NULL;
+        bundle = e2e_valgrind_bundle(t.dir, bundle, g_getenv("DEXTLAB_DMA_VALGRIND"), &vg_err);
+        g_assert_no_error(vg_err);
     }
     t.qmp_path = g_build_filename(t.dir, "qmp.sock", NULL);
     char *machine = g_build_filename(t.dir, "dma2.machine", NULL);

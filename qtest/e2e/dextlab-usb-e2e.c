@@ -705,34 +705,6 @@ static void test_crash_relaunch(void)
     }
 }
 
-/* A bundle whose executable runs the real driver under valgrind. */
-static char *valgrind_bundle(const char *dir, const char *bundle, const char *valgrind)
-{
-    char *vdir = g_build_filename(dir, "vg", "dextlab-usb", NULL);
-    char *pers_src = g_build_filename(bundle, "dextlab-usb.personality", NULL);
-    char *pers = g_build_filename(vdir, "dextlab-usb.personality", NULL);
-    char *wrap = g_build_filename(vdir, "vg.sh", NULL);
-    char *real = g_build_filename(bundle, "dextlab-usb", NULL);
-    char *text = NULL;
-    g_assert_cmpint(g_mkdir_with_parents(vdir, 0755), ==, 0);
-    g_assert_true(g_file_get_contents(pers_src, &text, NULL, NULL));
-    char *with_exe = g_strconcat(text, "\n[Bundle]\nExecutable=vg.sh\n", NULL);
-    g_assert_true(g_file_set_contents(pers, with_exe, -1, NULL));
-    char *sh = g_strdup_printf("#!/bin/sh\nexec '%s' --error-exitcode=99 --leak-check=full "
-                               "--errors-for-leak-kinds=definite --log-file='%s/vg-%%p.log' "
-                               "'%s' \"$@\"\n", valgrind, dir, real);
-    g_assert_true(g_file_set_contents(wrap, sh, -1, NULL));
-    g_assert_cmpint(g_chmod(wrap, 0755), ==, 0);
-    g_free(sh);
-    g_free(with_exe);
-    g_free(text);
-    g_free(real);
-    g_free(wrap);
-    g_free(pers);
-    g_free(pers_src);
-    return vdir;
-}
-
 /* Every complete valgrind log (the one killed by the crash test has no
  * summary): no errors, no definite leaks; at least one complete. */
 static bool valgrind_clean(const char *dir)
@@ -789,7 +761,9 @@ int main(int argc, char **argv)
     t.qmp_path = g_build_filename(dir, "qmp.sock", NULL);
     char *machine = machine_file(dir);
     const char *valgrind = g_getenv("DEXTLAB_USB_VALGRIND");
-    char *vg_bundle = valgrind ? valgrind_bundle(dir, usb, valgrind) : NULL;
+    GError *vg_err = NULL;
+    char *vg_bundle = valgrind ? e2e_valgrind_bundle(dir, usb, valgrind, &vg_err) : NULL;
+    g_assert_no_error(vg_err);
     const char *const bundles[] = { xhci, vg_bundle ? vg_bundle : usb, NULL };
     E2eDextdConfig cfg = {
         .name = "dextlab-usb-e2e",

@@ -412,3 +412,41 @@ void e2e_dextd_free(E2eDextd *d, bool failed)
     }
     destroy(d);
 }
+
+char *e2e_valgrind_bundle(const char *work_dir, const char *bundle, const char *valgrind,
+                          GError **errp)
+{
+    g_autofree char *name = g_path_get_basename(bundle);
+    g_autofree char *pers_name = g_strconcat(name, ".personality", NULL);
+    g_autofree char *pers_src = g_build_filename(bundle, pers_name, NULL);
+    g_autofree char *real = g_build_filename(bundle, name, NULL);
+    g_autofree char *text = NULL, *with_exe = NULL, *sh = NULL, *pers = NULL, *wrap = NULL;
+    char *vdir = g_build_filename(work_dir, "vg", name, NULL);
+
+    pers = g_build_filename(vdir, pers_name, NULL);
+    wrap = g_build_filename(vdir, "vg.sh", NULL);
+    if (g_mkdir_with_parents(vdir, 0755) < 0) {
+        g_set_error(errp, E2E_DEXTD_ERROR, 0, "mkdir %s: %s", vdir, g_strerror(errno));
+        goto fail;
+    }
+    if (!g_file_get_contents(pers_src, &text, NULL, errp)) {
+        goto fail;
+    }
+    with_exe = g_strconcat(text, "\n[Bundle]\nExecutable=vg.sh\n", NULL);
+    sh = g_strdup_printf("#!/bin/sh\nexec '%s' --error-exitcode=99 --leak-check=full "
+                         "--errors-for-leak-kinds=definite --log-file='%s/vg-%%p.log' "
+                         "'%s' \"$@\"\n", valgrind, work_dir, real);
+    if (!g_file_set_contents(pers, with_exe, -1, errp) ||
+        !g_file_set_contents(wrap, sh, -1, errp)) {
+        goto fail;
+    }
+    if (chmod(wrap, 0755) < 0) {
+        g_set_error(errp, E2E_DEXTD_ERROR, 0, "chmod %s: %s", wrap, g_strerror(errno));
+        goto fail;
+    }
+    return vdir;
+
+fail:
+    g_free(vdir);
+    return NULL;
+}

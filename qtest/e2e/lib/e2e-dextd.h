@@ -139,4 +139,14 @@ int e2e_dextd_stop(E2eDextd *d, unsigned timeout_ms);
  */
 void e2e_dextd_free(E2eDextd *d, bool failed);
 
+/*
+ * A copy of driver bundle @bundle under @work_dir/vg/<name> whose executable
+ * runs the bundle's real one (named like the bundle folder) under
+ * @valgrind: errors exit 99, definite leaks are errors, one log per
+ * process as @work_dir/vg-<pid>.log.  Returns the new bundle folder
+ * (g_free it), or NULL with @errp set.
+ */
+char *e2e_valgrind_bundle(const char *work_dir, const char *bundle, const char *valgrind,
+                          GError **errp);
+
 #endif

@@ -37,6 +37,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "dxl-app.h"
+#include "guest-check.h"
 #include "platform.h"
 #include "hw/dextlab/dextlab-dma-regs.h"
 
@@ -56,42 +57,10 @@
 #define SOCK        "/tmp/dextd.sock"
 #define DEXTD_LOG   "/tmp/dextd.log"
 
-static unsigned n_fail;
 static GPid dextd_pid;
 static char dma_bdf[13] = "?";   /* found by the platform checks */
 
-static void result(const char *name, bool pass, const char *fmt, ...)
-    G_GNUC_PRINTF(3, 4);
 
-static void result(const char *name, bool pass, const char *fmt, ...)
-{
-    va_list ap;
-    g_autofree char *kv = NULL;
-
-    va_start(ap, fmt);
-    kv = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    n_fail += !pass;
-    printf("DEXTLAB-RESULT name=%s status=%s %s\n", name,
-           pass ? "pass" : "fail", kv);
-    fflush(stdout);
-}
-
-/* dextd's log for the host when something failed. */
-static void dump_dextd_log(void)
-{
-    g_autofree char *s = NULL;
-
-    if (g_file_get_contents(DEXTD_LOG, &s, NULL, NULL)) {
-        g_auto(GStrv) l = g_strsplit(s, "\n", -1);
-
-        for (char **p = l; *p; p++) {
-            if (**p) {
-                printf("DEXTLAB-DEXTD %s\n", *p);
-            }
-        }
-    }
-}
 
 static bool dextd_running(int *status)
 {
@@ -102,26 +71,11 @@ static int start_dextd(const char *dextd, const char *drivers)
 {
     const char *argv[] = { dextd, "--platform", "vfio", "--drivers", drivers,
                            "--socket", SOCK, NULL };
-    g_autoptr(GError) e = NULL;
-    int fd = open(DEXTD_LOG, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    pid_t pid;
+    pid_t pid = guest_spawn_logged(argv, DEXTD_LOG, NULL, NULL);
 
-    if (fd < 0) {
-        return -errno;
-    }
-    (void)e;
-    pid = fork();
     if (pid < 0) {
-        close(fd);
-        return -errno;
+        return pid;
     }
-    if (pid == 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execv(dextd, (char **)argv);
-        _exit(127);
-    }
-    close(fd);
     dextd_pid = pid;
     return 0;
 }
@@ -195,7 +149,7 @@ static bool check_job(DxlApp *a, const char *name, unsigned op, uint64_t size,
     rc = dxl_app_job(a, &j, &r);
     ok = rc == 0 && r.ok == count && !r.failed && !r.verify_failed &&
          !r.first_status;
-    result(name, ok, "size=%" PRIu64 " count=%" PRIu64 " depth=%u queues=%u "
+    guest_result(name, ok, "size=%" PRIu64 " count=%" PRIu64 " depth=%u queues=%u "
            "ok=%" PRIu64 " failed=%" PRIu64 " bad_data=%" PRIu64 " rc=%d "
            "first_status=%d dev_status=0x%x mib_s=%.1f", size, count, depth,
            j.nq, r.ok, r.failed, r.verify_failed, rc, r.first_status,
@@ -222,7 +176,7 @@ static void check_tool(const char *tool, const char *cmd)
     if (out) {
         g_strdelimit(g_strstrip(out), "\n ", '_');
     }
-    result(name, ok, "exit=%d out=%s", st, out ? out : (e ? e->message : "-"));
+    guest_result(name, ok, "exit=%d out=%s", st, out ? out : (e ? e->message : "-"));
 }
 
 static int cmp_u64(const void *x, const void *y)
@@ -306,7 +260,7 @@ static void bench(DxlApp *a)
                " depth=%u queues=%u dma_mib_s=%.1f memcpy_mib_s=%.1f "
                "ratio=%.4f\n", size, j.depth, j.nq, dma, cpy, dma / cpy);
     } else {
-        result("runtime-dma-throughput", false, "rc=%d failed=%" PRIu64
+        guest_result("runtime-dma-throughput", false, "rc=%d failed=%" PRIu64
                " first_status=%d", rc, r.failed, r.first_status);
     }
     dxl_result_clear(&r);
@@ -333,7 +287,7 @@ static void bench(DxlApp *a)
                    "ratio=%.2f rtt_ratio=%.2f\n", r.nlat, irq50, irq99, rtt,
                    efd / 2e3, efd / 1e3, irq50 / (efd / 2e3), rtt / (efd / 1e3));
         } else {
-            result("runtime-msix-latency", false, "rc=%d ok=%" PRIu64
+            guest_result("runtime-msix-latency", false, "rc=%d ok=%" PRIu64
                    " nlat=%" PRIu64, rc, r.ok, r.nlat);
         }
         dxl_result_clear(&r);
@@ -392,7 +346,7 @@ static void check_isolation(pid_t pid)
     if (d) {
         g_dir_close(d);
     }
-    result("runtime-driver-isolation", d && pid > 0 && vfio == 0,
+    guest_result("runtime-driver-isolation", d && pid > 0 && vfio == 0,
            "driver_pid=%d fds=%u vfio_fds=%u dma_memfds=%u", (int)pid, fds,
            vfio, memfd);
 }
@@ -415,7 +369,7 @@ static void check_registry(const char *dextd, const char *drivers)
     plat = ran && strstr(out, "\"vfio\"");
     svc = ran && strstr(out, "DextlabDmaDriver") &&
           strstr(out, "org.dextlab.dextlab-dma");
-    result("runtime-registry", dev && plat && svc, "exit=%d bdf=%s device=%d "
+    guest_result("runtime-registry", dev && plat && svc, "exit=%d bdf=%s device=%d "
            "platform_vfio=%d service=%d bytes=%zu", st, dma_bdf, dev, plat, svc,
            out ? strlen(out) : 0);
     if (!(dev && plat && svc) && err) {
@@ -491,7 +445,7 @@ static void check_irq(DextPlatform *p, DextPciAddr a, DextIrqKind kind,
         g_autofree char *err = rc < 0 ? one_word(dext_platform_last_error(p))
                                       : g_strdup("-");
 
-        result(name, rc == 0 && used == kind && got1 == 1 && got2 == 1 &&
+        guest_result(name, rc == 0 && used == kind && got1 == 1 && got2 == 1 &&
                !spurious && (kind != DEXT_IRQ_INTX ||
                              (lvl_hi == 1 && lvl_lo == 0)),
                "rc=%d first=%d second=%d spurious=%d level_high=%d "
@@ -531,7 +485,7 @@ static void bench_platform_msix(DextPlatform *p, DextPciAddr a)
     close(efd);
     rtt = eventfd_rtt_p50(2000);
     if (got < N || !rtt) {
-        result("platform-msix-latency", false, "samples=%u", got);
+        guest_result("platform-msix-latency", false, "samples=%u", got);
         return;
     }
     qsort(s, got, sizeof(*s), cmp_u64);
@@ -560,7 +514,7 @@ static void platform_checks(bool do_bench)
         g_autofree char *err = one_word(rc < 0 ? dext_platform_last_error(NULL)
                                                : "");
 
-        result("platform-create", rc == 0, "rc=%d backend=%s err=%s", rc,
+        guest_result("platform-create", rc == 0, "rc=%d backend=%s err=%s", rc,
                rc == 0 ? dext_platform_backend_name(p) : "-", err);
     }
     if (rc < 0) {
@@ -578,7 +532,7 @@ static void platform_checks(bool do_bench)
         memcpy(dma_bdf, bdf, sizeof(dma_bdf));
     }
     /* what config space says, as the qtest walker would report it */
-    result("platform-enumerate", f && f->msix_table_size == DXL_DMA_MSIX_VECTORS &&
+    guest_result("platform-enumerate", f && f->msix_table_size == DXL_DMA_MSIX_VECTORS &&
            f->msix_table_bar == DXL_DMA_BAR_MSIX && f->msi_cap &&
            f->bars[DXL_DMA_BAR_REGS].size == DXL_DMA_BAR0_SIZE &&
            f->subsys_vendor_id == DXL_DMA_PCI_SUBVENDOR_ID && f->has_parent,
@@ -591,7 +545,7 @@ static void platform_checks(bool do_bench)
         goto out;
     }
     rc = dext_platform_cfg_read(p, f->addr, 0, 4, &v32);
-    result("platform-config", rc == 0 && v32 == (DXL_DMA_PCI_DEVICE_ID << 16 |
+    guest_result("platform-config", rc == 0 && v32 == (DXL_DMA_PCI_DEVICE_ID << 16 |
                                                  DXL_PCI_VENDOR_ID),
            "rc=%d id=0x%08x", rc, v32);
     dext_platform_pci_set_enables(p, f->addr, DEXT_PCI_ENABLE_MEM |
@@ -606,7 +560,7 @@ static void platform_checks(bool do_bench)
         int r4 = dext_platform_bar_read(p, f->addr, 0, DXL_DMA_BAR0_SIZE, 4,
                                         &w);
 
-        result("platform-bar", rc == 0 && v == DXL_DMA_ID_MAGIC && r2 == 0 &&
+        guest_result("platform-bar", rc == 0 && v == DXL_DMA_ID_MAGIC && r2 == 0 &&
                r3 == 0 && scratch == 0xa5c3e10f && r4 == -ERANGE,
                "rc=%d id=0x%" PRIx64 " scratch=0x%" PRIx64 " beyond_bar_rc=%d",
                rc, v, scratch, r4);
@@ -618,7 +572,7 @@ static void platform_checks(bool do_bench)
 
         rc = dext_platform_dma_alloc(p, 64 << 10, 0, &dr);
         int r2 = dext_platform_memory_fd(p, &mfd, &msz);
-        result("platform-dma-alloc", rc == 0 && r2 == 0 && dr.iova >= (1ull << 30)
+        guest_result("platform-dma-alloc", rc == 0 && r2 == 0 && dr.iova >= (1ull << 30)
                && dr.fd_offset + dr.size <= msz, "rc=%d iova=0x%" PRIx64
                " fd_offset=0x%" PRIx64 " pool=%" PRIu64, rc, dr.iova,
                dr.fd_offset, msz);
@@ -642,7 +596,7 @@ static void platform_checks(bool do_bench)
         dext_platform_pci_set_enables(p, f->addr, DEXT_PCI_ENABLE_MEM, true);
         v = 0;
         dext_platform_bar_read(p, f->addr, 0, DXL_REG_ID, 4, &v);
-        result("platform-reset", rc == 0 && !(cmd & 7) && v == DXL_DMA_ID_MAGIC,
+        guest_result("platform-reset", rc == 0 && !(cmd & 7) && v == DXL_DMA_ID_MAGIC,
                "rc=%d cmd_after=0x%x id=0x%" PRIx64, rc, cmd, v);
         dext_platform_pci_set_enables(p, f->addr, DEXT_PCI_ENABLE_MEM, false);
     }
@@ -661,7 +615,7 @@ int main(int argc, char **argv)
     uint64_t waited = 0;
     struct dxl_uc_stats s0, s1;
     DxlApp a;
-    int rc, st;
+    int rc;
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bench")) {
@@ -685,7 +639,7 @@ int main(int argc, char **argv)
         if (rc == -ECANCELED) {
             return 3;
         }
-        result("runtime-dextd", false, "reason=no_go_from_init rc=%d", rc);
+        guest_result("runtime-dextd", false, "reason=no_go_from_init rc=%d", rc);
         return 1;
     }
 
@@ -694,11 +648,11 @@ int main(int argc, char **argv)
      * run once dextd has let go of it (below). */
     rc = start_dextd(dextd, drivers);
     if (rc < 0) {
-        result("runtime-dextd", false, "reason=spawn rc=%d", rc);
+        guest_result("runtime-dextd", false, "reason=spawn rc=%d", rc);
         return 1;
     }
     rc = open_app(&a, 30000, &waited);
-    result("runtime-dextd", rc != -ECHILD, "pid=%d platform=vfio",
+    guest_result("runtime-dextd", rc != -ECHILD, "pid=%d platform=vfio",
            (int)dextd_pid);
     {
         /* guest uptime when the driver answered: boot to drivers-ready
@@ -706,13 +660,13 @@ int main(int argc, char **argv)
         g_autofree char *up = NULL;
 
         g_file_get_contents("/proc/uptime", &up, NULL, NULL);
-        result("runtime-driver-ready", rc == 0, "rc=%d waited_ms=%" PRIu64
+        guest_result("runtime-driver-ready", rc == 0, "rc=%d waited_ms=%" PRIu64
                " queues=%u uptime=%.2f", rc, waited,
                rc == 0 ? dxl_app_queues(&a) : 0, up ? g_ascii_strtod(up, NULL)
                                                      : -1.0);
     }
     if (rc < 0) {
-        dump_dextd_log();
+        guest_dump_log(DEXTD_LOG);
         if (dextd_pid) {
             kill(dextd_pid, SIGKILL);
             waitpid(dextd_pid, NULL, 0);
@@ -727,10 +681,10 @@ int main(int argc, char **argv)
     check_job(&a, "runtime-dma-crc32c", DXL_UC_OP_CRC32C, 64 << 10, 64, 4);
     /* completions reach the driver as MSI-X through VFIO eventfds */
     if (rc == 0 && (rc = dxl_app_stats(&a, &s1)) == 0) {
-        result("runtime-msix", s1.dev_irqs > s0.dev_irqs, "device_irqs=%"
+        guest_result("runtime-msix", s1.dev_irqs > s0.dev_irqs, "device_irqs=%"
                PRIu64, s1.dev_irqs - s0.dev_irqs);
     } else {
-        result("runtime-msix", false, "rc=%d", rc);
+        guest_result("runtime-msix", false, "rc=%d", rc);
     }
 
     /* The IOMMU: the device tries an IOVA nobody mapped; the request must
@@ -741,7 +695,7 @@ int main(int argc, char **argv)
 
         rc = dxl_app_run(&a, 0, DXL_UC_OP_DIAG_UNMAPPED, 0, 0, 1, 0, 5000,
                          &dst, data);
-        result("runtime-iommu-unmapped", rc == 0 && dst == -EIO,
+        guest_result("runtime-iommu-unmapped", rc == 0 && dst == -EIO,
                "rc=%d req_status=%d dev_status=0x%" PRIx64, rc, dst,
                data[DXL_UC_CPL_DEV_STATUS]);
         check_job(&a, "runtime-iommu-recover", DXL_UC_OP_COPY, 4096, 8, 1);
@@ -752,7 +706,7 @@ int main(int argc, char **argv)
         uint64_t n = 0;
 
         rc = dxl_app_reset(&a, &n);
-        result("runtime-reset", rc == 0 && n > 0, "rc=%d resets=%" PRIu64, rc,
+        guest_result("runtime-reset", rc == 0 && n > 0, "rc=%d resets=%" PRIu64, rc,
                n);
         check_job(&a, "runtime-after-reset", DXL_UC_OP_COPY, 64 << 10, 16, 4);
     }
@@ -781,7 +735,7 @@ int main(int argc, char **argv)
             again = find_exe(drv_exe);
         }
         rc = again > 0 && again != drv ? open_app(&a, 20000, &waited) : -ESRCH;
-        result("runtime-driver-relaunch", rc == 0, "old_pid=%d new_pid=%d "
+        guest_result("runtime-driver-relaunch", rc == 0, "old_pid=%d new_pid=%d "
                "rc=%d ms=%" PRIu64, (int)drv, (int)again, rc,
                (dxl_now_ns() - t0) / 1000000);
         if (rc == 0) {
@@ -790,7 +744,7 @@ int main(int argc, char **argv)
             dxl_app_close(&a);
         }
     } else {
-        result("runtime-driver-relaunch", false, "reason=no_driver_process");
+        guest_result("runtime-driver-relaunch", false, "reason=no_driver_process");
     }
 
     check_tool(tool, "copy");
@@ -798,33 +752,14 @@ int main(int argc, char **argv)
     check_tool(tool, "crc");
 
     /* dextd stops its driver and releases the device on SIGTERM, bounded */
-    kill(dextd_pid, SIGTERM);
-    {
-        bool exited = false;
-
-        for (int i = 0; i < 100 && !exited; i++) {
-            exited = waitpid(dextd_pid, &st, WNOHANG) == dextd_pid;
-            if (!exited) {
-                g_usleep(50000);
-            }
-        }
-        if (!exited) {
-            kill(dextd_pid, SIGKILL);
-            waitpid(dextd_pid, &st, 0);
-            result("runtime-dextd-exit", false, "reason=no_exit_after_SIGTERM");
-        } else {
-            result("runtime-dextd-exit", WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                   "exit=%d signal=%d", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
-                   WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-        }
-    }
-    if (n_fail) {
-        dump_dextd_log();
+    guest_stop(dextd_pid, 5000, "runtime-dextd-exit");
+    if (guest_failures) {
+        guest_dump_log(DEXTD_LOG);
     }
 
     /* The platform layer on its own, and dextd's registry dump, with the
      * group free again. */
     platform_checks(do_bench);
     check_registry(dextd, drivers);
-    return n_fail ? 1 : 0;
+    return guest_failures ? 1 : 0;
 }

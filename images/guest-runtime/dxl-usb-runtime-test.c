@@ -38,6 +38,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "dxu-app.h"
+#include "guest-check.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,28 +58,11 @@
 enum { HS = 0, SS = 1 };
 static const char *const spd[2] = { "hs", "ss" };
 
-static unsigned n_fail;
 static pid_t dextd_pid;
 static const char *tool = "/usr/bin/dextlab-usb-tool";
 static char *id[2];              /* service ids of the HS and SS devices */
 static char *drv_pid;            /* the dextlab-usb process */
 
-static void result(const char *name, bool pass, const char *fmt, ...)
-    G_GNUC_PRINTF(3, 4);
-
-static void result(const char *name, bool pass, const char *fmt, ...)
-{
-    va_list ap;
-    g_autofree char *kv = NULL;
-
-    va_start(ap, fmt);
-    kv = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    n_fail += !pass;
-    printf("DEXTLAB-RESULT name=%s status=%s %s\n", name,
-           pass ? "pass" : "fail", kv);
-    fflush(stdout);
-}
 
 static char *read_log(void)
 {
@@ -87,17 +71,6 @@ static char *read_log(void)
     return g_file_get_contents(DEXTD_LOG, &s, NULL, NULL) ? s : g_strdup("");
 }
 
-static void dump_dextd_log(void)
-{
-    g_autofree char *s = read_log();
-    g_auto(GStrv) l = g_strsplit(s, "\n", -1);
-
-    for (char **p = l; *p; p++) {
-        if (**p) {
-            printf("DEXTLAB-DEXTD %s\n", *p);
-        }
-    }
-}
 
 static unsigned count_of(const char *hay, const char *needle)
 {
@@ -116,27 +89,13 @@ static int start_dextd(const char *dextd, const char *drivers)
     const char *argv[] = { dextd, "--platform", "vfio", "--drivers", usbfs,
                            "--drivers", usb, "--socket", SOCK, "--verbose",
                            NULL };
-    int fd = open(DEXTD_LOG, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    pid_t pid;
+    /* list the xHCI function although xhci_hcd keeps it: the usbfs
+     * provider matches it by class and never opens it */
+    pid_t pid = guest_spawn_logged(argv, DEXTD_LOG, "DEXT_VFIO_KERNEL_OWNED", "0c0330");
 
-    if (fd < 0) {
-        return -errno;
-    }
-    pid = fork();
     if (pid < 0) {
-        close(fd);
-        return -errno;
+        return pid;
     }
-    if (pid == 0) {
-        /* list the xHCI function although xhci_hcd keeps it: the usbfs
-         * provider matches it by class and never opens it */
-        setenv("DEXT_VFIO_KERNEL_OWNED", "0c0330", 1);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execv(dextd, (char **)argv);
-        _exit(127);
-    }
-    close(fd);
     dextd_pid = pid;
     return 0;
 }
@@ -261,7 +220,7 @@ static void check_loopback(int w)
     int rc = dxu_app_open(&a, SOCK, "id", id[w], 4 << 20);
 
     if (rc < 0) {
-        result(name, false, "reason=open rc=%d", rc);
+        guest_result(name, false, "reason=open rc=%d", rc);
         return;
     }
     for (unsigned i = 0; i < G_N_ELEMENTS(sizes); i++) {
@@ -278,7 +237,7 @@ static void check_loopback(int w)
         bytes += 16 * 65536;
     }
     dxu_app_close(&a);
-    result(name, ok == G_N_ELEMENTS(sizes) + 1, "sizes=1..1048576 ok=%u/%zu "
+    guest_result(name, ok == G_N_ELEMENTS(sizes) + 1, "sizes=1..1048576 ok=%u/%zu "
            "bytes_verified=%" G_GUINT64_FORMAT " speed=%s%s%s", ok,
            G_N_ELEMENTS(sizes) + 1, bytes, spd[w], why->len ? " failed=" : "",
            why->str);
@@ -301,7 +260,7 @@ static void check_tool(const char *name, int w, const char *args,
     g_autofree char *arg1 = g_strdelimit(g_strdup(args), " ", '_');
 
     /* one word per value: the host rejects lines with stray words */
-    result(name, ok, "exit=%d args=%s", ran && WIFEXITED(st) ?
+    guest_result(name, ok, "exit=%d args=%s", ran && WIFEXITED(st) ?
            WEXITSTATUS(st) : -1, arg1);
     if (!ok) {
         g_auto(GStrv) l = g_strsplit(out ? out : "", "\n", -1);
@@ -335,7 +294,7 @@ static void check_registry(void)
     }
     ok = rc == 0 && devs >= 2 && ifs >= 2 && xhci && prov && vid &&
          no_xhci_dext && clients == 2;
-    result("usbrt-registry", ok, "rc=%d usb_device_nubs=%u "
+    guest_result("usbrt-registry", ok, "rc=%d usb_device_nubs=%u "
            "usb_interface_nubs=%u xhci_function=%d usbfs_provider=%d "
            "vendor_1209=%d no_xhci_dext=%d dextlab_usb_services=%u bytes=%zu", rc,
            devs, ifs, xhci, prov, vid, no_xhci_dext, clients,
@@ -402,19 +361,19 @@ static void check_crash(void)
             }
         }
         dxu_app_close(&a);
-        result("usbrt-crash-app-error", how == -ECONNRESET, "driver_pid=%s "
+        guest_result("usbrt-crash-app-error", how == -ECONNRESET, "driver_pid=%s "
                "in_flight_read=%d completion_status=%d", old, how,
                how < 0 ? 0 : st);
     } else {
         if (rc == 0 || rc != -ENOENT) {
             dxu_app_close(&a);
         }
-        result("usbrt-crash-app-error", false, "reason=pend_read rc=%d", rc);
+        guest_result("usbrt-crash-app-error", false, "reason=pend_read rc=%d", rc);
         return;
     }
     s = wait_running(2, old, 90000);
     ok = s && learn_ids(s) && strcmp(drv_pid, old);
-    result("usbrt-crash-relaunch", ok, "old_pid=%s new_pid=%s relaunch_ms=%"
+    guest_result("usbrt-crash-relaunch", ok, "old_pid=%s new_pid=%s relaunch_ms=%"
            G_GINT64_FORMAT, old, drv_pid ? drv_pid : "-",
            (g_get_monotonic_time() - t0) / 1000);
     if (s) {
@@ -436,7 +395,7 @@ static void check_crash(void)
         /* dextd relaunches only after every NUB_RESET of the crash was
          * answered, and the provider answers once the old nubs are
          * terminated: no Start may land on a stale nub */
-        result("usbrt-crash-nub-reset",
+        guest_result("usbrt-crash-nub-reset",
                resets >= 2 && ports >= 2 && failed_starts == 0,
                "nub_resets=%u usbfs_port_resets=%u start_failures=%u",
                resets, ports, failed_starts);
@@ -457,7 +416,7 @@ static void check_crash(void)
         g_autoptr(GString) why = g_string_new("");
 
         if (!id[w] || dxu_app_open(&a, SOCK, "id", id[w], 4 << 20) < 0) {
-            result(name, false, "reason=open");
+            guest_result(name, false, "reason=open");
             continue;
         }
         v = 1;
@@ -465,7 +424,7 @@ static void check_crash(void)
         ok &= loop_ok(&a, 65536, 4, 2, why);
         ok &= loop_ok(&a, 1 << 20, 1, 1, why);
         dxu_app_close(&a);
-        result(name, ok, "scratch_after_reset=0x%x speed=%s%s%s", v, spd[w],
+        guest_result(name, ok, "scratch_after_reset=0x%x speed=%s%s%s", v, spd[w],
                why->len ? " failed=" : "", why->str);
     }
 }
@@ -476,7 +435,6 @@ int main(int argc, char **argv)
     GPtrArray *s;
     gint64 t0;
     bool ok;
-    int st = 0;
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dextd") && i + 1 < argc) {
@@ -491,17 +449,17 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     t0 = g_get_monotonic_time();
     if (start_dextd(dextd, drivers) < 0) {
-        result("usbrt-dextd", false, "reason=fork");
+        guest_result("usbrt-dextd", false, "reason=fork");
         return 1;
     }
     s = wait_running(2, NULL, 90000);
-    result("usbrt-dextd", dextd_alive(), "pid=%d", (int)dextd_pid);
+    guest_result("usbrt-dextd", dextd_alive(), "pid=%d", (int)dextd_pid);
     if (!s) {
-        result("usbrt-matched", false, "reason=not_two_running_services "
+        guest_result("usbrt-matched", false, "reason=not_two_running_services "
                "waited_ms=%" G_GINT64_FORMAT,
                (g_get_monotonic_time() - t0) / 1000);
         check_registry();
-        dump_dextd_log();
+        guest_dump_log(DEXTD_LOG);
         goto stop;
     }
     ok = learn_ids(s);
@@ -510,14 +468,14 @@ int main(int argc, char **argv)
 
         ok &= !strcmp(f[5], "1") && !strcmp(f[6], "1");  /* launches starts */
     }
-    result("usbrt-matched", ok, "services=%u hs=%s ss=%s driver_pid=%s "
+    guest_result("usbrt-matched", ok, "services=%u hs=%s ss=%s driver_pid=%s "
            "ready_ms=%" G_GINT64_FORMAT, s->len, id[HS] ? id[HS] : "-",
            id[SS] ? id[SS] : "-", drv_pid ? drv_pid : "-",
            (g_get_monotonic_time() - t0) / 1000);
     g_ptr_array_free(s, TRUE);
     check_registry();
     if (!id[HS] || !id[SS]) {
-        dump_dextd_log();
+        guest_dump_log(DEXTD_LOG);
         goto stop;
     }
     for (int w = HS; w <= SS; w++) {
@@ -529,29 +487,11 @@ int main(int argc, char **argv)
     check_tool("usbrt-tool-loopback", SS, "loopback -s 200K -n 8 -d 4",
                "8 ok, 0 failed, 0 bad data");
     check_crash();
-    if (n_fail) {
-        dump_dextd_log();
+    if (guest_failures) {
+        guest_dump_log(DEXTD_LOG);
     }
 
 stop:
-    kill(dextd_pid, SIGTERM);
-    {
-        bool exited = false;
-
-        for (int i = 0; i < 200 && !exited; i++) {
-            exited = waitpid(dextd_pid, &st, WNOHANG) == dextd_pid;
-            if (!exited) {
-                g_usleep(50000);
-            }
-        }
-        if (!exited) {
-            kill(dextd_pid, SIGKILL);
-            waitpid(dextd_pid, &st, 0);
-            result("usbrt-dextd-exit", false, "reason=no_exit_after_SIGTERM");
-        } else {
-            result("usbrt-dextd-exit", WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                   "wait_status=%d", st);
-        }
-    }
-    return n_fail ? 1 : 0;
+    guest_stop(dextd_pid, 10000, "usbrt-dextd-exit");
+    return guest_failures ? 1 : 0;
 }

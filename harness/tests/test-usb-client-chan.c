@@ -5,8 +5,11 @@
  * socketpair and serves the other here, as a publisher would (or as a
  * broken one would).
  *
- * Guards: a completion is delivered exactly once on its queue, also when
- * its USB_IO_DONE overtakes the "queued" reply; abort's completions are
+ * Guards: async IO is posted (no round trip) and a completion, or the
+ * publisher's refusal, is delivered exactly once on its queue; a handler
+ * running on the channel's reader may call the publisher synchronously,
+ * and completions arriving meanwhile never run nested in it; abort's
+ * completions are
  * queued before abort returns; the stop hook's phase 0 returns only after
  * every pending completion ran and refuses new IO; a publisher that goes
  * away completes pending IO (-ECANCELED) and later calls fail -ESHUTDOWN;
@@ -15,6 +18,7 @@
  * checked before anything is sent.
  */
 #include "cunit-main.h"
+#include "usb-test-descriptors.h"
 #include "internal.h"
 #include "dext/usb.h"
 
@@ -29,18 +33,6 @@ enum { MODE_NORMAL, MODE_HOLD, MODE_HOSTILE, MODE_REFUSE };
 
 static const uint8_t dev_desc[18] = {
     18, 1, 0x10, 0x02, 0, 0, 0, 64, 0x09, 0x12, 0x01, 0x00, 0x00, 0x01, 1, 2, 3, 1,
-};
-
-static const uint8_t cfg_hs[] = {
-    9, 2, 69, 0, 1, 1, 4, 0x80, 50,
-    9, 4, 0, 0, 3, 0xff, 0x44, 0x01, 5,
-    7, 5, 0x01, 2, 0x00, 0x02, 0,
-    7, 5, 0x81, 2, 0x00, 0x02, 0,
-    7, 5, 0x82, 3, 16, 0, 4,
-    9, 4, 0, 1, 3, 0xff, 0x44, 0x01, 6,
-    7, 5, 0x01, 2, 0x00, 0x02, 0,
-    7, 5, 0x81, 2, 0x00, 0x02, 0,
-    7, 5, 0x82, 3, 64, 0, 4,
 };
 
 typedef struct {

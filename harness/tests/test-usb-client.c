@@ -3,23 +3,11 @@
  * and decoding string descriptors. */
 #include "cunit-main.h"
 #include "usb-client.h"
+#include "usb-test-descriptors.h"
 
 #include <errno.h>
 #include <string.h>
 
-/* The dextlab-usb layout at high speed: config, interface 0 alt 0 (3 EPs),
- * a class-specific descriptor, interface 0 alt 1 (3 EPs). */
-static const uint8_t cfg_hs[] = {
-    9, 2, 69, 0, 1, 1, 4, 0x80, 50,
-    9, 4, 0, 0, 3, 0xff, 0x44, 0x01, 5,
-    7, 5, 0x01, 2, 0x00, 0x02, 0,
-    7, 5, 0x81, 2, 0x00, 0x02, 0,
-    7, 5, 0x82, 3, 16, 0, 4,
-    9, 4, 0, 1, 3, 0xff, 0x44, 0x01, 6,
-    7, 5, 0x01, 2, 0x00, 0x02, 0,
-    7, 5, 0x81, 2, 0x00, 0x02, 0,
-    7, 5, 0x82, 3, 64, 0, 4,
-};
 
 static void test_config_check(void)
 {

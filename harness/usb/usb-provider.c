@@ -85,6 +85,7 @@ struct ProvChan {
     GQueue done;                /* ProvIo*, completion order */
     bool flushing;
     bool exited;
+    bool warned_posted_sync;    /* channel thread */
     GHashTable *bufs;           /* handle -> ChanBuf* (channel thread) */
     uint64_t next_handle;
     uint64_t buf_bytes;
@@ -1103,9 +1104,14 @@ static void h_io(ProvChan *c, DextMsg *m)
 
     g_variant_get(m->body, "(yttuut)", &ep, &h, &off, &len, &tmo, &ref);
     if (posted && ref == 0) {
-        /* a sync IO's result is its reply: nothing to answer it with */
-        g_warning("usb-provider: channel of nub %" G_GUINT64_FORMAT
-                  ": posted USB_IO without an async-ref ignored", c->nub_id);
+        /* a sync IO's result is its reply: nothing to answer it with;
+         * said once per channel, so a client cannot flood the log */
+        if (!c->warned_posted_sync) {
+            c->warned_posted_sync = true;
+            g_warning("usb-provider: channel of nub %" G_GUINT64_FORMAT
+                      ": posted USB_IO without an async-ref ignored",
+                      c->nub_id);
+        }
         return;
     }
     if ((ret = chan_check(c, true, &why)) < 0) {

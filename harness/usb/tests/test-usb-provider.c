@@ -933,6 +933,7 @@ static void test_posted_io(void)
     g_test_expect_message(NULL, G_LOG_LEVEL_WARNING,
                           "*posted USB_IO without an async-ref ignored");
     io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle, 0, 10, 0);
+    io_post(c, DEXTLAB_USB_EP_BULK_OUT, ob.handle, 0, 10, 0);   /* warned once */
     g_assert_false(cli_event(c, 0, &e, 200));
     loop_once(c, &ob, &ib, 100, 9, true);    /* in order: after the drop */
     g_test_assert_expected_messages();

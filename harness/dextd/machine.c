@@ -10,6 +10,10 @@
  *   QemuLog=/tmp/qemu.log    optional: QEMU's stderr
  *   Qemu=/path/to/qemu       optional: QEMU binary
  *   ExtraArgs=-d guest_errors   optional, split on spaces
+ *   EmulatorCpus=1           optional: CPU list ("1", "0-3", "2,5-7") QEMU's
+ *                            threads are bound to (libvirt's emulatorpin);
+ *                            dextd and its drivers are placed with taskset.
+ *                            qtest platform only (no QEMU under vfio).
  *
  *   [Device rp0]             one group per -device, in file order
  *   Args=pcie-root-port,id=rp0,chassis=1
@@ -17,6 +21,7 @@
  *   Args=dextlab-dma,bus=rp0
  */
 #include "daemon.h"
+#include "cpu-list.h"
 
 #include <errno.h>
 #include <string.h>
@@ -28,6 +33,7 @@ struct DextdMachine {
     char *type;
     char *qemu;
     char *log;
+    char *cpus;
 };
 
 static bool parse_size(const char *s, uint64_t *out)
@@ -63,6 +69,7 @@ void dextd_machine_free(DextdMachine *m)
     g_free(m->type);
     g_free(m->qemu);
     g_free(m->log);
+    g_free(m->cpus);
     g_free(m);
 }
 
@@ -87,6 +94,7 @@ DextdMachine *dextd_machine_parse(const char *file, const char *data, gsize len,
                 char *v = g_key_file_get_string(kf, *g, *k, NULL);
                 g_strstrip(v);
                 bool ok = true;
+                char *why = NULL;
                 if (!strcmp(*k, "Type")) {
                     g_free(m->type);
                     m->type = g_strdup(v);
@@ -108,6 +116,13 @@ DextdMachine *dextd_machine_parse(const char *file, const char *data, gsize len,
                 } else if (!strcmp(*k, "ExtraArgs")) {
                     g_strfreev(m->extra);
                     m->extra = g_strsplit_set(v, " ", -1);
+                } else if (!strcmp(*k, "EmulatorCpus")) {
+                    /* checked now so a typo stops dextd before QEMU runs;
+                     * the platform parses the same text again */
+                    cpu_set_t set;
+                    g_free(m->cpus);
+                    m->cpus = g_strdup(v);
+                    ok = dext_cpu_list_parse(v, &set, &why) == 0;
                 } else {
                     g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_KEY_NOT_FOUND,
                                 "%s: unknown key %s in [Machine]", file, *k);
@@ -117,7 +132,9 @@ DextdMachine *dextd_machine_parse(const char *file, const char *data, gsize len,
                 }
                 if (!ok) {
                     g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
-                                "%s: [Machine] %s: bad value \"%s\"", file, *k, v);
+                                "%s: [Machine] %s: bad value \"%s\"%s%s", file, *k, v,
+                                why ? ": " : "", why ? why : "");
+                    g_free(why);
                     g_free(v);
                     g_strfreev(keys);
                     goto fail;
@@ -147,6 +164,7 @@ DextdMachine *dextd_machine_parse(const char *file, const char *data, gsize len,
     m->desc.machine = m->type;
     m->desc.qemu_binary = m->qemu;
     m->desc.qemu_log_path = m->log;
+    m->desc.emulator_cpus = m->cpus;
     m->desc.devices = (const char *const *)m->devices->pdata;
     m->desc.extra_args = (const char *const *)m->extra;
     g_strfreev(groups);

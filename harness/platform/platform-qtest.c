@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@
 
 #include <json-glib/json-glib.h>
 
+#include "cpu-list.h"
 #include "platform-backend.h"
 #include "qtest-proto.h"
 
@@ -2031,9 +2033,18 @@ static int connect_unix(const char *path)
     return fd;
 }
 
+/* What the forked child applies before exec (parsed before the fork). */
+typedef struct ChildSetup {
+    bool pin;                  /* desc->emulator_cpus was given */
+    cpu_set_t cpus;
+} ChildSetup;
+
+/* Runs between fork and exec, with fd 2 already QEMU's stderr/log: only
+ * async-signal-safe calls. */
 static void child_setup(gpointer data)
 {
-    (void)data;
+    const ChildSetup *cs = data;
+
     /* QEMU must not outlive the daemon (no leaked processes on a crash).
      * Caveat documented in platform.md: tied to the creating thread. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -2041,6 +2052,41 @@ static void child_setup(gpointer data)
      * which stops its drivers in order and then ends QEMU itself, instead
      * of QEMU vanishing under drivers that are still running. */
     setpgid(0, 0);
+    /* Before exec, so every thread QEMU creates inherits the set.  A
+     * refusal (e.g. CPUs outside our cpuset) must not cost the machine:
+     * say so where QEMU's messages go and run unpinned. */
+    if (cs->pin && sched_setaffinity(0, sizeof(cs->cpus), &cs->cpus) < 0) {
+        static const char msg[] = "dextlab: emulator_cpus: sched_setaffinity "
+                                  "failed; QEMU runs unpinned\n";
+        ssize_t n = write(2, msg, sizeof(msg) - 1);
+
+        (void)n;
+    }
+}
+
+/* After the spawn: tell our log when the kernel did not take the set (the
+ * child could only write to QEMU's stderr). */
+static void check_pinned(QtestPlatform *q, const ChildSetup *cs,
+                         const char *list)
+{
+    cpu_set_t got;
+
+    if (!cs->pin) {
+        return;
+    }
+    if (sched_getaffinity(q->pid, sizeof(got), &got) < 0) {
+        /* ESRCH: QEMU already gone; the start-up below reports why */
+        if (errno == ESRCH) {
+            return;
+        }
+        dext_platform_log(&q->base, G_LOG_LEVEL_WARNING, "emulator_cpus "
+                          "\"%s\": cannot read QEMU's affinity: %s", list,
+                          g_strerror(errno));
+    } else if (!CPU_EQUAL(&got, &cs->cpus)) {
+        dext_platform_log(&q->base, G_LOG_LEVEL_WARNING, "emulator_cpus "
+                          "\"%s\": QEMU is not bound to exactly these CPUs "
+                          "(outside this process's cpuset?)", list);
+    }
 }
 
 static char *stderr_tail(QtestPlatform *q)
@@ -2092,6 +2138,7 @@ int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out)
     uint64_t ram;
     GError *gerr = NULL;
     gint64 end;
+    ChildSetup cs = { .pin = false };
 
     if (!desc || !out) {
         return -EINVAL;
@@ -2111,6 +2158,17 @@ int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out)
         r = dext_platform_set_error(p, -EINVAL, "ram_size 0x%" PRIx64 ": 4 MiB"
                                     "..2 GiB in 2 MiB steps", ram);
         goto fail;
+    }
+    if (desc->emulator_cpus) {
+        char *why = NULL;
+
+        if (dext_cpu_list_parse(desc->emulator_cpus, &cs.cpus, &why) < 0) {
+            r = dext_platform_set_error(p, -EINVAL, "emulator_cpus \"%s\": %s",
+                                        desc->emulator_cpus, why);
+            g_free(why);
+            goto fail;
+        }
+        cs.pin = true;
     }
     qemu = find_qemu(desc);
     if (!qemu || access(qemu, X_OK) < 0) {
@@ -2210,7 +2268,7 @@ int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out)
 
         if (!g_spawn_async_with_pipes_and_fds(NULL,
                 (const gchar *const *)argv->pdata, NULL,
-                G_SPAWN_DO_NOT_REAP_CHILD, child_setup, NULL,
+                G_SPAWN_DO_NOT_REAP_CHILD, child_setup, &cs,
                 -1, -1, log_fd, src, tgt, 1, &pid, NULL, NULL, NULL,
                 &gerr)) {
             r = dext_platform_set_error(p, -ECHILD, "spawn %s: %s", qemu,
@@ -2219,6 +2277,7 @@ int dext_platform_qtest_create(const DextMachineDesc *desc, DextPlatform **out)
             goto fail;
         }
         q->pid = pid;
+        check_pinned(q, &cs, desc->emulator_cpus);
     }
     if (log_fd >= 0) {
         close(log_fd);

@@ -89,6 +89,13 @@ typedef struct DextMachineDesc {
     unsigned timeout_ms;
     /* QEMU's stderr: NULL inherits ours; otherwise a file path to append. */
     const char *qemu_log_path;
+    /* NULL: QEMU inherits our CPU affinity; else a Linux CPU list ("1",
+     * "0-3", "2,5-7"; see cpu-list.h) QEMU's threads are bound to, like
+     * libvirt's <emulatorpin>.  Borrowed (read during create only).  A bad
+     * list fails create with -EINVAL; if the kernel refuses the set, QEMU
+     * runs unpinned with a note on its stderr and a warning in our log.
+     * Only the qtest backend uses it (the vfio backend runs no QEMU). */
+    const char *emulator_cpus;
     /* Optional log sink; NULL logs through g_log(domain "dext-platform"). */
     DextPlatformLogFn log_fn;
     void *log_opaque;

@@ -5,7 +5,9 @@
  * ordering under concurrency, DMA memory shared with the device (a real
  * DMA round trip through dextlab-dma), MSI-X/MSI/INTx delivery to eventfds,
  * QMP, function reset, QEMU stopped (timeouts) and killed mid-call (clean
- * -EPIPE/-ESHUTDOWN in bounded time), and no fd, process or /dev/shm leak.
+ * -EPIPE/-ESHUTDOWN in bounded time), emulator_cpus (every QEMU thread on
+ * the CPUs asked for; a bad list refused before QEMU starts), and no fd,
+ * process or /dev/shm leak.
  *
  * Fails when no QEMU binary is configured.
  */
@@ -13,6 +15,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1101,6 +1104,163 @@ static void test_pc_enumerate(void)
     close(efd);
 }
 
+/* ---------------------------------------------------- emulator_cpus */
+
+/* Cpus_allowed_list of /proc/<pid>[/task/<tid>]/status, or NULL. */
+static char *cpus_allowed(const char *status_path)
+{
+    char *txt = NULL, *line, *out = NULL;
+
+    if (!g_file_get_contents(status_path, &txt, NULL, NULL)) {
+        return NULL;
+    }
+    line = strstr(txt, "\nCpus_allowed_list:");
+    if (line) {
+        line += strlen("\nCpus_allowed_list:");
+        out = g_strstrip(g_strndup(line, strcspn(line, "\n")));
+    }
+    g_free(txt);
+    return out;
+}
+
+/*
+ * Start a machine with @list and check that QEMU and every thread it has
+ * (vCPU-less under qtest, but the main loop, RCU and worker threads) are
+ * bound to exactly @expect, as the kernel prints it; the machine works.
+ */
+static void check_pinned_machine(const char *list, const char *expect)
+{
+    const char *const devs[] = { "dextlab-dma", NULL };
+    DextMachineDesc d = { .devices = devs, .timeout_ms = 5000,
+                          .emulator_cpus = list };
+    DextPlatform *p = NULL;
+    DextPciFunction *v = NULL;
+    size_t n = 0;
+    GArray *kids;
+    char *path, *got;
+    GDir *dir;
+    const char *tid;
+    int threads = 0;
+
+    CU_ASSERT_EQUAL_FATAL(dext_platform_create("qtest", &d, &p), 0);
+    kids = qemu_children();
+    CU_ASSERT_EQUAL_FATAL(kids->len, 1);
+    path = g_strdup_printf("/proc/%d/status", g_array_index(kids, pid_t, 0));
+    got = cpus_allowed(path);
+    CU_ASSERT_PTR_NOT_NULL(got);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", expect);
+    if (got && strcmp(got, expect)) {
+        printf("\nemulator_cpus \"%s\": QEMU's Cpus_allowed_list is %s, "
+               "expected %s\n", list, got, expect);
+    }
+    g_free(got);
+    g_free(path);
+
+    path = g_strdup_printf("/proc/%d/task", g_array_index(kids, pid_t, 0));
+    dir = g_dir_open(path, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL(dir);
+    while (dir && (tid = g_dir_read_name(dir))) {
+        char *st = g_strdup_printf("%s/%s/status", path, tid);
+
+        got = cpus_allowed(st);
+        if (got) {          /* a thread may end while we look */
+            CU_ASSERT_STRING_EQUAL(got, expect);
+            threads++;
+        }
+        g_free(got);
+        g_free(st);
+    }
+    if (dir) {
+        g_dir_close(dir);
+    }
+    CU_ASSERT(threads >= 2);     /* QEMU runs at least main + RCU threads */
+    g_free(path);
+    g_array_free(kids, TRUE);
+
+    /* and the pinned machine works */
+    CU_ASSERT_EQUAL(dext_platform_pci_enumerate(p, false, &v, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = 0;
+
+        if (v[i].vendor_id != DXL_PCI_VENDOR_ID) {
+            continue;
+        }
+        CU_ASSERT_EQUAL(dext_platform_pci_set_enables(p, v[i].addr,
+                                                      DEXT_PCI_ENABLE_MEM,
+                                                      true), 0);
+        CU_ASSERT_EQUAL(dext_platform_bar_read(p, v[i].addr, 0, DXL_REG_ID,
+                                               4, &id), 0);
+        CU_ASSERT_EQUAL(id, DXL_DMA_ID_MAGIC);
+    }
+    g_free(v);
+    dext_platform_destroy(p);
+}
+
+static void test_emulator_cpus(void)
+{
+    cpu_set_t mine;
+    long conf = sysconf(_SC_NPROCESSORS_CONF);
+    int allowed[2], na = 0;
+    char list[64], expect[64];
+
+    CU_ASSERT_EQUAL_FATAL(sched_getaffinity(0, sizeof(mine), &mine), 0);
+    /* the highest CPUs we may use: not CPU 0 by default, so inheritance
+     * of an unpinned affinity cannot pass for pinning on a big host */
+    for (int c = (int)MIN(conf, CPU_SETSIZE) - 1; c >= 0 && na < 2; c--) {
+        if (CPU_ISSET(c, &mine)) {
+            allowed[na++] = c;
+        }
+    }
+    if (na == 0) {
+        printf("\nskipped: no CPU in this process's affinity\n");
+        return;
+    }
+    snprintf(list, sizeof(list), "%d", allowed[0]);
+    check_pinned_machine(list, list);
+    if (na == 2) {
+        /* a list with blanks and two items, as the kernel prints it back */
+        snprintf(list, sizeof(list), " %d , %d ", allowed[1], allowed[0]);
+        if (allowed[0] == allowed[1] + 1) {
+            snprintf(expect, sizeof(expect), "%d-%d", allowed[1], allowed[0]);
+        } else {
+            snprintf(expect, sizeof(expect), "%d,%d", allowed[1], allowed[0]);
+        }
+        check_pinned_machine(list, expect);
+    } else {
+        printf("\nonly one CPU allowed: the two-CPU list is not tried\n");
+    }
+}
+
+/* A bad list fails create with -EINVAL and a message, before any QEMU. */
+static void test_emulator_cpus_bad(void)
+{
+    const char *const devs[] = { "dextlab-dma", NULL };
+    char *absent = g_strdup_printf("%ld", sysconf(_SC_NPROCESSORS_CONF));
+    const char *const bad[] = { "", "x", "1-0", "0,,1", "4096", absent };
+    GArray *kids;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        DextMachineDesc d = { .devices = devs, .timeout_ms = 5000,
+                              .emulator_cpus = bad[i] };
+        DextPlatform *p = (DextPlatform *)0x1;
+
+        CU_ASSERT_EQUAL(dext_platform_create("qtest", &d, &p), -EINVAL);
+        CU_ASSERT_PTR_NULL(p);
+        CU_ASSERT_PTR_NOT_NULL(strstr(dext_platform_last_error(NULL),
+                                      "emulator_cpus"));
+        p = (DextPlatform *)0x1;
+        CU_ASSERT_EQUAL(dext_platform_qtest_create(&d, &p), -EINVAL);
+        CU_ASSERT_PTR_NULL(p);
+        if (p && p != (DextPlatform *)0x1) {
+            dext_platform_destroy(p);
+        }
+    }
+    kids = qemu_children();
+    CU_ASSERT_EQUAL(kids->len, 0);
+    g_array_free(kids, TRUE);
+    g_free(absent);
+}
+
 /* ------------------------------------------------------ failure paths */
 
 static void test_bad_desc(void)
@@ -1363,6 +1523,9 @@ int main(void)
     CU_add_test(s, "no-leaks-after-q35", test_no_leaks);
     s = CU_add_suite("platform-pc", NULL, NULL);
     CU_add_test(s, "enumerate-bridge-intx-reset", test_pc_enumerate);
+    s = CU_add_suite("platform-emulator-cpus", NULL, NULL);
+    CU_add_test(s, "pinned", test_emulator_cpus);
+    CU_add_test(s, "bad-list", test_emulator_cpus_bad);
     s = CU_add_suite("platform-failures", NULL, NULL);
     CU_add_test(s, "bad-description", test_bad_desc);
     CU_add_test(s, "stall-and-kill", test_stall_and_kill);

@@ -27,10 +27,11 @@
 
 #define DXL_UC_CLASS        "DextlabDmaDriver"
 #define DXL_UC_SERVER       "org.dextlab.dextlab-dma"
-#define DXL_UC_VERSION      1
+#define DXL_UC_VERSION      2   /* 2: the submission ring */
 
 /* Client memory types for dext_client_map_memory(). */
 #define DXL_UC_MEM_WINDOW   0       /* the client's current data window, read/write */
+#define DXL_UC_MEM_RING     1       /* the submission ring (DXL_UC_SEL_RING_ATTACH) */
 
 /* Limits the driver enforces (also reported by DXL_UC_SEL_INFO). */
 #define DXL_UC_WINDOW_MIN   4096u
@@ -85,6 +86,15 @@ enum {
      * reference and its tag (data[DXL_UC_CPL_TAG]).  One call and one
      * doorbell per queue for many requests: the fast path for small ones. */
     DXL_UC_SEL_SUBMIT_BATCH = 7,
+    /* async.  Attach the connection's submission ring (struct dxl_uc_ring,
+     * below; map it with DXL_UC_MEM_RING): every request the app publishes
+     * there completes with this call's async reference and its tag.
+     * out[1]: entries.  -EBUSY if attached already.  Once per connection. */
+    DXL_UC_SEL_RING_ATTACH = 8,
+    /* async, no in/out.  Take what the ring holds now; call it (posted,
+     * with the ring's reference) after publishing when need_kick is set.
+     * -ENXIO without a ring, -EPROTO for a ring the app broke. */
+    DXL_UC_SEL_RING_KICK = 9,
     DXL_UC_SEL_COUNT
 };
 
@@ -93,6 +103,41 @@ struct dxl_uc_req {
 };
 
 #define DXL_UC_BATCH_MAX 64     /* 64 * 56 bytes fits one structure input */
+
+/*
+ * Submission ring: requests without a message per request (DriverKit's
+ * shared-memory data queues; the notification suppression of virtio and
+ * io_uring's SQ polling).  Memory shared by the app and the driver:
+ *
+ *   app:    e[tail % DXL_UC_RING_ENTRIES] = req; store-release tail + 1;
+ *           full fence; if (need_kick) post DXL_UC_SEL_RING_KICK.
+ *   driver: takes entries from its own head (it never reads head back),
+ *           copying each out before validating it, and publishes head.
+ *           While the app has requests in flight, the driver looks at the
+ *           ring again after each of them completes, and need_kick is 0;
+ *           when nothing is in flight it sets need_kick, fences and looks
+ *           once more.  The two fences make sure that either the app sees
+ *           need_kick or the driver sees the new tail: no entry waits.
+ *
+ * The app may publish at most DXL_UC_RING_ENTRIES - (tail - head) more
+ * entries.  An entry the driver refuses (the rules of DXL_UC_SEL_SUBMIT)
+ * completes at once with -EINVAL and its tag; the next ones go on.  A tail
+ * more than DXL_UC_RING_ENTRIES ahead of head breaks the ring: status is
+ * set to EPROTO and nothing more is taken (requests in flight complete).
+ * Entries are checked against the window current when the driver takes
+ * them.  Every field the app writes is untrusted.
+ */
+#define DXL_UC_RING_ENTRIES 256
+
+struct dxl_uc_ring {
+    uint32_t tail;              /* app: entries published (free running) */
+    uint32_t rsvd0[15];
+    uint32_t head;              /* driver: entries taken (free running) */
+    uint32_t need_kick;         /* driver: 1 = kick after publishing */
+    uint32_t status;            /* driver: 0, or EPROTO once broken */
+    uint32_t rsvd1[13];
+    struct dxl_uc_req e[DXL_UC_RING_ENTRIES];
+};
 
 /* Completion data indices. */
 enum {
@@ -133,6 +178,11 @@ struct dxl_uc_stats {
     uint64_t errlog_entries;    /* error-log entries drained */
     uint64_t errlog_overflow;   /* entries the device dropped (FIFO full) */
     uint64_t resets;            /* device resets (start + DXL_UC_SEL_RESET) */
+    /* submission rings, all clients */
+    uint64_t ring_taken;        /* entries taken (valid or not) */
+    uint64_t ring_refused;      /* entries completed -EINVAL */
+    uint64_t ring_kicks;        /* DXL_UC_SEL_RING_KICK calls */
+    uint64_t ring_drains;       /* looks at a ring after a completion */
     struct dxl_uc_queue_stats q[DXL_UC_NUM_QUEUES];
 };
 

@@ -12,7 +12,10 @@
  *   - an admin queue for the error vector: drains the device's error log,
  *     recovers a halted queue;
  *   - the service queue runs Start/Stop and the user-client methods, which
- *     validate a request and hand it to its hardware queue.
+ *     validate a request and hand it to its hardware queue;
+ *   - an app's submission ring (dextlab-dma-uc.h) is looked at after each of
+ *     its requests completes, on the thread that completed it, so a busy
+ *     app submits with no message and no wake-up of ours (ring_drain).
  * Data: each app's window is a DMA buffer shared with the app (zero copy);
  * descriptors point into it.  Hot path: descriptors are written to shared
  * memory, the SQ doorbell and CQ head are posted writes, completions are
@@ -64,6 +67,15 @@ typedef struct Client {
     Window *win;                /* current window (service queue) */
     GPtrArray *old_wins;        /* replaced windows, freed with the client */
     gint inflight;              /* requests not yet finished */
+    /* Submission ring.  ring_lock orders drains (any thread) and guards
+     * win against DXL_UC_SEL_SET_WINDOW while a ring exists. */
+    GMutex ring_lock;
+    DextBuffer *ring_buf;
+    struct dxl_uc_ring *ring;   /* shared with the app: untrusted */
+    uint64_t ring_ref;          /* the completion reference of its requests */
+    uint32_t ring_head;         /* ours; the shared head is only written */
+    bool ring_closed;           /* the app is gone: take nothing more */
+    bool ring_broken;
 } Client;
 
 typedef struct Req {
@@ -108,6 +120,7 @@ typedef struct {
     uint8_t phase;
     uint32_t gen;               /* bumps on every re-init: stale cookies */
     GQueue pending;             /* Req*, FIFO, not yet fully submitted */
+    GPtrArray *to_drain;        /* Client* (ref) whose ring to look at after unlock */
     Slot slots[RING];
     struct dxl_uc_queue_stats st;   /* written here, read atomically */
 } HwQueue;
@@ -122,11 +135,15 @@ struct Drv {
     DextInterruptSource *admin_irq;
     GMutex lock;                /* errlog and the counters below */
     uint64_t irqs_admin, errlog_entries, errlog_overflow, resets;
+    uint64_t ring_taken, ring_refused, ring_kicks, ring_drains;     /* atomic */
     struct dxl_uc_errlog_entry errlog[ERRLOG_KEEP];
     uint64_t errlog_seq;
 };
 
 #define STAT_ADD(q, field, n) __atomic_fetch_add(&(q)->st.field, (n), __ATOMIC_RELAXED)
+#define DRV_ADD(d, field, n) __atomic_fetch_add(&(d)->field, (n), __ATOMIC_RELAXED)
+
+static int ring_drain(Client *cl);
 
 static inline int wr32(Drv *d, uint64_t off, uint32_t v)
 {
@@ -208,6 +225,8 @@ static void client_unref(Client *cl)
         /* No request is left: the device no longer touches any window. */
         window_free(cl->win);
         g_ptr_array_free(cl->old_wins, TRUE);
+        dext_buffer_release(cl->ring_buf);
+        g_mutex_clear(&cl->ring_lock);
         g_mutex_clear(&cl->lock);
         g_free(cl);
     }
@@ -267,8 +286,37 @@ static void req_finish(HwQueue *q, Req *r)
         g_mutex_unlock(&cl->lock);
     }
     g_atomic_int_dec_and_test(&r->cl->inflight);
+    if (__atomic_load_n(&r->cl->ring, __ATOMIC_ACQUIRE)) {
+        /* After the count went down: the app may have published more, and
+         * while it had requests in flight it did not kick (ring_drain). */
+        if (!q->to_drain) {
+            q->to_drain = g_ptr_array_new();
+        }
+        if (!g_ptr_array_find(q->to_drain, r->cl, NULL)) {
+            g_atomic_int_inc(&r->cl->ref);
+            g_ptr_array_add(q->to_drain, r->cl);
+        }
+    }
     client_unref(r->cl);
     g_free(r);
+}
+
+/* Unlock a queue, then look at the rings of the clients whose requests it
+ * finished (not under q->lock: a drain submits to any queue). */
+static void q_unlock(HwQueue *q)
+{
+    GPtrArray *l = q->to_drain;
+    q->to_drain = NULL;
+    g_mutex_unlock(&q->lock);
+    if (l) {
+        for (guint i = 0; i < l->len; i++) {
+            Client *cl = l->pdata[i];
+            DRV_ADD(q->d, ring_drains, 1);
+            ring_drain(cl);
+            client_unref(cl);
+        }
+        g_ptr_array_free(l, TRUE);
+    }
 }
 
 /* ---- hardware queue: submission and completion (queue thread) ------------- */
@@ -450,7 +498,7 @@ static void q_irq(void *ctx, uint64_t count, uint64_t time_ns)
     STAT_ADD(q, irq_calls, 1);
     g_mutex_lock(&q->lock);
     q_reap(q, time_ns);
-    g_mutex_unlock(&q->lock);
+    q_unlock(q);
 }
 
 /* Fail everything the queue holds with @status (reset, halt, stop). */
@@ -537,7 +585,7 @@ static void q_reinit_block(void *data)
     q_reset_state(q);
     q_program(q);
     q->quiesced = false;
-    g_mutex_unlock(&q->lock);
+    q_unlock(q);
 }
 
 static void q_recover_block(void *data)
@@ -567,7 +615,7 @@ static void q_abort_block(void *data)
     HwQueue *q = data;
     g_mutex_lock(&q->lock);
     q_abort_all(q, -ECANCELED, 0);
-    g_mutex_unlock(&q->lock);
+    q_unlock(q);
 }
 
 /* ---- admin / error vector ------------------------------------------------- */
@@ -858,10 +906,12 @@ static int m_set_window(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     }
     /* The app may still have the old window mapped: its memory must not go
      * to anyone else while this connection lives. */
+    g_mutex_lock(&cl->ring_lock); /* a drain may be checking against it */
     if (cl->win) {
         g_ptr_array_add(cl->old_wins, cl->win);
     }
     cl->win = w;
+    g_mutex_unlock(&cl->ring_lock);
     a->scalar_out[0] = size;
     return 0;
 }
@@ -989,6 +1039,138 @@ static int m_submit_batch(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     return rc;
 }
 
+/* ---- submission ring -------------------------------------------------------- */
+
+/* An entry the driver refused completes at once, like a failed request. */
+static void ring_refuse(Client *cl, uint64_t tag, int status)
+{
+    uint64_t data[DXL_UC_CPL_COUNT] = { [DXL_UC_CPL_TAG] = tag };
+    DRV_ADD(cl->d, ring_refused, 1);
+    g_mutex_lock(&cl->lock);
+    if (cl->uc) {
+        dext_user_client_complete_async(cl->uc, cl->ring_ref, status, data, DXL_UC_CPL_COUNT);
+    }
+    g_mutex_unlock(&cl->lock);
+}
+
+/*
+ * Take what the app published, then decide who looks next (the protocol is
+ * in dextlab-dma-uc.h): with requests of this client in flight, their
+ * completions call here again (req_finish), so need_kick stays 0 and the
+ * app posts nothing; with none, need_kick is set and the tail read once
+ * more after a full fence, the other half of the app's publish, fence,
+ * read need_kick.  Runs on any thread, never under a queue's lock.
+ */
+static int ring_drain(Client *cl)
+{
+    g_mutex_lock(&cl->ring_lock);
+    struct dxl_uc_ring *rg = cl->ring;
+    if (!rg || cl->ring_closed || cl->ring_broken) {
+        int rc = rg && cl->ring_broken ? -EPROTO : 0;
+        g_mutex_unlock(&cl->ring_lock);
+        return rc;
+    }
+    for (;;) {
+        uint32_t tail = __atomic_load_n(&rg->tail, __ATOMIC_ACQUIRE);
+        uint32_t avail = tail - cl->ring_head;
+        if (avail > DXL_UC_RING_ENTRIES) {
+            DEXT_WARN("submission ring: tail %u is %u entries ahead of head %u (at most %u): "
+                      "the ring is broken, requests in flight still complete", tail, avail,
+                      cl->ring_head, DXL_UC_RING_ENTRIES);
+            cl->ring_broken = true;
+            __atomic_store_n(&rg->status, EPROTO, __ATOMIC_RELEASE);
+            __atomic_store_n(&rg->need_kick, 1, __ATOMIC_RELEASE);
+            break;
+        }
+        int room = DXL_UC_MAX_INFLIGHT - g_atomic_int_get(&cl->inflight);
+        uint32_t n = MIN(avail, (uint32_t)MAX(room, 0));
+        n = MIN(n, (uint32_t)DXL_UC_BATCH_MAX);
+        Req *byq[DXL_DMA_NUM_QUEUES][DXL_UC_BATCH_MAX];
+        unsigned nq[DXL_DMA_NUM_QUEUES] = { 0 };
+        for (uint32_t i = 0; i < n; i++) {
+            /* one copy, then only the copy is looked at (the app may be
+             * rewriting the slot) */
+            struct dxl_uc_req e;
+            memcpy(&e, &rg->e[(cl->ring_head + i) % DXL_UC_RING_ENTRIES], sizeof(e));
+            const uint64_t *in = (const uint64_t *)&e;
+            uint64_t len;
+            int rc = req_check(cl, in, &len);
+            if (rc < 0) {
+                ring_refuse(cl, e.tag, rc);
+                continue;
+            }
+            Req *r = req_new(cl, in, len, cl->ring_ref, NULL);
+            byq[r->qi][nq[r->qi]++] = r;
+        }
+        cl->ring_head += n;
+        __atomic_store_n(&rg->head, cl->ring_head, __ATOMIC_RELEASE);
+        DRV_ADD(cl->d, ring_taken, n);
+        for (unsigned qi = 0; qi < cl->d->nq; qi++) {
+            if (nq[qi]) {
+                q_enqueue(&cl->d->q[qi], byq[qi], nq[qi]);
+            }
+        }
+        if (n < avail) {
+            if (room > (int)n) {
+                continue; /* a batch's worth taken: more waiting */
+            }
+            /* at the in-flight limit: the completions will be back */
+            __atomic_store_n(&rg->need_kick, 0, __ATOMIC_RELEASE);
+            break;
+        }
+        if (g_atomic_int_get(&cl->inflight) > 0) {
+            __atomic_store_n(&rg->need_kick, 0, __ATOMIC_RELEASE);
+            break;
+        }
+        __atomic_store_n(&rg->need_kick, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&rg->tail, __ATOMIC_RELAXED) == cl->ring_head) {
+            break;
+        }
+        /* published meanwhile: ours to take (its kick finds nothing) */
+        __atomic_store_n(&rg->need_kick, 0, __ATOMIC_RELAXED);
+    }
+    int rc = cl->ring_broken ? -EPROTO : 0;
+    g_mutex_unlock(&cl->ring_lock);
+    return rc;
+}
+
+static int m_ring_attach(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    Client *cl = ctx;
+    DextBuffer *b;
+    if (cl->ring) {
+        return -EBUSY;
+    }
+    size_t size = (sizeof(struct dxl_uc_ring) + 4095) & ~(size_t)4095;
+    int rc = dext_buffer_create(DEXT_DMA_INOUT, size, 4096, &b);
+    if (rc < 0) {
+        return rc;
+    }
+    struct dxl_uc_ring *rg = dext_buffer_map(b);
+    memset(rg, 0, size);
+    rg->need_kick = 1;
+    g_mutex_lock(&cl->ring_lock);
+    cl->ring_buf = b;
+    cl->ring_ref = a->async_ref;
+    cl->ring_head = 0;
+    /* last: req_finish looks at cl->ring without the lock */
+    __atomic_store_n(&cl->ring, rg, __ATOMIC_RELEASE);
+    g_mutex_unlock(&cl->ring_lock);
+    a->scalar_out[0] = DXL_UC_RING_ENTRIES;
+    return 0;
+}
+
+static int m_ring_kick(DextUserClient *uc, void *ctx, DextMethodArgs *a)
+{
+    Client *cl = ctx;
+    if (!cl->ring) {
+        return -ENXIO;
+    }
+    DRV_ADD(cl->d, ring_kicks, 1);
+    return ring_drain(cl);
+}
+
 static int m_submit(DextUserClient *uc, void *ctx, DextMethodArgs *a)
 {
     static uint64_t next_id;
@@ -1058,6 +1240,10 @@ static int m_stats(DextUserClient *uc, void *ctx, DextMethodArgs *a)
     s->errlog_overflow = d->errlog_overflow;
     s->resets = d->resets;
     g_mutex_unlock(&d->lock);
+    s->ring_taken = __atomic_load_n(&d->ring_taken, __ATOMIC_RELAXED);
+    s->ring_refused = __atomic_load_n(&d->ring_refused, __ATOMIC_RELAXED);
+    s->ring_kicks = __atomic_load_n(&d->ring_kicks, __ATOMIC_RELAXED);
+    s->ring_drains = __atomic_load_n(&d->ring_drains, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < d->nq; i++) {
         const uint64_t *src = (const uint64_t *)&d->q[i].st;
         uint64_t *dst = (uint64_t *)&s->q[i];
@@ -1126,11 +1312,21 @@ static const DextMethod methods[DXL_UC_SEL_COUNT] = {
     [DXL_UC_SEL_RESET] = { m_reset, 0, 0, 1, 0, false },
     [DXL_UC_SEL_ERRLOG] = { m_errlog, 0, 0, 0, sizeof(struct dxl_uc_errlog), false },
     [DXL_UC_SEL_SUBMIT_BATCH] = { m_submit_batch, 0, DEXT_UC_VARIABLE, 1, 0, true },
+    [DXL_UC_SEL_RING_ATTACH] = { m_ring_attach, 0, 0, 1, 0, true },
+    [DXL_UC_SEL_RING_KICK] = { m_ring_kick, 0, 0, 0, 0, true },
 };
 
 static int uc_memory(DextUserClient *uc, void *ctx, uint32_t type, DextBuffer **out, bool *ro)
 {
     Client *cl = ctx;
+    if (type == DXL_UC_MEM_RING) {
+        if (!cl->ring) {
+            return -ENXIO; /* DXL_UC_SEL_RING_ATTACH first */
+        }
+        *out = cl->ring_buf;
+        *ro = false;
+        return 0;
+    }
     if (type != DXL_UC_MEM_WINDOW) {
         return -EINVAL;
     }
@@ -1145,6 +1341,9 @@ static int uc_memory(DextUserClient *uc, void *ctx, uint32_t type, DextBuffer **
 static void uc_closed(DextUserClient *uc, void *ctx)
 {
     Client *cl = ctx;
+    g_mutex_lock(&cl->ring_lock);
+    cl->ring_closed = true;
+    g_mutex_unlock(&cl->ring_lock);
     g_mutex_lock(&cl->lock);
     cl->uc = NULL;
     g_mutex_unlock(&cl->lock);
@@ -1167,6 +1366,7 @@ static int drv_new_uc(DextService *svc, DextUserClient *uc)
     cl->uc = uc;
     cl->old_wins = g_ptr_array_new_with_free_func(window_free);
     g_mutex_init(&cl->lock);
+    g_mutex_init(&cl->ring_lock);
     dext_user_client_set_dispatch(uc, methods, G_N_ELEMENTS(methods), &uc_ops, cl);
     return 0;
 }

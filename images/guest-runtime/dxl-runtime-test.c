@@ -679,6 +679,23 @@ int main(int argc, char **argv)
     check_job(&a, "runtime-dma-copy-1m", DXL_UC_OP_COPY, 1 << 20, 16, 2);
     check_job(&a, "runtime-dma-fill", DXL_UC_OP_FILL, 64 << 10, 64, 4);
     check_job(&a, "runtime-dma-crc32c", DXL_UC_OP_CRC32C, 64 << 10, 64, 4);
+    /* the submission ring in VFIO DMA memory: the same verified job, every
+     * request taken from the ring (the jobs after this one use it too) */
+    {
+        struct dxl_uc_stats r0 = { 0 }, r1 = { 0 };
+        int rrc = dxl_app_ring_attach(&a, 1);
+
+        if (rrc == 0) {
+            rrc = dxl_app_stats(&a, &r0);
+        }
+        if (rrc == 0) {
+            check_job(&a, "runtime-dma-ring-copy", DXL_UC_OP_COPY, 64 << 10, 64, 4);
+            rrc = dxl_app_stats(&a, &r1);
+        }
+        guest_result("runtime-dma-ring", rrc == 0 && r1.ring_taken - r0.ring_taken == 64,
+                     "rc=%d taken=%" PRIu64 " kicks=%" PRIu64, rrc,
+                     r1.ring_taken - r0.ring_taken, a.ring_kicks);
+    }
     /* completions reach the driver as MSI-X through VFIO eventfds */
     if (rc == 0 && (rc = dxl_app_stats(&a, &s1)) == 0) {
         guest_result("runtime-msix", s1.dev_irqs > s0.dev_irqs, "device_irqs=%"

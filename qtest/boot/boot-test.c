@@ -933,7 +933,7 @@ int main(int argc, char **argv)
         "platform-irq-msi", "platform-irq-intx", "platform-reset",
         "runtime-registry", "runtime-dextd", "runtime-driver-ready", "runtime-dma-copy",
         "runtime-dma-copy-1m", "runtime-dma-fill", "runtime-dma-crc32c",
-        "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
+        "runtime-dma-ring-copy", "runtime-dma-ring", "runtime-msix", "runtime-iommu-unmapped", "runtime-iommu-recover",
         "runtime-reset", "runtime-after-reset", "runtime-driver-isolation",
         "runtime-driver-relaunch", "runtime-after-relaunch", "runtime-tool-copy",
         "runtime-tool-fill", "runtime-tool-crc", "runtime-dextd-exit",

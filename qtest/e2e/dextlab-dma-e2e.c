@@ -566,6 +566,127 @@ static void test_validation(void)
     dxl_app_close(&a);
 }
 
+static uint64_t queue_requests(const struct dxl_uc_stats *s)
+{
+    uint64_t n = 0;
+    for (unsigned q = 0; q < s->num_queues; q++) {
+        n += s->q[q].requests;
+    }
+    return n;
+}
+
+/* Guards: requests published in the submission ring all run, on every
+ * queue, with data verified, and a busy app submits without kicking: the
+ * driver looks at the ring after each completion (a kick per request
+ * would mean the suppression protocol broke; a lost wake-up would hang
+ * the job and fail it after its 30 s wait). */
+static void test_ring_verified(void)
+{
+    DxlApp a;
+    open_dev(&a, 0, 1 << 20);
+    g_assert_cmpint(dxl_app_ring_attach(&a, 1), ==, 0);
+    struct dxl_uc_stats s0, s1;
+    g_assert_cmpint(dxl_app_stats(&a, &s0), ==, 0);
+    DxlJob j = { .op = DXL_UC_OP_COPY, .nq = 8, .size = 64 << 10, .count = 1200, .depth = 4,
+                 .verify = true };
+    for (unsigned q = 0; q < 8; q++) {
+        j.qs[q] = q;
+    }
+    DxlResult r;
+    g_assert_cmpint(dxl_app_job(&a, &j, &r), ==, 0);
+    g_assert_cmpuint(r.ok, ==, 1200);
+    g_assert_cmpuint(r.verify_failed, ==, 0);
+    dxl_result_clear(&r);
+    j.op = DXL_UC_OP_CRC32C;
+    j.count = 200;
+    g_assert_cmpint(dxl_app_job(&a, &j, &r), ==, 0);
+    g_assert_cmpuint(r.ok, ==, 200);
+    dxl_result_clear(&r);
+    g_assert_cmpint(dxl_app_stats(&a, &s1), ==, 0);
+    uint64_t taken = s1.ring_taken - s0.ring_taken;
+    g_assert_cmpuint(taken, ==, 1400);
+    g_assert_cmpuint(queue_requests(&s1) - queue_requests(&s0), ==, 1400); /* all via the ring */
+    g_assert_cmpuint(s1.ring_refused, ==, s0.ring_refused);
+    g_assert_cmpuint(s1.ring_kicks - s0.ring_kicks, ==, a.ring_kicks);
+    g_assert_cmpuint(s1.ring_drains, >, s0.ring_drains);
+    if (g_test_verbose()) {
+        g_printerr("ring: %" G_GUINT64_FORMAT " requests, %" G_GUINT64_FORMAT " kicks, %"
+                   G_GUINT64_FORMAT " looks after a completion\n", taken, a.ring_kicks,
+                   s1.ring_drains - s0.ring_drains);
+    }
+    g_assert_cmpuint(a.ring_kicks * 2, <, taken);
+    dxl_app_close(&a);
+}
+
+/* Guards: the ring is app memory the driver must not trust.  Bad entries
+ * complete -EINVAL with their own tag and do not stop the good ones; a tail
+ * that runs past the ring breaks it (-EPROTO) without losing requests or
+ * the connection; one ring per connection; no ring memory before attach. */
+static void test_ring_untrusted(void)
+{
+    DxlApp a;
+    uint64_t ref, data[DXL_UC_CPL_COUNT], sz;
+    int st;
+    void *p;
+    open_dev(&a, 0, 64 << 10);
+    const uint64_t W = a.wsize;
+    g_assert_cmpint(dext_client_map_memory(a.c, DXL_UC_MEM_RING, 0, &p, &sz), ==, -ENXIO);
+    g_assert_cmpint(dext_client_call_posted(a.c, DXL_UC_SEL_RING_KICK, 9, NULL, 0, NULL, 0), ==,
+                    0);
+    g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, -ENXIO);
+    g_assert_cmpint(dxl_app_ring_attach(&a, 7), ==, 0);
+    DxlApp b = a;
+    g_assert_cmpint(dxl_app_ring_attach(&b, 8), ==, -EBUSY);
+    struct dxl_uc_stats s0, s1;
+    g_assert_cmpint(dxl_app_stats(&a, &s0), ==, 0);
+    struct dxl_uc_req e[] = {
+        { 0, DXL_UC_OP_FILL, 0, 0, 4096, 0x11, 1 },
+        { 8, DXL_UC_OP_COPY, 0, 8192, 64, 0, 2 },          /* no such queue */
+        { 1, DXL_UC_OP_COPY, 0, 64, 128, 0, 3 },           /* overlap */
+        { 2, DXL_UC_OP_FILL, 0, W - 8, 64, 0, 4 },         /* past the window */
+        { 3, 0x7f, 0, 0, 64, 0, 5 },                       /* no such op */
+        { 4, DXL_UC_OP_COPY, 0, 8192, 4096, 0, 6 },
+        { 5, DXL_UC_OP_CRC32C, 0, 0, 64, 1ull << 32, 7 },  /* seed is 32-bit */
+        { 6, DXL_UC_OP_FILL, 16384, 16384, 4096, 0x22, 8 },
+    };
+    const int want[] = { 0, -EINVAL, -EINVAL, -EINVAL, -EINVAL, 0, -EINVAL, 0 };
+    g_assert_cmpint(dxl_app_ring_submit(&a, e, G_N_ELEMENTS(e)), ==, (int)G_N_ELEMENTS(e));
+    unsigned seen = 0;
+    for (unsigned i = 0; i < G_N_ELEMENTS(e); i++) {
+        g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, 0);
+        g_assert_cmpuint(ref, ==, 7);
+        uint64_t tag = data[DXL_UC_CPL_TAG];
+        g_assert_cmpuint(tag, >=, 1);
+        g_assert_cmpuint(tag, <=, G_N_ELEMENTS(e));
+        g_assert_false(seen & (1u << tag));
+        seen |= 1u << tag;
+        g_assert_cmpint(st, ==, want[tag - 1]);
+    }
+    g_assert_cmpint(dxl_app_stats(&a, &s1), ==, 0);
+    g_assert_cmpuint(s1.ring_taken - s0.ring_taken, ==, G_N_ELEMENTS(e));
+    g_assert_cmpuint(s1.ring_refused - s0.ring_refused, ==, 5);
+    g_assert_cmpuint(queue_requests(&s1) - queue_requests(&s0), ==, 3);
+    /* a tail far past the driver's head: broken, reported, nothing taken */
+    __atomic_store_n(&a.ring->tail, a.ring_tail + DXL_UC_RING_ENTRIES + 1, __ATOMIC_RELEASE);
+    g_assert_cmpint(dext_client_call_posted(a.c, DXL_UC_SEL_RING_KICK, 7, NULL, 0, NULL, 0), ==,
+                    0);
+    g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, -EPROTO);
+    g_assert_cmpuint(ref, ==, 7);
+    g_assert_cmpuint(__atomic_load_n(&a.ring->status, __ATOMIC_ACQUIRE), ==, EPROTO);
+    g_assert_cmpint(dxl_app_ring_submit(&a, e, 1), ==, -EPROTO);
+    g_assert_cmpint(dxl_app_stats(&a, &s0), ==, 0);
+    g_assert_cmpuint(s0.ring_taken, ==, s1.ring_taken);
+    /* the connection still works through calls */
+    g_assert_cmpint(dxl_app_submit_batch(&a, e, 1, 3), ==, 0);
+    g_assert_cmpint(dxl_app_wait(&a, 5000, &ref, &st, data), ==, 0);
+    g_assert_cmpint(st, ==, 0);
+    g_assert_cmpuint(ref, ==, 3);
+    dxl_app_close(&a);
+    char *lg = read_log();
+    g_assert_nonnull(strstr(lg, "the ring is broken"));
+    g_free(lg);
+}
+
 /* Guards: a reset with requests in flight completes every one of them
  * (done or -ECANCELED, none lost) and leaves a working device. */
 static void test_reset(void)
@@ -744,6 +865,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-dma/e2e/irqs-equal-device-counts", test_irqs_equal_device);
     g_test_add_func("/dextlab-dma/e2e/device-errors-reach-app", test_device_errors);
     g_test_add_func("/dextlab-dma/e2e/user-client-validation", test_validation);
+    g_test_add_func("/dextlab-dma/e2e/ring/verified-no-kicks", test_ring_verified);
+    g_test_add_func("/dextlab-dma/e2e/ring/untrusted", test_ring_untrusted);
     g_test_add_func("/dextlab-dma/e2e/reset-midflight", test_reset);
     g_test_add_func("/dextlab-dma/e2e/stop-start-no-leaks", test_stop_start_cycles);
     g_test_add_func("/dextlab-dma/e2e/app-dies-midflight", test_app_dies_midflight);

@@ -18,6 +18,8 @@
  * q35 machine.  --data FILE writes the throughput table for gnuplot
  * (tools/bench/dextlab-dma-e2e-bench.gp).  --quick: fewer points;
  * --sizes 1M,4M --depths 4,16: only those points (e.g. for a profile).
+ * Requests go through the submission ring (dextlab-dma-uc.h); --no-ring
+ * sends them as posted batch calls instead, for comparison.
  */
 #include "dxl-app.h"
 #include "e2e-dextd.h"
@@ -130,7 +132,7 @@ static void job_for(DxlJob *j, uint64_t size, unsigned depth)
 
 int main(int argc, char **argv)
 {
-    gboolean quick = FALSE;
+    gboolean quick = FALSE, no_ring = FALSE;
     char *data_path = NULL, *sizes_arg = NULL, *depths_arg = NULL;
     double secs = 0.4;
     GOptionEntry entries[] = {
@@ -139,6 +141,7 @@ int main(int argc, char **argv)
         { "time", 't', 0, G_OPTION_ARG_DOUBLE, &secs, "seconds per point (0.4)", "S" },
         { "sizes", 0, 0, G_OPTION_ARG_STRING, &sizes_arg, "only these request sizes", "4K,1M" },
         { "depths", 0, 0, G_OPTION_ARG_STRING, &depths_arg, "only these depths", "4,16" },
+        { "no-ring", 0, 0, G_OPTION_ARG_NONE, &no_ring, "posted batch calls, no ring", NULL },
         { NULL },
     };
     GOptionContext *ctx = g_option_context_new("- dextlab-dma end-to-end benchmark");
@@ -161,6 +164,12 @@ int main(int argc, char **argv)
         stop_dextd(true);
         return 1;
     }
+    if (!no_ring && (rc = dxl_app_ring_attach(&a, 1)) < 0) {
+        fprintf(stderr, "submission ring: %s\n", g_strerror(-rc));
+        dxl_app_close(&a);
+        stop_dextd(true);
+        return 1;
+    }
     int drv_pid = bench_child_named(e2e_dextd_pid(dd.d), "dextlab-dma", false);
     int qemu_pid = bench_child_named(e2e_dextd_pid(dd.d), "qemu-system", false);
     char host[256] = "";
@@ -169,7 +178,8 @@ int main(int argc, char **argv)
     double load[3] = { 0 };
     getloadavg(load, 3);
     printf("# dextlab-dma end to end (qtest platform), %ld CPUs, load %.2f at start, "
-           "%.2f s per point\n", ncpu, load[0], secs);
+           "%.2f s per point, %s\n", ncpu, load[0], secs,
+           no_ring ? "posted batch calls" : "submission ring");
 
     /* 1. throughput */
     static const uint64_t sizes_all[] = { 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,

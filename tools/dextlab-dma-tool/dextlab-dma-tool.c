@@ -4,12 +4,14 @@
  *
  *   dextlab-dma-tool [-S SOCK] [-D SERVICE-ID] COMMAND [options]
  *     copy|fill|crc  [-q QUEUE|all] [-s SIZE] [-n COUNT] [-d DEPTH] [-p PATTERN]
- *                    [--no-verify] [--keep-going] [--progress]
- *     bench          [-q QUEUE|all] [-s SIZES] [-d DEPTHS] [-t SECONDS]
+ *                    [--no-verify] [--keep-going] [--progress] [--no-ring]
+ *     bench          [-q QUEUE|all] [-s SIZES] [-d DEPTHS] [-t SECONDS] [--no-ring]
  *     stats | errors | reset | info
  *     diag           [-q QUEUE] [--unmapped]   make the device fail a descriptor
  *
- * Sizes take K/M/G suffixes; lists are comma separated.  Exit status: 0 on
+ * Requests go through the connection's submission ring (no message per
+ * request while the driver is busy with ours); --no-ring sends them as
+ * posted batch calls.  Sizes take K/M/G suffixes; lists are comma separated.  Exit status: 0 on
  * success, 1 when a request failed or data did not verify, 2 on bad usage,
  * 3 when the driver could not be reached.
  */
@@ -78,6 +80,9 @@ static void print_stats(const struct dxl_uc_stats *s)
     printf("driver: admin irqs %" PRIu64 " error-log entries %" PRIu64 " (lost %" PRIu64
            ") resets %" PRIu64 "\n", s->irqs_admin, s->errlog_entries, s->errlog_overflow,
            s->resets);
+    printf("submission rings: taken %" PRIu64 " refused %" PRIu64 " kicks %" PRIu64
+           " looks after a completion %" PRIu64 "\n", s->ring_taken, s->ring_refused,
+           s->ring_kicks, s->ring_drains);
     printf("%-3s %10s %10s %8s %14s %10s %10s %8s %10s %10s %9s %6s\n", "q", "requests", "ok",
            "failed", "bytes", "descs", "cpls", "cpl-err", "irqs", "handlers", "doorbells", "halts");
     for (unsigned i = 0; i < s->num_queues && i < DXL_UC_NUM_QUEUES; i++) {
@@ -114,6 +119,7 @@ int main(int argc, char **argv)
     gint64 count = 0;
     double seconds = 0.5;
     gboolean no_verify = FALSE, keep_going = FALSE, progress = FALSE, unmapped = FALSE;
+    gboolean no_ring = FALSE;
     GOptionEntry entries[] = {
         { "socket", 'S', 0, G_OPTION_ARG_FILENAME, &sock, "dextd socket ($DEXTD_SOCKET)", "PATH" },
         { "device", 'D', 0, G_OPTION_ARG_STRING, &dev, "service registry id (several devices)", "ID" },
@@ -127,6 +133,7 @@ int main(int argc, char **argv)
         { "keep-going", 'k', 0, G_OPTION_ARG_NONE, &keep_going, "go on after a failure", NULL },
         { "progress", 'P', 0, G_OPTION_ARG_NONE, &progress, "progress line (default on a tty)", NULL },
         { "unmapped", 0, 0, G_OPTION_ARG_NONE, &unmapped, "diag: DMA from an unmapped address", NULL },
+        { "no-ring", 0, 0, G_OPTION_ARG_NONE, &no_ring, "posted batch calls, no submission ring", NULL },
         { NULL },
     };
     GError *e = NULL;
@@ -151,6 +158,13 @@ int main(int argc, char **argv)
     }
     int status = 0;
     unsigned nq = dxl_app_queues(&a);
+    bool job = !strcmp(cmd, "copy") || !strcmp(cmd, "fill") || !strcmp(cmd, "crc") ||
+               !strcmp(cmd, "bench");
+    if (job && !no_ring && (rc = dxl_app_ring_attach(&a, 1)) < 0) {
+        fprintf(stderr, "dextlab-dma-tool: submission ring: %s\n", g_strerror(-rc));
+        status = 3;
+        goto out;
+    }
     DxlJob j = { .depth = 4, .size = 1 << 20, .count = count > 0 ? (uint64_t)count : 64,
                  .verify = !no_verify, .keep_going = keep_going,
                  .progress = progress || isatty(2) };

@@ -47,6 +47,9 @@ fail:
 
 void dxl_app_close(DxlApp *a)
 {
+    if (a->ring) {
+        munmap(a->ring, a->ring_size);
+    }
     if (a->win) {
         munmap(a->win, a->wsize);
     }
@@ -83,6 +86,64 @@ int dxl_app_submit_batch_posted(DxlApp *a, const struct dxl_uc_req *reqs, unsign
 {
     return dext_client_call_posted(a->c, DXL_UC_SEL_SUBMIT_BATCH, ref, NULL, 0, reqs,
                                    n * sizeof(*reqs));
+}
+
+int dxl_app_ring_attach(DxlApp *a, uint64_t ref)
+{
+    uint64_t entries;
+    uint32_t nout = 1;
+    void *p = NULL;
+    uint64_t sz = 0;
+    int rc = dext_client_call_async(a->c, DXL_UC_SEL_RING_ATTACH, ref, NULL, 0, NULL, 0,
+                                    &entries, &nout, NULL, NULL);
+    if (rc < 0) {
+        return rc;
+    }
+    if (entries != DXL_UC_RING_ENTRIES) {
+        return -EPROTO;
+    }
+    if ((rc = dext_client_map_memory(a->c, DXL_UC_MEM_RING, 0, &p, &sz)) < 0) {
+        return rc;
+    }
+    if (sz < sizeof(struct dxl_uc_ring)) {
+        munmap(p, sz);
+        return -EPROTO;
+    }
+    a->ring = p;
+    a->ring_size = sz;
+    a->ring_ref = ref;
+    a->ring_tail = __atomic_load_n(&a->ring->tail, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int dxl_app_ring_submit(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n)
+{
+    struct dxl_uc_ring *rg = a->ring;
+    if (__atomic_load_n(&rg->status, __ATOMIC_ACQUIRE)) {
+        return -EPROTO;
+    }
+    uint32_t used = a->ring_tail - __atomic_load_n(&rg->head, __ATOMIC_ACQUIRE);
+    unsigned room = used >= DXL_UC_RING_ENTRIES ? 0 : DXL_UC_RING_ENTRIES - used;
+    unsigned fit = n < room ? n : room;
+    for (unsigned i = 0; i < fit; i++) {
+        rg->e[(a->ring_tail + i) % DXL_UC_RING_ENTRIES] = reqs[i];
+    }
+    if (!fit) {
+        return 0;
+    }
+    a->ring_tail += fit;
+    __atomic_store_n(&rg->tail, a->ring_tail, __ATOMIC_RELEASE);
+    /* pairs with the driver's need_kick store, fence, tail load */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&rg->need_kick, __ATOMIC_RELAXED)) {
+        a->ring_kicks++;
+        int rc = dext_client_call_posted(a->c, DXL_UC_SEL_RING_KICK, a->ring_ref, NULL, 0,
+                                         NULL, 0);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return (int)fit;
 }
 
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data)
@@ -308,9 +369,22 @@ static bool verify_one(DxlApp *a, const DxlJob *j, const JobSlot *s, const uint3
 static bool flush_batch(DxlApp *a, const struct dxl_uc_req *batch, unsigned nb, JobSlot *slots,
                         unsigned *busy, uint64_t *submitted, DxlResult *res)
 {
-    /* posted: no reply to wait for; a refused batch comes back through
+    /* the ring when attached for the job's reference (no message while
+     * the driver is busy with ours), what does not fit as a posted batch:
+     * no reply to wait for either way; a refusal comes back through
      * dxl_app_wait as an error, which ends the job */
-    int rc = dxl_app_submit_batch_posted(a, batch, nb, 1);
+    int rc = 0;
+    if (a->ring && a->ring_ref == 1) {
+        rc = dxl_app_ring_submit(a, batch, nb);
+        if (rc >= 0) {
+            batch += rc;
+            nb -= (unsigned)rc;
+            rc = 0;
+        }
+    }
+    if (rc == 0 && nb) {
+        rc = dxl_app_submit_batch_posted(a, batch, nb, 1);
+    }
     if (rc < 0) {
         if (!res->first_status) {
             res->first_status = rc;

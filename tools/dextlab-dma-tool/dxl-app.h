@@ -20,6 +20,11 @@ typedef struct {
     uint8_t *win;               /* mapped window (read/write) */
     uint64_t wsize;
     uint64_t info[8];           /* DXL_UC_SEL_INFO */
+    struct dxl_uc_ring *ring;   /* mapped submission ring, or NULL */
+    uint64_t ring_size;
+    uint64_t ring_ref;
+    uint32_t ring_tail;         /* ours; the shared tail is only written */
+    uint64_t ring_kicks;        /* kicks this app posted */
 } DxlApp;
 
 /* Open (by "class" DXL_UC_CLASS, "name" or "id"), size and map a window. */
@@ -38,6 +43,13 @@ int dxl_app_submit_batch(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n, u
  * driver refuses makes dxl_app_wait return its -errno. */
 int dxl_app_submit_batch_posted(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n,
                                 uint64_t ref);
+/* Attach and map the connection's submission ring; its requests complete
+ * with @ref.  dxl_app_job then submits through it. */
+int dxl_app_ring_attach(DxlApp *a, uint64_t ref);
+/* Publish up to @n requests in the ring (kicking the driver when it asks);
+ * returns how many fit (0 when it is full), or -EPROTO once the driver
+ * found the ring broken. */
+int dxl_app_ring_submit(DxlApp *a, const struct dxl_uc_req *reqs, unsigned n);
 /* Next completion: *status 0 or -errno; data[DXL_UC_CPL_COUNT]. */
 int dxl_app_wait(DxlApp *a, int timeout_ms, uint64_t *ref, int *status, uint64_t *data);
 /* Synchronous request (DXL_UC_SEL_SUBMIT_WAIT). */

@@ -19,7 +19,11 @@
  * (tools/bench/dextlab-dma-e2e-bench.gp).  --quick: fewer points;
  * --sizes 1M,4M --depths 4,16: only those points (e.g. for a profile).
  * Requests go through the submission ring (dextlab-dma-uc.h); --no-ring
- * sends them as posted batch calls instead, for comparison.
+ * sends them as posted batch calls instead, for comparison.  --split: QEMU
+ * on the last CPU this process may use (the machine file's EmulatorCpus=),
+ * this app, dextd and the driver on the others (their affinity, which
+ * dextd and the driver inherit): wake-ups between app and driver stay on
+ * one CPU and the emulator's copy loop has its own.
  */
 #include "dxl-app.h"
 #include "e2e-dextd.h"
@@ -31,6 +35,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -41,7 +46,49 @@ static struct {
     const char *sock;
 } dd;
 
-static int start_dextd(void)
+/* --split: our CPUs while driving the device (rest) and all of them (all) */
+static struct {
+    bool on;
+    cpu_set_t all, rest;
+} pl;
+
+/* The memcpy baselines run on every CPU we may use, as without --split:
+ * the split must not lower the baseline it is compared with (dextd's
+ * clock thread shares the app's CPU there). */
+static void baseline_begin(void)
+{
+    if (pl.on) {
+        sched_setaffinity(0, sizeof(pl.all), &pl.all);
+    }
+}
+
+static void baseline_end(void)
+{
+    if (pl.on) {
+        sched_setaffinity(0, sizeof(pl.rest), &pl.rest);
+    }
+}
+
+/* --split: pl.rest = our CPUs minus the last one, *emu = the last.  False
+ * when we may use fewer than two CPUs. */
+static bool split_cpus(int *emu)
+{
+    if (sched_getaffinity(0, sizeof(pl.all), &pl.all) < 0 || CPU_COUNT(&pl.all) < 2) {
+        return false;
+    }
+    pl.rest = pl.all;
+    for (int c = CPU_SETSIZE - 1; c >= 0; c--) {
+        if (CPU_ISSET(c, &pl.all)) {
+            *emu = c;
+            CPU_CLR(c, &pl.rest);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* @emu_cpu >= 0: the machine's EmulatorCpus= */
+static int start_dextd(int emu_cpu)
 {
     const char *bundle = g_getenv("DEXTLAB_DMA_BUNDLE");
     if (!g_getenv("DEXTD") || !bundle) {
@@ -50,10 +97,14 @@ static int start_dextd(void)
     }
     char *dir = g_dir_make_tmp("dxl-bench-XXXXXX", NULL);
     char *machine = g_build_filename(dir, "bench.machine", NULL);
-    g_file_set_contents(machine,
-                        "[Machine]\nType=q35\nMemory=1G\nDmaMemory=600M\nTimeout=20000\n"
-                        "[Device rp0]\nArgs=pcie-root-port,id=rp0,chassis=1,slot=1\n"
-                        "[Device dma0]\nArgs=dextlab-dma,id=dma0,bus=rp0\n", -1, NULL);
+    char *pin = emu_cpu >= 0 ? g_strdup_printf("EmulatorCpus=%d\n", emu_cpu) : g_strdup("");
+    char *text = g_strdup_printf("[Machine]\nType=q35\nMemory=1G\nDmaMemory=600M\nTimeout=20000\n"
+                                 "%s"
+                                 "[Device rp0]\nArgs=pcie-root-port,id=rp0,chassis=1,slot=1\n"
+                                 "[Device dma0]\nArgs=dextlab-dma,id=dma0,bus=rp0\n", pin);
+    g_file_set_contents(machine, text, -1, NULL);
+    g_free(text);
+    g_free(pin);
     /* quiet: dextd's CPU time is measured, its debug log is not */
     E2eDextdConfig cfg = {
         .name = "dextlab-dma-e2e-bench",
@@ -102,6 +153,7 @@ static void stop_dextd(bool failed)
 static double memcpy_mibs(DxlApp *a, uint64_t size, unsigned regions, double secs)
 {
     uint64_t bytes = 0;
+    baseline_begin();
     double t0 = bench_now_s(), t;
     unsigned r = 0;
     do {
@@ -112,6 +164,7 @@ static double memcpy_mibs(DxlApp *a, uint64_t size, unsigned regions, double sec
         r = (r + 1) % regions;
         t = bench_now_s();
     } while (t - t0 < secs);
+    baseline_end();
     return (double)bytes / (1 << 20) / (t - t0);
 }
 
@@ -132,7 +185,7 @@ static void job_for(DxlJob *j, uint64_t size, unsigned depth)
 
 int main(int argc, char **argv)
 {
-    gboolean quick = FALSE, no_ring = FALSE;
+    gboolean quick = FALSE, no_ring = FALSE, split = FALSE;
     char *data_path = NULL, *sizes_arg = NULL, *depths_arg = NULL;
     double secs = 0.4;
     GOptionEntry entries[] = {
@@ -142,6 +195,7 @@ int main(int argc, char **argv)
         { "sizes", 0, 0, G_OPTION_ARG_STRING, &sizes_arg, "only these request sizes", "4K,1M" },
         { "depths", 0, 0, G_OPTION_ARG_STRING, &depths_arg, "only these depths", "4,16" },
         { "no-ring", 0, 0, G_OPTION_ARG_NONE, &no_ring, "posted batch calls, no ring", NULL },
+        { "split", 0, 0, G_OPTION_ARG_NONE, &split, "QEMU on a CPU of its own, the rest on the others", NULL },
         { NULL },
     };
     GOptionContext *ctx = g_option_context_new("- dextlab-dma end-to-end benchmark");
@@ -154,7 +208,19 @@ int main(int argc, char **argv)
         secs = MIN(secs, 0.2);
     }
     signal(SIGPIPE, SIG_IGN);
-    if (start_dextd() < 0) {
+    int emu_cpu = -1;
+    if (split && !split_cpus(&emu_cpu)) {
+        fprintf(stderr, "--split needs two CPUs: running without it\n");
+        split = FALSE;
+    }
+    /* before dextd starts: it and the driver inherit the set */
+    if (split && sched_setaffinity(0, sizeof(pl.rest), &pl.rest) < 0) {
+        fprintf(stderr, "--split: %s: running without it\n", g_strerror(errno));
+        split = FALSE;
+        emu_cpu = -1;
+    }
+    pl.on = split;
+    if (start_dextd(emu_cpu) < 0) {
         return 1;
     }
     DxlApp a;
@@ -178,8 +244,9 @@ int main(int argc, char **argv)
     double load[3] = { 0 };
     getloadavg(load, 3);
     printf("# dextlab-dma end to end (qtest platform), %ld CPUs, load %.2f at start, "
-           "%.2f s per point, %s\n", ncpu, load[0], secs,
-           no_ring ? "posted batch calls" : "submission ring");
+           "%.2f s per point, %s, %s\n", ncpu, load[0], secs,
+           no_ring ? "posted batch calls" : "submission ring",
+           split ? "split placement (QEMU on its own CPU)" : "default placement");
 
     /* 1. throughput */
     static const uint64_t sizes_all[] = { 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,
@@ -313,6 +380,7 @@ int main(int argc, char **argv)
         c_drv = bench_proc_cpu_s(drv_pid) - c_drv;
         c_dd = bench_proc_cpu_s(e2e_dextd_pid(dd.d)) - c_dd;
         c_q = bench_proc_cpu_s(qemu_pid) - c_q;
+        baseline_begin();
         double m0 = bench_self_cpu_s(), w0 = bench_now_s();
         unsigned regions = 16;
         uint64_t bytes = 0;
@@ -323,6 +391,7 @@ int main(int argc, char **argv)
             bytes += 1 << 20;
         }
         double mcpu = (bench_self_cpu_s() - m0) / ((double)bytes / (1 << 30));
+        baseline_end();
         if (rc == 0 && gib > 0) {
             printf("\nCPU time per GiB moved (1 MiB COPY, depth 16, %.2f GiB):\n", gib);
             printf("  app %.3f s  driver %.3f s  dextd %.3f s  QEMU %.3f s  total %.3f s\n",

@@ -270,7 +270,9 @@ fail:
     return rc;
 }
 
-int dext_ipc_send(int sock, DextMsg *m)
+/* @room_ms < 0: a blocking socket may block in sendmsg (the peer is
+ * trusted to read); otherwise never wait longer than that for room. */
+static int ipc_send(int sock, DextMsg *m, int room_ms)
 {
     uint8_t buf[DEXT_IPC_MAX_MSG];
     ssize_t len = dext_msg_encode(m, buf, sizeof(buf));
@@ -296,8 +298,9 @@ int dext_ipc_send(int sock, DextMsg *m)
         c->cmsg_len = CMSG_LEN(sizeof(int) * m->nfds);
         memcpy(CMSG_DATA(c), m->fds, sizeof(int) * m->nfds);
     }
+    gint64 end = room_ms < 0 ? 0 : g_get_monotonic_time() + (gint64)room_ms * 1000;
     for (;;) {
-        ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL | (room_ms < 0 ? 0 : MSG_DONTWAIT));
         if (n == len) {
             return 0;
         }
@@ -305,9 +308,17 @@ int dext_ipc_send(int sock, DextMsg *m)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            /* Non-blocking peer socket full: wait a bounded time. */
+            /* Peer socket full: wait a bounded time for room. */
+            int wait_ms = DEXT_IPC_TIMEOUT_MS;
+            if (room_ms >= 0) {
+                gint64 left = end - g_get_monotonic_time();
+                wait_ms = left > 0 ? (int)((left + 999) / 1000) : 0;
+            }
             struct pollfd p = { .fd = sock, .events = POLLOUT };
-            int r = poll(&p, 1, DEXT_IPC_TIMEOUT_MS);
+            int r = wait_ms > 0 ? poll(&p, 1, wait_ms) : 0;
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
             if (r <= 0) {
                 return -ETIMEDOUT;
             }
@@ -315,6 +326,16 @@ int dext_ipc_send(int sock, DextMsg *m)
         }
         return n < 0 ? -errno : -EIO;
     }
+}
+
+int dext_ipc_send(int sock, DextMsg *m)
+{
+    return ipc_send(sock, m, -1);
+}
+
+int dext_ipc_send_timeout(int sock, DextMsg *m, int timeout_ms)
+{
+    return ipc_send(sock, m, MAX(timeout_ms, 0));
 }
 
 int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,

@@ -199,6 +199,9 @@ int dext_msg_decode(const uint8_t *buf, size_t len, const int *fds,
  * wait forever is NOT offered: negative values are treated as the default
  * bound).  Return 0 or negative errno; -EPIPE/-ECONNRESET means peer gone. */
 int dext_ipc_send(int sock, DextMsg *m);
+/* The same towards a peer that may stop reading: never blocks, waits at most
+ * @timeout_ms for room in the peer's queue, then -ETIMEDOUT. */
+int dext_ipc_send_timeout(int sock, DextMsg *m, int timeout_ms);
 int dext_ipc_recv(int sock, uint32_t channels, DextMsg *m, int timeout_ms,
                   char **reason);
 /* Send request (serial assigned from *serial_ctr) and wait for its reply.

@@ -307,6 +307,7 @@ struct DextUserClient {
     char *app_id;
     int fd;
     GMutex send_lock;
+    bool send_dead;             /* the app stopped reading: connection shut down */
     GThread *thread;
     gint done;
     const DextMethod *table;
@@ -328,10 +329,28 @@ void dext_user_client_set_dispatch(DextUserClient *uc, const DextMethod *table,
     uc->ctx = ctx;
 }
 
+/*
+ * Replies and completions go out from whichever thread produced them, often
+ * a driver's interrupt handler: an app that stops reading must not stall it
+ * (and every other client it serves) for good.  Its queue gets
+ * UC_SEND_ROOM_MS to drain; then the connection is shut down, as if the app
+ * had closed it (its thread sees the end and the driver's closed callback
+ * runs), and later sends fail at once.
+ */
+#define UC_SEND_ROOM_MS 1000
+
 static int uc_send(DextUserClient *uc, DextMsg *m)
 {
     g_mutex_lock(&uc->send_lock);
-    int rc = uc->fd >= 0 ? dext_ipc_send(uc->fd, m) : -ENOTCONN;
+    int rc = uc->fd < 0 || uc->send_dead ? -ENOTCONN
+                                        : dext_ipc_send_timeout(uc->fd, m, UC_SEND_ROOM_MS);
+    if (rc == -ETIMEDOUT) {
+        DEXT_WARN("user client %" G_GUINT64_FORMAT " (%s) does not read its messages "
+                  "(nothing taken for %d ms): closing its connection", uc->id, uc->app_id,
+                  UC_SEND_ROOM_MS);
+        uc->send_dead = true;
+        shutdown(uc->fd, SHUT_RDWR);
+    }
     g_mutex_unlock(&uc->send_lock);
     return rc;
 }

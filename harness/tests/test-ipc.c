@@ -205,6 +205,36 @@ static void test_socket_fds(void)
     close(pfd[1]);
 }
 
+/* A peer that stops reading: dext_ipc_send_timeout gives up after its bound
+ * (-ETIMEDOUT) instead of blocking, and succeeds again once the peer reads. */
+static void test_send_timeout(void)
+{
+    int sv[2];
+    CU_ASSERT_FATAL(dext_ipc_socketpair(sv) == 0);
+    DextMsg m, r;
+    dext_msg_init(&m, DEXT_MSG_PING, NULL);
+    unsigned sent = 0;
+    int rc;
+    while ((rc = dext_ipc_send_timeout(sv[0], &m, 0)) == 0 && sent < 100000) {
+        sent++;
+    }
+    CU_ASSERT_EQUAL(rc, -ETIMEDOUT);
+    CU_ASSERT(sent > 0 && sent < 100000);
+    gint64 t0 = g_get_monotonic_time();
+    CU_ASSERT_EQUAL(dext_ipc_send_timeout(sv[0], &m, 50), -ETIMEDOUT);
+    gint64 waited = g_get_monotonic_time() - t0;
+    CU_ASSERT(waited >= 40000 && waited < 5000000);
+    /* the peer takes one: room for one more */
+    CU_ASSERT_EQUAL(dext_ipc_recv(sv[1], DEXT_CH_CTRL, &r, 1000, NULL), 0);
+    dext_msg_clear(&r);
+    CU_ASSERT_EQUAL(dext_ipc_send_timeout(sv[0], &m, 1000), 0);
+    /* the peer gone: an error at once, not a wait */
+    close(sv[1]);
+    CU_ASSERT_EQUAL(dext_ipc_send_timeout(sv[0], &m, 1000) < 0, 1);
+    dext_msg_clear(&m);
+    close(sv[0]);
+}
+
 static void test_call_error_reply(void)
 {
     int sv[2];
@@ -304,6 +334,7 @@ int main(void)
         { "decode-validation", test_decode_validation },
         { "non-normal-string", test_non_normal_string },
         { "socket-fds", test_socket_fds },
+        { "send-timeout", test_send_timeout },
         { "call-error-reply", test_call_error_reply },
         { "fuzz-random-bytes", test_fuzz },
         { NULL, NULL },

@@ -846,6 +846,59 @@ static void test_app_dies_midflight(void)
     g_free(st);
 }
 
+/* Guards: an app that stops reading its completions loses its connection
+ * within a bound instead of stalling the driver's interrupt threads, which
+ * complete every other client's requests too (before, the driver blocked in
+ * sendmsg for good and the other app's job below timed out). */
+static void test_app_stops_reading(void)
+{
+    DxlApp mute, other;
+    open_dev(&mute, 1, 1 << 20);
+    open_dev(&other, 1, 1 << 20);
+    /* 1024 completions (the in-flight limit) are more than an unread
+     * SEQPACKET socket queues (net.unix.max_dgram_qlen, 512 by default) */
+    struct dxl_uc_req batch[DXL_UC_BATCH_MAX];
+    for (unsigned b = 0; b < DXL_UC_MAX_INFLIGHT / DXL_UC_BATCH_MAX; b++) {
+        for (unsigned i = 0; i < DXL_UC_BATCH_MAX; i++) {
+            batch[i] = (struct dxl_uc_req){ i % 8, DXL_UC_OP_FILL, 0, i * 4096, 4096, b, i };
+        }
+        g_assert_cmpint(dxl_app_submit_batch_posted(&mute, batch, DXL_UC_BATCH_MAX, 1), ==, 0);
+    }
+    DxlJob j = { .op = DXL_UC_OP_COPY, .nq = 8, .size = 32 << 10, .count = 400, .depth = 2,
+                 .verify = true };
+    for (unsigned q = 0; q < 8; q++) {
+        j.qs[q] = q;
+    }
+    DxlResult r;
+    gint64 t0 = g_get_monotonic_time();
+    g_assert_cmpint(dxl_app_job(&other, &j, &r), ==, 0);
+    g_assert_cmpuint(r.ok, ==, 400);
+    g_assert_cmpuint(r.verify_failed, ==, 0);
+    dxl_result_clear(&r);
+    if (g_test_verbose()) {
+        g_printerr("the other app's job took %.2f s\n",
+                   (double)(g_get_monotonic_time() - t0) / 1e6);
+    }
+    /* the mute app's connection is gone: what was queued, then the end */
+    bool closed = false;
+    for (unsigned i = 0; i < 2 * DXL_UC_MAX_INFLIGHT && !closed; i++) {
+        uint64_t ref, data[DXL_UC_CPL_COUNT];
+        int st;
+        int rc = dxl_app_wait(&mute, 5000, &ref, &st, data);
+        closed = rc < 0 && rc != -ETIMEDOUT;
+        g_assert_cmpint(rc, !=, -ETIMEDOUT);
+    }
+    g_assert_true(closed);
+    char *lg = read_log();
+    g_assert_nonnull(strstr(lg, "does not read its messages"));
+    g_free(lg);
+    dxl_app_close(&mute);
+    dxl_app_close(&other);
+    char *st = service_field(t.id[1], 3);
+    g_assert_cmpstr(st, ==, "running");
+    g_free(st);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -861,6 +914,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dextlab-dma/e2e/reset-midflight", test_reset);
     g_test_add_func("/dextlab-dma/e2e/stop-start-no-leaks", test_stop_start_cycles);
     g_test_add_func("/dextlab-dma/e2e/app-dies-midflight", test_app_dies_midflight);
+    g_test_add_func("/dextlab-dma/e2e/app-stops-reading", test_app_stops_reading);
     int rc = g_test_run();
     close(t.qmp);
     int status = e2e_dextd_stop(t.d, 0);

@@ -73,7 +73,9 @@ void dext_user_client_set_dispatch(DextUserClient *uc, const DextMethod *table,
 DextService *dext_user_client_service(DextUserClient *uc);
 const char *dext_user_client_app_id(const DextUserClient *uc);
 uint64_t dext_user_client_id(const DextUserClient *uc);
-/* Send an async completion for a call that carried async_ref. */
+/* Send an async completion for a call that carried async_ref.  Never blocks
+ * for long: an app that has not read for 1 s loses its connection
+ * (-ETIMEDOUT here, -ENOTCONN afterwards; its closed op runs). */
 int dext_user_client_complete_async(DextUserClient *uc, uint64_t async_ref,
                                     int status, const uint64_t *data, uint32_t n);
 

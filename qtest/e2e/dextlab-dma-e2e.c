@@ -350,6 +350,23 @@ static uint64_t driver_irqs(const struct dxl_uc_stats *s)
     return s->irqs_admin + QUEUE_SUM(s, irqs);
 }
 
+/* @count verified requests of @op on all 8 queues, @depth in flight on
+ * each: all must succeed with correct data. */
+static void job_all_queues_ok(DxlApp *a, unsigned op, uint64_t size, uint64_t count,
+                              unsigned depth)
+{
+    DxlJob j = { .op = op, .nq = 8, .size = size, .count = count, .depth = depth,
+                 .verify = true };
+    for (unsigned q = 0; q < 8; q++) {
+        j.qs[q] = q;
+    }
+    DxlResult r;
+    g_assert_cmpint(dxl_app_job(a, &j, &r), ==, 0);
+    g_assert_cmpuint(r.ok, ==, count);
+    g_assert_cmpuint(r.verify_failed, ==, 0);
+    dxl_result_clear(&r);
+}
+
 /* Guards: every interrupt the device sent was handled by the driver and
  * every completion it wrote was reaped: the driver's counts equal the
  * device's own (QMP), after app traffic on all queues. */
@@ -357,16 +374,7 @@ static void test_irqs_equal_device(void)
 {
     DxlApp a;
     open_dev(&a, 1, 1 << 20);
-    DxlJob j = { .op = DXL_UC_OP_COPY, .nq = 8, .size = 32 << 10, .count = 800, .depth = 4,
-                 .verify = true };
-    for (unsigned q = 0; q < 8; q++) {
-        j.qs[q] = q;
-    }
-    DxlResult r;
-    g_assert_cmpint(dxl_app_job(&a, &j, &r), ==, 0);
-    g_assert_cmpuint(r.ok, ==, 800);
-    g_assert_cmpuint(r.verify_failed, ==, 0);
-    dxl_result_clear(&r);
+    job_all_queues_ok(&a, DXL_UC_OP_COPY, 32 << 10, 800, 4);
     /* An MSI whose completion an earlier handler already reaped is still
      * on its way: wait (bounded) for the counts to settle. */
     struct dxl_uc_stats s;
@@ -577,21 +585,8 @@ static void test_ring_verified(void)
     g_assert_cmpint(dxl_app_ring_attach(&a, 1), ==, 0);
     struct dxl_uc_stats s0, s1;
     g_assert_cmpint(dxl_app_stats(&a, &s0), ==, 0);
-    DxlJob j = { .op = DXL_UC_OP_COPY, .nq = 8, .size = 64 << 10, .count = 1200, .depth = 4,
-                 .verify = true };
-    for (unsigned q = 0; q < 8; q++) {
-        j.qs[q] = q;
-    }
-    DxlResult r;
-    g_assert_cmpint(dxl_app_job(&a, &j, &r), ==, 0);
-    g_assert_cmpuint(r.ok, ==, 1200);
-    g_assert_cmpuint(r.verify_failed, ==, 0);
-    dxl_result_clear(&r);
-    j.op = DXL_UC_OP_CRC32C;
-    j.count = 200;
-    g_assert_cmpint(dxl_app_job(&a, &j, &r), ==, 0);
-    g_assert_cmpuint(r.ok, ==, 200);
-    dxl_result_clear(&r);
+    job_all_queues_ok(&a, DXL_UC_OP_COPY, 64 << 10, 1200, 4);
+    job_all_queues_ok(&a, DXL_UC_OP_CRC32C, 64 << 10, 200, 4);
     g_assert_cmpint(dxl_app_stats(&a, &s1), ==, 0);
     uint64_t taken = s1.ring_taken - s0.ring_taken;
     g_assert_cmpuint(taken, ==, 1400);
@@ -864,17 +859,8 @@ static void test_app_stops_reading(void)
         }
         g_assert_cmpint(dxl_app_submit_batch_posted(&mute, batch, DXL_UC_BATCH_MAX, 1), ==, 0);
     }
-    DxlJob j = { .op = DXL_UC_OP_COPY, .nq = 8, .size = 32 << 10, .count = 400, .depth = 2,
-                 .verify = true };
-    for (unsigned q = 0; q < 8; q++) {
-        j.qs[q] = q;
-    }
-    DxlResult r;
     gint64 t0 = g_get_monotonic_time();
-    g_assert_cmpint(dxl_app_job(&other, &j, &r), ==, 0);
-    g_assert_cmpuint(r.ok, ==, 400);
-    g_assert_cmpuint(r.verify_failed, ==, 0);
-    dxl_result_clear(&r);
+    job_all_queues_ok(&other, DXL_UC_OP_COPY, 32 << 10, 400, 2);
     if (g_test_verbose()) {
         g_printerr("the other app's job took %.2f s\n",
                    (double)(g_get_monotonic_time() - t0) / 1e6);

@@ -1053,13 +1053,24 @@ static void ring_refuse(Client *cl, uint64_t tag, int status)
     g_mutex_unlock(&cl->lock);
 }
 
+/* ring_drain continued on the service queue (its budget ran out). */
+static void ring_drain_block(void *data)
+{
+    Client *cl = data;
+    ring_drain(cl);
+    client_unref(cl);
+}
+
 /*
  * Take what the app published, then decide who looks next (the protocol is
  * in dextlab-dma-uc.h): with requests of this client in flight, their
  * completions call here again (req_finish), so need_kick stays 0 and the
  * app posts nothing; with none, need_kick is set and the tail read once
  * more after a full fence, the other half of the app's publish, fence,
- * read need_kick.  Runs on any thread, never under a queue's lock.
+ * read need_kick.  Runs on any thread, never under a queue's lock.  At most
+ * a ring's worth per call: an app refilling it as fast as it is taken (say
+ * with entries that are only refused) continues on the service queue
+ * instead of holding an interrupt thread that serves other clients.
  */
 static int ring_drain(Client *cl)
 {
@@ -1070,6 +1081,7 @@ static int ring_drain(Client *cl)
         g_mutex_unlock(&cl->ring_lock);
         return rc;
     }
+    uint32_t budget = DXL_UC_RING_ENTRIES;
     for (;;) {
         uint32_t tail = __atomic_load_n(&rg->tail, __ATOMIC_ACQUIRE);
         uint32_t avail = tail - cl->ring_head;
@@ -1084,7 +1096,8 @@ static int ring_drain(Client *cl)
         }
         int room = DXL_UC_MAX_INFLIGHT - g_atomic_int_get(&cl->inflight);
         uint32_t n = MIN(avail, (uint32_t)MAX(room, 0));
-        n = MIN(n, (uint32_t)DXL_UC_BATCH_MAX);
+        n = MIN(n, MIN((uint32_t)DXL_UC_BATCH_MAX, budget));
+        budget -= n;
         Req *byq[DXL_DMA_NUM_QUEUES][DXL_UC_BATCH_MAX];
         unsigned nq[DXL_DMA_NUM_QUEUES] = { 0 };
         for (uint32_t i = 0; i < n; i++) {
@@ -1111,10 +1124,18 @@ static int ring_drain(Client *cl)
             }
         }
         if (n < avail) {
-            if (room > (int)n) {
+            if (room > (int)n && budget) {
                 continue; /* a batch's worth taken: more waiting */
             }
-            /* at the in-flight limit: the completions will be back */
+            if (room > (int)n) {
+                g_atomic_int_inc(&cl->ref);
+                if (dext_queue_dispatch_async(dext_service_queue(cl->d->svc), ring_drain_block,
+                                              cl) < 0) {
+                    client_unref(cl); /* stopping: nothing more is taken anyway */
+                }
+            }
+            /* at the in-flight limit (the completions will be back) or out
+             * of budget (the block above will) */
             __atomic_store_n(&rg->need_kick, 0, __ATOMIC_RELEASE);
             break;
         }

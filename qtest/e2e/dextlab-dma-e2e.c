@@ -851,7 +851,9 @@ static void test_app_stops_reading(void)
     open_dev(&mute, 1, 1 << 20);
     open_dev(&other, 1, 1 << 20);
     /* 1024 completions (the in-flight limit) are more than an unread
-     * SEQPACKET socket queues (net.unix.max_dgram_qlen, 512 by default) */
+     * SEQPACKET socket queues: net.unix.max_dgram_qlen (512 by default) and
+     * the sender's buffer (net.core.wmem_default, ~200 KiB: a few hundred
+     * such messages) both stop it well before */
     struct dxl_uc_req batch[DXL_UC_BATCH_MAX];
     for (unsigned b = 0; b < DXL_UC_MAX_INFLIGHT / DXL_UC_BATCH_MAX; b++) {
         for (unsigned i = 0; i < DXL_UC_BATCH_MAX; i++) {

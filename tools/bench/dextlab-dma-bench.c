@@ -193,25 +193,14 @@ static void bench_nop(DxlDev *d, unsigned reps)
 
 static void bench_msix(DxlDev *d, unsigned n)
 {
-    QPCIDevice *p = d->pdev;
     DxlRing r;
     uint64_t addr;
     uint32_t data;
-    unsigned got = 0, posted = 0, v, i;
+    unsigned got = 0, posted = 0, i;
     double t0, t_irq, t_rt;
 
     qtest_msi_intercept(d->qts);
-    qpci_msix_enable(p);
-    for (v = 0; v < DXL_DMA_MSIX_VECTORS; v++) {
-        uint64_t off = p->msix_table_off + v * PCI_MSIX_ENTRY_SIZE;
-
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_LOWER_ADDR,
-                       DXL_APIC_ADDR);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_DATA,
-                       0x40 + v);
-        qpci_io_writel(p, p->msix_table_bar, off + PCI_MSIX_ENTRY_VECTOR_CTRL,
-                       0);
-    }
+    dxl_msix_setup(d);
     dxl_ring_init(d, &r, 1, RING);
 
     t0 = now_s();
